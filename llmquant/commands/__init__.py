@@ -1,0 +1,1 @@
+"""One module per ``llmquant`` subcommand (see :mod:`llmquant.cli`)."""
