@@ -1,0 +1,42 @@
+"""Lattices and nested-lattice (Voronoi) codes: closest points, codecs, multi-β quantizer,
+β-set search, bit packing and rate accounting.  Importing defines names only."""
+
+from .beta_sets import load_beta_set
+from .closest_point import closest_point, coarse_closest_int, generator_matrix
+from .nested import NestedLatticeQuantizer, NestedQuantResult, voronoi_dither
+from .packing import (
+    mixed_radix_bits,
+    pack_bits,
+    pack_codes,
+    pack_mixed_radix,
+    pack_nested_stream,
+    unpack_bits,
+    unpack_codes,
+    unpack_mixed_radix,
+    unpack_nested_stream,
+)
+from .rate import nested_rate, stream_bits, stream_rate
+from .voronoi import VoronoiCodec
+
+__all__ = [
+    "NestedLatticeQuantizer",
+    "NestedQuantResult",
+    "VoronoiCodec",
+    "closest_point",
+    "coarse_closest_int",
+    "generator_matrix",
+    "load_beta_set",
+    "mixed_radix_bits",
+    "nested_rate",
+    "pack_bits",
+    "pack_codes",
+    "pack_mixed_radix",
+    "pack_nested_stream",
+    "stream_bits",
+    "stream_rate",
+    "unpack_bits",
+    "unpack_codes",
+    "unpack_mixed_radix",
+    "unpack_nested_stream",
+    "voronoi_dither",
+]

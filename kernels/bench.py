@@ -1,0 +1,240 @@
+"""``llmquant bench kernels``: lattice GEMM kernels vs torch matmul, plus end-to-end decode tokens/s.
+
+For each weight shape ``(K, N)`` (``in x out``) and each ``M`` it times, in the same run:
+
+* ``torch``: ``x @ W^T`` with a dense weight (fp16 and bf16 on CUDA; fp32 on CPU);
+* ``ours``:
+  - on CUDA (backend ``triton``): the W4A16 decode-GEMM (fp16 activations), the W4A4 path
+    (activation encode + W4A4 GEMM, fp16 mode) and the online Hadamard of the ``[M, K]`` input;
+  - on CPU (backend ``reference``, stated in the output): the PyTorch reference forward of
+    ``LatticeLinear`` (the cached decoded weight, then ``F.linear``) and the reference weight decode.
+    The Triton interpreter is a correctness tool and is never timed.
+
+Each row reports time (µs), speedup vs torch, achieved GB/s (weight stream + activations + output:
+5/8 B per lattice weight = 4-bit codes + 1 bit of β index, 2 B per fp16 weight) and TFLOP/s (``2MNK/t``).
+
+End to end (``--checkpoint PATH``, an llmquant checkpoint loaded with ``llmquant.api.load``): greedy
+decode tokens/s at batch 1 of the quantized model (LatticeLinear backend ``auto``) vs the floating-point
+model ``--fp-model`` (fp16 on CUDA, fp32 on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+#: (K, N) = (in_features, out_features)
+SHAPES = {
+    "llama3-8b": [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)],
+    "smollm2": [(576, 576), (576, 192), (576, 1536), (1536, 576)],
+}
+GPU_M = (1, 4, 16, 64, 256, 2048)
+CPU_M = (1, 16, 64)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shapes", choices=sorted(SHAPES) + ["all"], default=None,
+                   help="weight shapes (default: all on CUDA, smollm2 on CPU)")
+    p.add_argument("--m", type=int, nargs="+", default=None,
+                   help=f"token counts M (default {list(GPU_M)} on CUDA, {list(CPU_M)} on CPU)")
+    p.add_argument("--q", type=int, default=14, help="Voronoi modulus of the weight/activation codes (<= 16)")
+    p.add_argument("--k-betas", type=int, default=4, help="number of betas of the random lattice weights")
+    p.add_argument("--repeats", type=int, default=5, help="CPU timing repeats (best of)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default=None, help="llmquant checkpoint for end-to-end decode tokens/s")
+    p.add_argument("--fp-model", default="smollm2-135m", help="floating-point baseline spec for end-to-end")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per end-to-end run")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+
+def _time_cpu(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e6
+
+
+def _time_cuda(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100) * 1e3
+
+
+def _random_weight(k: int, n: int, q: int, n_betas: int, gen: torch.Generator, device):
+    from llmquant.lattice.packing import pack_codes
+
+    codes = torch.randint(0, q, (n, k // 8, 8), generator=gen).to(torch.uint8)
+    bidx = torch.randint(0, n_betas, (n, k // 8), generator=gen).to(torch.uint8)
+    betas = torch.linspace(0.5, 1.5, n_betas)
+    scale = (torch.rand(n, generator=gen) * 0.02 + 0.01).half().float()
+    return pack_codes(codes, q).to(device), bidx.to(device), betas.to(device), scale.to(device)
+
+
+def _row(kind, k, n, m, t_us, t_ref_us, bytes_moved, ref_name):
+    return {
+        "kernel": kind, "K": k, "N": n, "M": m, "time_us": round(t_us, 3), f"{ref_name}_us": round(t_ref_us, 3),
+        "speedup": round(t_ref_us / t_us, 3), "GBps": round(bytes_moved / (t_us * 1e-6) / 1e9, 2),
+        "TFLOPs": round(2.0 * m * n * k / (t_us * 1e-6) / 1e12, 4),
+    }
+
+
+def bench_cuda(shapes, ms, q, n_betas, seed) -> list[dict]:
+    from llmquant.lattice.closest_point import generator_matrix
+    from llmquant.rotation.random_hadamard import random_signs
+
+    from .e8_decode_gemm import e8_decode_gemm
+    from .e8_encode import e8_encode
+    from .e8_w4a4_gemm import e8_w4a4_gemm
+    from .hadamard import hadamard_transform
+
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(seed)
+    g = generator_matrix("E8")
+    x_betas = torch.tensor([0.6, 0.85, 1.2, 1.7], device=dev)
+    rows = []
+    for k, n in shapes:
+        codes, bidx, betas, scale = _random_weight(k, n, q, n_betas, gen, dev)
+        w16 = torch.randn(n, k, device=dev, dtype=torch.float16)
+        wbf = w16.to(torch.bfloat16)
+        signs = random_signs(k, seed).to(dev)
+        for m in ms:
+            x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            xbf = x.to(torch.bfloat16)
+            t16 = _time_cuda(lambda: x @ w16.T)
+            tbf = _time_cuda(lambda: xbf @ wbf.T)
+            act_bytes = 2 * m * k + 2 * m * n
+            t = _time_cuda(lambda: e8_decode_gemm(x, codes, bidx, betas, scale, g, q))
+            r = _row("w4a16", k, n, m, t, tbf, n * k * 5 / 8 + 4 * n + act_bytes, "torch_bf16")
+            r["torch_fp16_us"] = round(t16, 3)
+            r["speedup_vs_fp16"] = round(t16 / t, 3)
+            rows.append(r)
+            xc, xb, xs = e8_encode(x, x_betas, q, g)
+            t_enc = _time_cuda(lambda: e8_encode(x, x_betas, q, g))
+            t_gemm = _time_cuda(lambda: e8_w4a4_gemm(xc, xb, xs, x_betas, q, codes, bidx, scale, betas, q, g))
+            t_had = _time_cuda(lambda: hadamard_transform(x, signs))
+            r = _row("w4a4", k, n, m, t_enc + t_gemm, tbf, n * k * 5 / 8 + m * k * 5 / 8 + act_bytes, "torch_bf16")
+            r.update({"encode_us": round(t_enc, 3), "gemm_us": round(t_gemm, 3), "hadamard_us": round(t_had, 3),
+                      "hadamard_share": round(t_had / (t_had + t_enc + t_gemm), 4)})
+            rows.append(r)
+    return rows
+
+
+def bench_cpu(shapes, ms, q, n_betas, seed, repeats) -> list[dict]:
+    from llmquant.quant.linear import LatticeLinear
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for k, n in shapes:
+        codes, bidx, betas, scale = _random_weight(k, n, q, n_betas, gen, "cpu")
+        layer = LatticeLinear(k, n, q=q, k=n_betas, backend="reference")
+        layer.codes.copy_(codes)
+        layer.beta_idx.copy_(bidx)
+        layer.betas.copy_(betas)
+        layer.row_scale.copy_(scale)
+        t_decode = _time_cpu(layer.decode_weight, max(1, repeats // 2))
+        w = torch.randn(n, k, generator=gen)
+        for m in ms:
+            x = torch.randn(m, k, generator=gen)
+            t_ref = _time_cpu(lambda: x @ w.T, repeats)
+            with torch.no_grad():
+                t = _time_cpu(lambda: layer(x), repeats)
+            r = _row("reference_forward", k, n, m, t, t_ref, 4 * n * k + 4 * m * (k + n), "torch_fp32")
+            r["reference_decode_us"] = round(t_decode, 1)
+            rows.append(r)
+    return rows
+
+
+def _generate_tps(model, tokenizer, new_tokens: int, device) -> float:
+    prompt = "The capital of France is"
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device) if tokenizer is not None else \
+        torch.tensor([[1, 2, 3, 4]], device=device)
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm-up (and autotune)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(ids, **kw)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return new_tokens / (time.perf_counter() - t0)
+
+
+def bench_end_to_end(checkpoint: str, fp_spec: str, new_tokens: int, device) -> dict:
+    from llmquant.api import load, load_fp
+    from llmquant.quant.linear import LatticeLinear
+
+    fp_dtype = "float16" if device.type == "cuda" else "float32"
+    qmodel, qtok = load(checkpoint, device=device)
+    n_lattice = 0
+    for mod in qmodel.modules():
+        if isinstance(mod, LatticeLinear):
+            mod.backend = "auto"
+            n_lattice += 1
+    if device.type == "cuda":
+        qmodel = qmodel.half()
+    q_tps = _generate_tps(qmodel, qtok, new_tokens, device)
+    del qmodel
+    fmodel, ftok = load_fp(fp_spec, dtype=fp_dtype, device=device)
+    f_tps = _generate_tps(fmodel, ftok or qtok, new_tokens, device)
+    return {"checkpoint": checkpoint, "fp_model": fp_spec, "fp_dtype": fp_dtype, "batch": 1,
+            "new_tokens": new_tokens, "lattice_linears": n_lattice, "quantized_tokens_per_s": round(q_tps, 2),
+            "fp_tokens_per_s": round(f_tps, 2), "speedup": round(q_tps / f_tps, 3)}
+
+
+def main(args) -> int:
+    from .availability import describe, kernel_device_ok
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("llmquant bench kernels: --device cuda but CUDA is not available; use --device cpu")
+        return 2
+    if not 2 <= args.q <= 16:
+        print(f"llmquant bench kernels: --q {args.q} must be in [2, 16] (4-bit packed codes)")
+        return 2
+    on_gpu = device.type == "cuda" and kernel_device_ok(device, allow_interpreter=False)
+    shapes_key = args.shapes or ("all" if on_gpu else "smollm2")
+    shapes = [s for key in (sorted(SHAPES) if shapes_key == "all" else [shapes_key]) for s in SHAPES[key]]
+    ms = args.m or (GPU_M if on_gpu else CPU_M)
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "backend": "triton" if on_gpu else "reference",
+        "note": ("Triton kernels on CUDA vs torch matmul in the same run" if on_gpu else
+                 "no CUDA GPU (or no triton): timing the PyTorch *reference* backend on CPU vs torch fp32 matmul; "
+                 "these are not kernel numbers"),
+        "environment": describe(),
+        "q": args.q, "k_betas": args.k_betas,
+    }
+    if on_gpu:
+        result["rows"] = bench_cuda(shapes, ms, args.q, args.k_betas, args.seed)
+    else:
+        result["rows"] = bench_cpu(shapes, ms, args.q, args.k_betas, args.seed, args.repeats)
+    if args.checkpoint:
+        result["end_to_end"] = bench_end_to_end(args.checkpoint, args.fp_model, args.new_tokens, device)
+    else:
+        result["end_to_end"] = None
+        result["end_to_end_note"] = "pass --checkpoint PATH (an llmquant checkpoint) for decode tokens/s vs FP"
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"llmquant bench kernels  device={result['device']}  backend={result['backend']}")
+    print(result["note"])
+    cols = ["kernel", "K", "N", "M", "time_us", "speedup", "GBps", "TFLOPs"]
+    print("  ".join(f"{c:>17}" for c in cols))
+    for r in result["rows"]:
+        print("  ".join(f"{r[c]:>17}" for c in cols))
+    if result["end_to_end"]:
+        print("end to end:", json.dumps(result["end_to_end"]))
+    else:
+        print(result["end_to_end_note"])
+    return 0

@@ -1,0 +1,97 @@
+"""Route a ``LatticeLinear`` forward to a Triton kernel, or say "use the reference" (``None``).
+
+``try_forward(layer, x)`` is called by :class:`llmquant.quant.linear.LatticeLinear` when its ``backend`` is
+``"triton"`` or ``"auto"``, with the *unquantized* input ``x``:
+
+* no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`);
+* lattice (E8, q <= 16) activation quant -> activation encode (:mod:`.e8_encode`) + W4A4 GEMM
+  (:mod:`.e8_w4a4_gemm`, fp16 mode);
+* anything else (scalar activation quantizer, another lattice, q > 16, unsupported dtype or device)
+  -> ``None``; the layer runs its PyTorch reference.
+
+Devices: ``auto`` uses CUDA only; ``triton`` also runs on CPU tensors when ``TRITON_INTERPRET=1`` (the
+interpreter, for tests).  Each distinct reason for falling back is logged once (logger
+``llmquant.kernels``), and a kernel that raises on CUDA is logged once and falls back too: a forward
+never fails because of this module.  Nothing is imported or compiled until the first call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .availability import kernel_device_ok
+
+log = logging.getLogger("llmquant.kernels")
+_LOGGED: set[str] = set()
+
+
+def _fallback(reason: str) -> None:
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        log.info("llmquant.kernels: using the reference forward (%s)", reason)
+    return None
+
+
+def unsupported_reason(layer, x: torch.Tensor) -> str | None:
+    """Why ``layer(x)`` cannot use a kernel (a short sentence), or None when it can."""
+    backend = getattr(layer, "backend", "reference")
+    if backend not in ("triton", "auto"):
+        return f"backend {backend!r}"
+    if getattr(layer, "lattice", None) != "E8":
+        return f"lattice {getattr(layer, 'lattice', None)!r} (kernels implement E8)"
+    if not 2 <= int(layer.q) <= 16:
+        return f"q={layer.q} (kernels read 4-bit packed codes, q <= 16)"
+    if not kernel_device_ok(x.device, allow_interpreter=backend == "triton"):
+        if x.device.type == "cpu" and backend == "auto":
+            return "CPU tensor with backend 'auto' (the Triton interpreter is only used with backend 'triton')"
+        return f"device {x.device} (needs CUDA + triton, or TRITON_INTERPRET=1 on CPU)"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"input dtype {x.dtype}"
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return "bf16 on the Triton interpreter (its bf16 tl.dot is wrong)"
+    if x.shape[-1] != layer.in_features:
+        return f"input has {x.shape[-1]} features, layer expects {layer.in_features}"
+    act = getattr(layer, "act_q", None)
+    if act is not None:
+        if getattr(act, "kind", None) != "lattice" or getattr(act, "lattice", None) != "E8":
+            return "activation quantizer is not an E8 lattice quantizer"
+        if not 2 <= int(act.q) <= 16:
+            return f"activation q={act.q} > 16"
+        if getattr(act, "choose", "min_error") not in ("min_error", "first_fit"):
+            return f"activation choose rule {act.choose!r}"
+    return None
+
+
+def try_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
+    """``layer(x)`` computed by the Triton kernels, or ``None`` (caller uses the reference)."""
+    reason = unsupported_reason(layer, x)
+    if reason is not None:
+        return _fallback(reason)
+    try:
+        return _run(layer, x)
+    except Exception as exc:  # a kernel failure must not take the model down; it is logged once
+        if x.device.type != "cuda":
+            raise  # on the interpreter (tests) a failure is a bug to see, not to hide
+        return _fallback(f"kernel error {type(exc).__name__}: {exc}")
+
+
+def _run(layer, x: torch.Tensor) -> torch.Tensor:
+    from llmquant.lattice.closest_point import generator_matrix
+
+    gen = generator_matrix("E8")
+    bias = layer.bias
+    act = layer.act_q
+    if act is None:
+        from .e8_decode_gemm import e8_decode_gemm
+
+        return e8_decode_gemm(x, layer.codes, layer.beta_idx, layer.betas, layer.row_scale, gen, layer.q, bias=bias)
+    from .e8_encode import e8_encode
+    from .e8_w4a4_gemm import e8_w4a4_gemm
+
+    lead = x.shape[:-1]
+    xc, xb, xs = e8_encode(x.reshape(-1, x.shape[-1]), act.betas, act.q, gen, choose=act.choose)
+    out = e8_w4a4_gemm(xc, xb, xs, act.betas, act.q, layer.codes, layer.beta_idx, layer.row_scale, layer.betas,
+                       layer.q, gen, bias=bias, mode="fp16", out_dtype=x.dtype)
+    return out.reshape(*lead, layer.out_features)

@@ -1,0 +1,181 @@
+"""Public verbs: :func:`quantize` (in place), :func:`load` (checkpoint or FP model spec),
+:func:`quantize_to_checkpoint` (load + quantize + save, what ``llmquant quantize`` runs).
+
+Model specs understood by :func:`load_fp`: ``smollm2-135m`` (embedded), HF hub ids, local
+dirs and ``.gguf`` files (through :func:`llmquant.models.load_model`), plus two in-code test
+models: ``tiny-llama`` (2-layer Llama with the byte-level tokenizer of
+:mod:`llmquant.eval.tiny`, so text calibration and perplexity work) and
+``tiny-random-<arch>`` (:func:`llmquant.models.tiny_random_model`; no tokenizer, calibration
+then uses seeded random token ids).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``/None -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _as_config(config):
+    from llmquant.config import Config, config_from_dict, load_config
+
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    raise TypeError(f"config must be a Config, a dict or a YAML path, got {type(config).__name__}")
+
+
+def load_fp(spec: str, dtype: str = "float32", device: str | torch.device | None = "auto", seed: int = 0):
+    """Floating-point ``(model, tokenizer)`` for a model spec (see module docstring); tokenizer may be None."""
+    dev = resolve_device(device)
+    tdtype = getattr(torch, dtype)
+    if spec == "tiny-llama":
+        from llmquant.eval.tiny import byte_tokenizer, tiny_llama
+
+        return tiny_llama(seed=seed).to(dev, tdtype).eval(), byte_tokenizer()
+    if spec.startswith("tiny-random-"):
+        from llmquant.models.tiny import tiny_random_model
+
+        return tiny_random_model(spec[len("tiny-random-"):], seed=seed, dtype=tdtype).to(dev).eval(), None
+    from llmquant.models.loading import load_model
+
+    model, tokenizer = load_model(spec, dtype=tdtype, device=dev)
+    return model.eval(), tokenizer
+
+
+def calibration_ids(cfg, tokenizer, vocab_size: int) -> torch.Tensor:
+    """``[n_samples, seq_len]`` calibration token ids: seeded windows of the train split, or seeded
+    random ids when the model has no tokenizer (tiny random test models)."""
+    c = cfg.calibration
+    if tokenizer is None:
+        g = torch.Generator().manual_seed(c.seed)
+        return torch.randint(0, vocab_size, (c.n_samples, c.seq_len), generator=g)
+    from llmquant.data import calibration_batch
+
+    return calibration_batch(tokenizer, c.n_samples, c.seq_len, c.seed, dataset=c.dataset, data_dir=c.data_dir)
+
+
+def _head_dim(model) -> int:
+    hc = model.config
+    return int(getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads)
+
+
+def bits_for_model(cfg, model) -> dict:
+    from llmquant.config import model_bits
+    from llmquant.models.adapters import get_adapter
+    from llmquant.quant.structure import linear_shapes
+
+    return model_bits(cfg, linear_shapes(model, get_adapter(model)), _head_dim(model))
+
+
+@torch.no_grad()
+def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *, work_dir=None,
+             progress: bool = True, on_layer_done=None, log=print) -> dict:
+    """Rotate (if configured) and quantize ``model`` in place, layer by layer.
+
+    ``calib``: LongTensor ``[n, seq_len]`` (default: from ``config.calibration`` and ``tokenizer``).
+    ``work_dir``: resume state (see :mod:`llmquant.quant.runner`).  Returns a report:
+    ``{"rotation_plan", "specs", "layers", "bits", "seconds", "resumed_layers"}``; the model also
+    gets ``model.llmquant_specs`` and ``model.llmquant_config`` (used by :func:`save`).
+    """
+    from llmquant.config import config_hash, validate_for_model
+    from llmquant.models.adapters import get_adapter
+    from llmquant.quant.runner import quantize_layers
+    from llmquant.quant.structure import linear_shapes
+
+    cfg = _as_config(config)
+    adapter = get_adapter(model)
+    validate_for_model(cfg, int(model.config.hidden_size), linear_shapes(model, adapter))
+    t0 = time.perf_counter()
+    plan = None
+    if cfg.rotation.enabled:
+        from llmquant.models.rotate import rotate_model
+
+        r = cfg.rotation
+        plan = rotate_model(model, {"seed": r.seed, "online_down": r.online_down, "v_o": r.v_o, "qk": r.qk}).to_dict()
+    report = {"rotation_plan": plan, "specs": {}, "layers": [], "resumed_layers": []}
+    if cfg.quantizes_anything:
+        if calib is None:
+            calib = calibration_ids(cfg, tokenizer, int(model.config.vocab_size))
+        out = quantize_layers(model, cfg, calib, work_dir=work_dir, config_hash=config_hash(cfg),
+                              progress=progress, on_layer_done=on_layer_done, log=log)
+        report.update(specs=out["specs"], layers=out["layers"], resumed_layers=out["resumed_layers"])
+    report["bits"] = bits_for_model(cfg, model)
+    report["seconds"] = time.perf_counter() - t0
+    model.llmquant_specs = report["specs"]
+    model.llmquant_config = cfg
+    return report
+
+
+def save(model, tokenizer, out, config=None, rotation_plan: dict | None = None, results: dict | None = None) -> Path:
+    """Write a quantized model (after :func:`quantize`) as an llmquant checkpoint directory."""
+    from llmquant.config import config_to_dict
+    from llmquant.quant.checkpoint import save_checkpoint
+
+    cfg = _as_config(config) if config is not None else model.llmquant_config
+    if rotation_plan is None:
+        p = getattr(model, "llmquant_rotation_plan", None)
+        rotation_plan = p.to_dict() if p is not None else None
+    results = dict(results or {})
+    results.setdefault("config", config_to_dict(cfg))
+    results.setdefault("bits", bits_for_model(cfg, model))
+    return save_checkpoint(out, model, tokenizer, cfg, getattr(model, "llmquant_specs", {}), rotation_plan, results)
+
+
+def load(path_or_spec, dtype: str = "float32", device: str | torch.device | None = "auto"):
+    """``(model, tokenizer)`` from an llmquant checkpoint directory or a floating-point model spec."""
+    from llmquant.quant.checkpoint import is_checkpoint, load_quantized
+
+    if is_checkpoint(path_or_spec):
+        model, tokenizer, _ = load_quantized(path_or_spec, device=resolve_device(device))
+        return model, tokenizer
+    return load_fp(str(path_or_spec), dtype=dtype, device=device)
+
+
+def default_out_dir(cfg) -> Path:
+    return Path("runs") / cfg.name
+
+
+def work_dir_for(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.parent / f"{out.name}.work"
+
+
+def quantize_to_checkpoint(cfg, out: str | os.PathLike | None = None, *, progress: bool = True,
+                           on_layer_done=None, log=print, keep_work: bool = False):
+    """Load the FP model of ``cfg``, quantize it (resuming from ``<out>.work``), save to ``out``.
+
+    Returns ``(model, tokenizer, report, out_path)``; the work dir is removed after a successful save.
+    """
+    import shutil
+
+    from llmquant.config import config_to_dict
+
+    cfg = _as_config(cfg)
+    out = Path(out) if out is not None else default_out_dir(cfg)
+    work = work_dir_for(out)
+    model, tokenizer = load_fp(cfg.model.spec, cfg.model.dtype, cfg.model.device, cfg.model.seed)
+    report = quantize(model, cfg, tokenizer=tokenizer, work_dir=work, progress=progress,
+                      on_layer_done=on_layer_done, log=log)
+    results = {
+        "config": config_to_dict(cfg),
+        "bits": report["bits"],
+        "layers": report["layers"],
+        "quantize_seconds": report["seconds"],
+    }
+    save(model, tokenizer, out, cfg, report["rotation_plan"], results)
+    if not keep_work and work.exists():
+        shutil.rmtree(work, ignore_errors=True)
+    return model, tokenizer, report, out

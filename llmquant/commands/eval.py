@@ -1,0 +1,100 @@
+"""``llmquant eval PATH_OR_MODEL [--ppl wikitext2,c4] [--max-tokens N] [--tasks ...] [--json]``.
+
+Perplexity with the standard protocol (:mod:`llmquant.eval.perplexity`: non-overlapping
+windows of ``--context`` tokens of the test split, C4 validation), and optional downstream
+tasks (:func:`llmquant.eval.downstream.run_tasks`).  For an llmquant checkpoint the results are
+merged into its ``results.json`` (``"ppl"``, ``"ppl_details"``, ``"tasks"``); context and token
+budget default to the checkpoint config's ``eval`` section.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity / downstream tasks of a checkpoint or an FP model")
+    p.add_argument("model", help="llmquant checkpoint directory, or a model spec (smollm2-135m, hub id, dir, .gguf)")
+    p.add_argument("--ppl", default=None, help="comma-separated datasets: wikitext2,c4 (default: the config's, "
+                                               "or wikitext2; 'none' to skip)")
+    p.add_argument("--max-tokens", type=int, default=None, help="cap on evaluated tokens (default: all / config)")
+    p.add_argument("--context", type=int, default=None, help="window length (default 2048 / config)")
+    p.add_argument("--data-dir", default=None, help="offline data folder (default: $LLMQUANT_DATA_DIR)")
+    p.add_argument("--tasks", default=None, help="comma-separated downstream tasks (arc_easy, piqa, ...)")
+    p.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size for tasks and perplexity windows")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=main)
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip() and t.strip() != "none"]
+
+
+def evaluate(model, tokenizer, datasets, context, max_tokens, data_dir=None, batch_size=1, progress=True) -> dict:
+    """``{"ppl": {name: float}, "ppl_details": {name: dict}}`` for each dataset."""
+    from llmquant.eval.perplexity import perplexity
+
+    if tokenizer is None and datasets:
+        raise ValueError("this model has no tokenizer, so perplexity on text is unavailable (use --ppl none)")
+    ppl, details = {}, {}
+    for name in datasets:
+        r = perplexity(model, tokenizer, dataset=name, context=context, max_tokens=max_tokens,
+                       data_dir=data_dir, progress=progress, batch_size=batch_size)
+        ppl[name] = r["ppl"]
+        details[name] = r
+    return {"ppl": ppl, "ppl_details": details}
+
+
+def run_downstream(model, tokenizer, tasks, limit, batch_size) -> dict:
+    try:
+        from llmquant.eval.downstream import run_tasks
+    except ModuleNotFoundError as exc:
+        if exc.name == "llmquant.eval.downstream":
+            raise RuntimeError("downstream tasks are not available in this build (llmquant.eval.downstream "
+                               "is missing); run perplexity only") from None
+        raise
+    return run_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size)
+
+
+def main(args) -> int:
+    import torch
+
+    from llmquant.api import load
+    from llmquant.quant.checkpoint import is_checkpoint, read_meta, update_results
+
+    ckpt = is_checkpoint(args.model)
+    context, max_tokens, datasets, data_dir = 2048, None, ["wikitext2"], args.data_dir
+    if ckpt:
+        ev = read_meta(args.model)["config"].get("eval", {})
+        context = ev.get("context", context)
+        max_tokens = ev.get("max_tokens", max_tokens)
+        datasets = list(ev.get("ppl", datasets))
+        data_dir = data_dir or ev.get("data_dir")
+    if args.context is not None:
+        context = args.context
+    if args.max_tokens is not None:
+        max_tokens = args.max_tokens
+    if args.ppl is not None:
+        datasets = _split(args.ppl)
+    model, tokenizer = load(args.model)
+    with torch.no_grad():
+        results = evaluate(model, tokenizer, datasets, context, max_tokens, data_dir, args.batch_size,
+                           progress=not args.no_progress)
+        tasks = _split(args.tasks)
+        if tasks:
+            results["tasks"] = run_downstream(model, tokenizer, tasks, args.limit, args.batch_size)
+    if ckpt:
+        update_results(args.model, results)
+    if args.json:
+        print(json.dumps(results, indent=2, default=float))
+    else:
+        for name, v in results["ppl"].items():
+            d = results["ppl_details"][name]
+            print(f"{name:10s} ppl {v:10.4f}   ({d['tokens']} tokens, context {d['context']})")
+        for task, metrics in results.get("tasks", {}).items():
+            print(f"{task:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    sys.stdout.flush()
+    return 0

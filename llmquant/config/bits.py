@@ -1,0 +1,60 @@
+"""Bits per entry, side information included, computed from a config (never typed by hand).
+
+Weights (per quantized linear with ``in_features = K``):
+
+* lattice: ``log2(q) + log2(k)/8`` for the code and the beta index of each 8-vector, plus
+  ``16/K`` for the fp16 per-row scale;
+* scalar: ``bits`` plus ``16/G`` for the fp16 scale and, asymmetric, ``16/G`` for the zero
+  point, with ``G = group_size`` (``K`` when per channel);
+* none: 16 (fp16/bf16 storage).
+
+The model figure is the parameter-weighted mean over all quantized linears.  Activations
+(per token, row of length ``K``) and KV (per token per head, ``head_dim`` entries) use the
+same formulas with their own scale granularity.  Embeddings and ``lm_head`` stay in floating
+point and are not counted (as in the QuaRot / NestQuant papers).
+"""
+
+from __future__ import annotations
+
+import math
+
+from llmquant.config.schema import Config, DynamicQuantConfig, WeightConfig
+
+FP_BITS = 16.0
+SCALE_BITS = 16.0
+
+
+def weight_bits(w: WeightConfig, in_features: int) -> float:
+    """Bits per weight entry of one linear with ``in_features`` inputs."""
+    if w.method == "none":
+        return FP_BITS
+    if w.method == "lattice":
+        return math.log2(w.q) + math.log2(w.k) / 8 + SCALE_BITS / in_features
+    group = w.group_size or in_features
+    side = SCALE_BITS * (1 if w.symmetric else 2)
+    return w.bits + side / group
+
+
+def dynamic_bits(d: DynamicQuantConfig, row: int) -> float:
+    """Bits per entry of a dynamically quantized row of ``row`` entries (one scale per row)."""
+    if d.method == "none":
+        return FP_BITS
+    if d.method == "lattice":
+        return math.log2(d.q) + math.log2(d.k) / 8 + SCALE_BITS / row
+    side = SCALE_BITS * (1 if d.symmetric else 2)
+    return d.bits + side / row
+
+
+def model_bits(cfg: Config, linear_shapes: dict[str, tuple[int, int]], head_dim: int) -> dict[str, float]:
+    """``{"weights", "activations", "kv"}`` bits per entry for a model.
+
+    ``linear_shapes``: quantized linear name -> ``(out_features, in_features)``.  Weights are
+    weighted by parameter count, activations by input width (one input row per linear call).
+    """
+    if not linear_shapes:
+        raise ValueError("model_bits: no linear shapes given; pass the decoder-layer linears")
+    n_params = sum(n * k for n, k in linear_shapes.values())
+    wbits = sum(n * k * weight_bits(cfg.weights, k) for n, k in linear_shapes.values()) / n_params
+    width = sum(k for _, k in linear_shapes.values())
+    abits = sum(k * dynamic_bits(cfg.activations, k) for _, k in linear_shapes.values()) / width
+    return {"weights": wbits, "activations": abits, "kv": dynamic_bits(cfg.kv, head_dim)}

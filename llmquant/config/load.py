@@ -1,0 +1,273 @@
+"""YAML -> :class:`~llmquant.config.schema.Config`, ``--set a.b=c`` overrides, validation.
+
+Every error is a :class:`ConfigError` whose message starts with the full key path, e.g.
+``weights.lattic: unknown key; did you mean 'lattice'?``.  Checks that need the model
+(hidden size divisible by 8, group size dividing the input dim) are in
+:func:`validate_for_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from llmquant.config import schema as S
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, mistyped or inconsistent; the message names the key path."""
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown(path: str, key: str, allowed: list[str]) -> ConfigError:
+    full = f"{path}.{key}" if path else key
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(allowed)}"
+    return ConfigError(f"{full}: unknown key{hint}")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys, got {type(value).__name__} {value!r}")
+        return _build(tp, value, path)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {tp!r}")  # pragma: no cover - schema bug
+
+
+def _build(cls, data: dict, path: str = ""):
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown(path, str(key), names)
+        kwargs[key] = _coerce(value, hints[key], f"{path}.{key}" if path else key)
+    return cls(**kwargs)
+
+
+def _check_choice(path: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_range(path: str, value, lo, hi=None) -> None:
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{path}: {value!r} must be {rng}")
+
+
+def _validate_dynamic(path: str, d: S.DynamicQuantConfig) -> None:
+    _check_choice(f"{path}.method", d.method, S.DYNAMIC_METHODS)
+    if d.method == "scalar":
+        _check_range(f"{path}.bits", d.bits, 2, 8)
+        if not 0.0 < d.clip_ratio <= 1.0:
+            raise ConfigError(f"{path}.clip_ratio: {d.clip_ratio} must be in (0, 1]")
+    if d.method == "lattice":
+        _check_choice(f"{path}.lattice", d.lattice, S.LATTICES)
+        _check_range(f"{path}.q", d.q, 2, 16)
+        _check_range(f"{path}.k", d.k, 1, 256)
+        _check_choice(f"{path}.choose", d.choose, S.CHOOSE_RULES)
+
+
+def validate(cfg: S.Config) -> S.Config:
+    """Model-independent checks: choices, ranges and impossible combinations."""
+    if cfg.version != S.SCHEMA_VERSION:
+        raise ConfigError(
+            f"version: {cfg.version} is not supported (this llmquant reads version {S.SCHEMA_VERSION})"
+        )
+    _check_choice("method", cfg.method, S.METHOD_LABELS)
+    _check_choice("model.dtype", cfg.model.dtype, S.DTYPES)
+    c = cfg.calibration
+    _check_range("calibration.n_samples", c.n_samples, 1)
+    _check_range("calibration.seq_len", c.seq_len, 8)
+    _check_range("calibration.batch_size", c.batch_size, 1)
+    w = cfg.weights
+    _check_choice("weights.method", w.method, S.WEIGHT_METHODS)
+    _check_choice("weights.algorithm", w.algorithm, S.WEIGHT_ALGORITHMS)
+    if w.method == "scalar":
+        _check_range("weights.bits", w.bits, 2, 8)
+        _check_range("weights.group_size", w.group_size, 0)
+    if w.method == "lattice":
+        _check_choice("weights.lattice", w.lattice, S.LATTICES)
+        if w.q > 16:
+            raise ConfigError(
+                f"weights.q: {w.q} does not fit the 4-bit (nibble) code packing of LatticeLinear; use q <= 16"
+            )
+        _check_range("weights.q", w.q, 2)
+        _check_range("weights.k", w.k, 1, 256)
+        _check_choice("weights.choose", w.choose, S.CHOOSE_RULES)
+        if w.act_order:
+            raise ConfigError(
+                "weights.act_order: not supported with lattice weights (8-column blocks must stay "
+                "contiguous); set it to false"
+            )
+    if w.method != "none":
+        if w.block_size % 8 or w.block_size <= 0:
+            raise ConfigError(f"weights.block_size: {w.block_size} must be a positive multiple of 8")
+        if not 0.0 <= w.percdamp < 1.0:
+            raise ConfigError(f"weights.percdamp: {w.percdamp} must be in [0, 1)")
+    _validate_dynamic("activations", cfg.activations)
+    _validate_dynamic("kv", cfg.kv)
+    if cfg.activations.method != "none" and w.method == "none":
+        raise ConfigError(
+            "activations.method: activation quantization lives in the quantized linear modules; "
+            "set weights.method to scalar or lattice as well"
+        )
+    if cfg.kv.method != "none" and not (cfg.rotation.enabled and cfg.rotation.qk):
+        raise ConfigError(
+            "kv.method: KV-cache quantization needs the online Q/K Hadamard rotation; "
+            "set rotation.enabled: true and rotation.qk: true"
+        )
+    e = cfg.eval
+    _check_range("eval.context", e.context, 8)
+    if e.max_tokens is not None:
+        _check_range("eval.max_tokens", e.max_tokens, 1)
+    for i, name in enumerate(e.ppl):
+        _check_choice(f"eval.ppl[{i}]", name, ("wikitext2", "c4"))
+    return cfg
+
+
+def validate_for_model(cfg: S.Config, hidden_size: int, linear_shapes: dict[str, tuple[int, int]]) -> None:
+    """Checks that need the model: lattice blocks need input dims divisible by 8, scalar
+    groups must divide each input dim.  ``linear_shapes``: name -> (out, in)."""
+    w = cfg.weights
+    if w.method == "lattice" or cfg.activations.method == "lattice":
+        if hidden_size % 8:
+            raise ConfigError(
+                f"weights.lattice: hidden size {hidden_size} of {cfg.model.spec} is not divisible by 8 "
+                "(E8 blocks); use weights.method: scalar"
+            )
+        for name, (_, k) in linear_shapes.items():
+            if k % 8:
+                raise ConfigError(
+                    f"weights.lattice: input dim {k} of {name} is not divisible by 8; use weights.method: scalar"
+                )
+    if w.method == "scalar" and w.group_size:
+        for name, (_, k) in linear_shapes.items():
+            if k % w.group_size:
+                raise ConfigError(
+                    f"weights.group_size: {w.group_size} does not divide the input dim {k} of {name}"
+                )
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``a.b=c`` strings to a raw config dict (values parsed as YAML scalars/lists).
+
+    Key paths are checked against the schema so a typo fails with a suggestion.
+    """
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. eval.max_tokens=16384")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        cls = S.Config
+        node = data
+        for depth, part in enumerate(parts):
+            names = [f.name for f in dataclasses.fields(cls)]
+            prefix = ".".join(parts[:depth])
+            if part not in names:
+                raise _unknown(prefix, part, names)
+            tp = _hints(cls)[part]
+            if depth == len(parts) - 1:
+                if dataclasses.is_dataclass(tp):
+                    raise ConfigError(f"{key}: is a section; set one of its keys, e.g. {key}.{dataclasses.fields(tp)[0].name}=...")
+                node[part] = _parse_value(raw)
+            else:
+                if not dataclasses.is_dataclass(tp):
+                    raise ConfigError(f"{'.'.join(parts[:depth + 1])}: is a value, not a section")
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{'.'.join(parts[:depth + 1])}: expected a mapping")
+                cls = tp
+    return data
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> S.Config:
+    """Build and validate a config from plain data (e.g. parsed YAML or a saved checkpoint)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"<root>: expected a mapping of keys, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    if "version" not in data:
+        raise ConfigError(f"version: missing; add 'version: {S.SCHEMA_VERSION}' at the top of the config")
+    return validate(_build(S.Config, data))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> S.Config:
+    """Read a YAML config file, apply ``--set`` overrides and validate."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (see configs/ for the shipped ones)")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_dict(cfg: S.Config) -> dict:
+    """Plain JSON-able dict (tuples become lists) that :func:`config_from_dict` reads back."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "method")) -> str:
+    """Stable hash of the parts of a config that change the quantized model (eval excluded)."""
+    import hashlib
+
+    d = config_to_dict(cfg)
+    for k in ignore:
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,153 @@
+"""Typed, frozen, versioned configuration of one llmquant quantization run.
+
+A config is a tree of frozen dataclasses; YAML files under ``configs/`` map onto it key by
+key (see :mod:`llmquant.config.load`).  Every field has a default, so a YAML file only
+states what differs.  ``version`` is the schema version: a file written for another
+version is refused instead of being read differently.
+
+Seeds live in the config (``model.seed`` for tiny random models, ``rotation.seed``,
+``calibration.seed``), so a run is reproducible from its saved config alone.
+
+What gets quantized: every ``nn.Linear`` inside the decoder layers (the adapter's roles).
+Embeddings, the final norm and ``lm_head`` stay in floating point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Schema version understood by this code.
+SCHEMA_VERSION = 1
+
+DTYPES = ("float32", "float16", "bfloat16")
+WEIGHT_METHODS = ("none", "scalar", "lattice")
+WEIGHT_ALGORITHMS = ("rtn", "gptq")
+DYNAMIC_METHODS = ("none", "scalar", "lattice")
+LATTICES = ("E8",)
+CHOOSE_RULES = ("min_error", "first_fit")
+METHOD_LABELS = ("fp", "rtn", "quarot", "e8", "custom")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load: ``smollm2-135m`` (embedded), an HF hub id, a local dir, a ``.gguf``
+    file, or ``tiny-random-<arch>`` (in-code random model, built from ``seed``)."""
+
+    spec: str = "smollm2-135m"
+    dtype: str = "float32"
+    #: ``auto`` = CUDA when present, else CPU.
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    """Hadamard rotations (QuaRot-style): residual stream rotated offline, ``down_proj`` input
+    rotated online, per-head rotation of V/O offline, Q/K rotated online after RoPE."""
+
+    enabled: bool = False
+    #: seed of the random-sign Hadamard rotations (residual: seed, down: seed+1, V/O: seed+2, Q/K: seed+3)
+    seed: int = 0
+    #: online Hadamard on the ``down_proj`` input (InputRotatedLinear)
+    online_down: bool = True
+    #: per-head Hadamard fused into V and O offline
+    v_o: bool = True
+    #: online Hadamard on queries and keys after RoPE (required for KV quantization)
+    qk: bool = True
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """``n_samples`` seeded random windows of ``seq_len`` tokens from the train split."""
+
+    dataset: str = "wikitext2"
+    n_samples: int = 64
+    seq_len: int = 512
+    seed: int = 0
+    data_dir: str | None = None
+    #: sequences per forward pass in the layer-wise runner (memory vs speed)
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class WeightConfig:
+    """Weight quantization of every decoder-layer linear.
+
+    ``scalar``: INT-``bits`` per output channel (``group_size == 0``) or per group of
+    ``group_size`` input columns; asymmetric (scale + zero) unless ``symmetric``.
+    ``lattice``: rows split into 8-vectors along the input dim, per-row RMS scale (fp16),
+    nested lattice ``lattice`` with Voronoi modulus ``q`` and ``k`` betas (one beta index per
+    8-vector).  ``algorithm``: ``rtn`` (nearest point) or ``gptq`` (error feedback through the
+    inverse-Hessian Cholesky factor; for the lattice it works on 8-column blocks = LDLQ).
+    """
+
+    method: str = "none"
+    algorithm: str = "gptq"
+    bits: int = 4
+    group_size: int = 0
+    symmetric: bool = False
+    #: RTN only: search a shrink ratio of the range per row/group minimizing the squared error
+    clip_search: bool = True
+    lattice: str = "E8"
+    q: int = 14
+    k: int = 2
+    #: beta choice per 8-vector: "min_error" (least squared error) or "first_fit" (smallest beta without overload)
+    choose: str = "min_error"
+    #: GPTQ damping: ``percdamp * mean(diag(H))`` added to the diagonal
+    percdamp: float = 0.01
+    #: process columns by decreasing ``diag(H)`` (scalar only; lattice blocks must stay contiguous)
+    act_order: bool = False
+    #: lazy-batch width of GPTQ (columns), a multiple of 8
+    block_size: int = 128
+
+
+@dataclass(frozen=True)
+class DynamicQuantConfig:
+    """Dynamic (runtime) quantization of activations or of the KV cache.
+
+    Activations: each linear's input, per token (after its online rotation).  KV: keys after
+    RoPE + Hadamard and values, per token and per head.  ``scalar``: INT-``bits``, asymmetric
+    min/max unless ``symmetric``; the range is multiplied by ``clip_ratio``.  ``lattice``:
+    per-token RMS scale, then the nested lattice with modulus ``q`` and ``k`` betas.
+    """
+
+    method: str = "none"
+    bits: int = 4
+    symmetric: bool = False
+    clip_ratio: float = 1.0
+    lattice: str = "E8"
+    q: int = 14
+    k: int = 2
+    choose: str = "min_error"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Perplexity protocol: non-overlapping windows of ``context`` tokens of the test split
+    (C4: validation); ``max_tokens`` caps the number of evaluated tokens (None = all)."""
+
+    ppl: tuple[str, ...] = ("wikitext2",)
+    context: int = 2048
+    max_tokens: int | None = None
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run: model, rotation, calibration, weight/activation/KV quantizers, evaluation."""
+
+    version: int = SCHEMA_VERSION
+    name: str = "unnamed"
+    #: label for tables: fp | rtn | quarot | e8 | custom (does not change behaviour)
+    method: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    weights: WeightConfig = field(default_factory=WeightConfig)
+    activations: DynamicQuantConfig = field(default_factory=DynamicQuantConfig)
+    kv: DynamicQuantConfig = field(default_factory=DynamicQuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def quantizes_anything(self) -> bool:
+        return self.weights.method != "none" or self.activations.method != "none" or self.kv.method != "none"

@@ -1,0 +1,118 @@
+"""Voronoi (nested-lattice) codes: fine lattice Λ, coarse lattice qΛ.
+
+Codebook: ``C = Λ ∩ q V(Λ)`` where ``V`` is the Voronoi cell of Λ at 0, with ties on the
+boundary of ``qV`` broken by the equivariant rules of :mod:`.closest_point`; ``|C| = q^d``
+(one representative per coset of ``Λ / qΛ``).
+
+* encode: ``y = Q_Λ(x)``, ``codes = (y G^{-1}) mod q``  (d integers in [0, q)).
+* decode: ``y' = codes @ G``; ``x_hat = y' - q Q_Λ(y' / q)``.
+* ``decode(encode(x)) == Q(x) - q Q(Q(x)/q)`` exactly, since ``y' - y ∈ qΛ`` and ``Q`` is
+  Λ-equivariant; the coarse step is evaluated in exact integer arithmetic
+  (:func:`.closest_point.coarse_closest_int`) so no float rounding can pick a different
+  representative.
+* overload: ``Q(Q(x)/q) != 0``, i.e. ``Q(x)`` lies outside the codebook and the decoder
+  returns a point shifted by a nonzero vector of ``qΛ``.
+
+A kernel decoding codes must reproduce the integer coarse step (``2 y' = codes @ 2G`` is an
+integer vector; apply the D8/E8 rounding rules to ``2y' / (2q)`` with floor division).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .closest_point import check_finite, check_lattice, closest_point, coarse_closest_int, generator_matrix
+
+#: fp32 represents every half-integer exactly only below 2^22.
+_MAX_ABS = 2.0**22
+
+
+class VoronoiCodec:
+    """Voronoi code of lattice ``name`` with coarse lattice ``q * name``.
+
+    ``name`` in {"Z", "D4", "D8", "E8"}; ``d`` is the dimension for ``Z`` (default 8).
+    ``q >= 2`` integer.  Codes are int64 tensors (..., d) with entries in [0, q).
+    """
+
+    def __init__(self, name: str = "E8", q: int = 14, d: int | None = None):
+        dim = check_lattice(name)
+        if dim is None:
+            dim = 8 if d is None else int(d)
+        elif d is not None and d != dim:
+            raise ValueError(f"lattice {name} has dimension {dim}, got d={d}")
+        if int(q) != q or q < 2:
+            raise ValueError(f"q must be an integer >= 2 (the nesting ratio), got {q!r}")
+        self.name = name
+        self.q = int(q)
+        self.d = dim
+        g = generator_matrix(name, dim)
+        self._g2 = (2 * g).round()  # 2G is an integer matrix for all our lattices
+        self._ginv = torch.linalg.inv(g)
+        self._cache: dict = {}
+
+    def _mats(self, device: torch.device, dtype: torch.dtype = torch.float64):
+        key = (str(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = (self._g2.to(device=device, dtype=dtype), self._ginv.to(device=device, dtype=dtype))
+        return self._cache[key]
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() == 0 or x.shape[-1] != self.d:
+            raise ValueError(f"expected a tensor of shape (..., {self.d}) for {self.name}, got {tuple(x.shape)}")
+
+    # -- exact integer core -------------------------------------------------------------
+    def reduce2(self, y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Voronoi reduction in doubled units: ``y2 = 2y`` (y ∈ Λ; integer-valued, int64 or float,
+        see :func:`coarse_closest_int` for exactness ranges) -> (``2 (y - qλ)``, ``2λ``) with
+        ``qλ = Q_{qΛ}(y)``."""
+        l2 = coarse_closest_int(y2, self.name, self.q)
+        return y2 - self.q * l2, l2
+
+    def codes_from_point2(self, y2: torch.Tensor) -> torch.Tensor:
+        """Coordinates ``(y G^{-1}) mod q`` (int64) of lattice points given as ``y2 = 2y``.
+
+        Computed in the float dtype of ``y2`` (float64 for integer input); exact while the
+        coordinates stay below the dtype's integer range (G^{-1} has entries in Z/4)."""
+        dt = y2.dtype if torch.is_floating_point(y2) else torch.float64
+        _, ginv = self._mats(y2.device, dt)
+        coords = torch.round((y2.to(dt) * 0.5) @ ginv).to(torch.int64)
+        return torch.remainder(coords, self.q)
+
+    def point2_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """``2 (codes @ G)`` as an integer-valued float64 tensor (exact: small integers)."""
+        g2, _ = self._mats(codes.device)
+        return codes.to(torch.float64) @ g2
+
+    # -- public API ---------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes (..., d) int64 in [0, q) of ``Q_Λ(x)`` modulo ``qΛ``.  ``x`` finite, |x| < 2^22."""
+        self._check(x)
+        check_finite(x)
+        if x.numel() and float(x.abs().max()) >= _MAX_ABS:
+            raise ValueError(
+                f"input magnitude {float(x.abs().max()):.3g} >= 2^22: lattice points are not exactly "
+                f"representable there; divide the input by a scale first"
+            )
+        y = closest_point(x if torch.is_floating_point(x) else x.double(), self.name)
+        return self.codes_from_point2(2 * y.to(torch.float64))
+
+    def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Voronoi representative ``c G - q Q(c G / q)`` of each code vector, shape (..., d)."""
+        self._check(codes)
+        if torch.is_floating_point(codes) or torch.is_complex(codes):
+            raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.q):
+            raise ValueError(f"codes must lie in [0, {self.q}), got range [{int(codes.min())}, {int(codes.max())}]")
+        x2, _ = self.reduce2(self.point2_from_codes(codes))
+        return (x2.to(torch.float64) * 0.5).to(dtype)
+
+    def overload(self, x: torch.Tensor) -> torch.Tensor:
+        """True where ``Q(x)`` falls outside the codebook (decode(encode(x)) != Q(x)); shape (...)."""
+        self._check(x)
+        check_finite(x)
+        y = closest_point(x if torch.is_floating_point(x) else x.double(), self.name)
+        l2 = coarse_closest_int(2 * y.to(torch.float64), self.name, self.q)
+        return (l2 != 0).any(-1)
+
+    def __repr__(self) -> str:
+        return f"VoronoiCodec({self.name!r}, q={self.q}, d={self.d})"

@@ -1,0 +1,248 @@
+"""Quantized replacements of ``nn.Linear``: :class:`LatticeLinear` and :class:`ScalarLinear`.
+
+Both hold only integer codes, scales and (optionally) a dynamic activation quantizer
+``act_q`` (:class:`~llmquant.quant.activations.RowQuantizer`) applied to the input before
+the matmul.  Their reference forward decodes the weight once and caches it; the cache is
+keyed on the buffers' storage and version counters, so ``load_state_dict`` or any in-place
+write to a buffer invalidates it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmquant.quant import scalar as sq
+
+BACKENDS = ("reference", "triton", "auto")
+
+
+class _CachedDecode(nn.Module):
+    _buffer_names: tuple[str, ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self._w_cache = None
+
+    def _cache_key(self):
+        return tuple((b.data_ptr(), b._version, b.device) for b in (getattr(self, n) for n in self._buffer_names))
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The decoded weight ``[N, K]`` float32, cached until a buffer changes."""
+        key = self._cache_key()
+        if self._w_cache is None or self._w_cache[0] != key:
+            self._w_cache = (key, self.decode_weight())
+        return self._w_cache[1]
+
+    def decode_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_q is not None:
+            x = self.act_q(x)
+        w = self.dequantized_weight()
+        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class LatticeLinear(_CachedDecode):
+    """Linear layer with nested-lattice (Voronoi) coded weights.
+
+    Buffers (the layout the Triton kernels read; ``N = out_features``, ``K = in_features``,
+    ``K % 8 == 0``, ``k`` betas):
+
+    * ``codes``     int32  ``[N, K/8]``: the 8 lattice coordinates (each in ``[0, q)``, q <= 16)
+      of the 8-vector ``W[n, 8b:8b+8]``, nibble-packed as :func:`llmquant.lattice.pack_codes`:
+      coordinate ``j`` in bits ``[4j, 4j+4)`` of the word.
+    * ``beta_idx``  uint8  ``[N, K/8]``: index into ``betas`` of each 8-vector.
+    * ``row_scale`` float32 ``[N]``: per-row scale (an fp16 value: RMS of the original row).
+    * ``betas``     float32 ``[k]``: the beta set (lattice scalings).
+    * ``bias``      float32 ``[N]`` or absent.
+
+    ``W[n, 8b:8b+8] = row_scale[n] * betas[beta_idx[n, b]] * decode(codes[n, b])`` with
+    ``decode`` the Voronoi decoder of ``lattice`` modulo ``q`` (:class:`llmquant.lattice.VoronoiCodec`).
+
+    Activation quantizer (optional, ``act_q``): fake-quantizes the input per token before the
+    matmul; a fused kernel reads ``act_q.kind`` ("lattice"/"scalar"), ``act_lattice``,
+    ``act_q_modulus``, ``act_betas`` (see the properties).  ``backend`` != "reference" asks
+    ``llmquant.kernels.dispatch.try_forward(self, x)`` with the *unquantized* input ``x`` (the
+    kernel must apply ``act_q`` itself, or return None) and falls back to the reference.
+    """
+
+    _buffer_names = ("codes", "beta_idx", "row_scale", "betas")
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        lattice: str = "E8",
+        q: int = 14,
+        k: int = 2,
+        bias: bool = False,
+        backend: str = "reference",
+        act_q: nn.Module | None = None,
+    ):
+        super().__init__()
+        if in_features % 8:
+            raise ValueError(f"LatticeLinear: in_features {in_features} is not divisible by 8")
+        if q > 16:
+            raise ValueError(f"LatticeLinear: q={q} does not fit the 4-bit code packing (q <= 16)")
+        if backend not in BACKENDS:
+            raise ValueError(f"LatticeLinear: backend {backend!r} must be one of {BACKENDS}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.lattice = lattice
+        self.q = q
+        self.backend = backend
+        nb = in_features // 8
+        self.register_buffer("codes", torch.zeros(out_features, nb, dtype=torch.int32))
+        self.register_buffer("beta_idx", torch.zeros(out_features, nb, dtype=torch.uint8))
+        self.register_buffer("row_scale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("betas", torch.ones(k, dtype=torch.float32))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
+        else:
+            self.bias = None
+        self.act_q = act_q
+        self._codec = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, lattice={self.lattice}, "
+            f"q={self.q}, k={self.betas.numel()}, bias={self.bias is not None}, backend={self.backend}"
+        )
+
+    @property
+    def act_lattice(self) -> str | None:
+        return getattr(self.act_q, "lattice", None) if getattr(self.act_q, "kind", None) == "lattice" else None
+
+    @property
+    def act_q_modulus(self) -> int | None:
+        return self.act_q.q if self.act_lattice is not None else None
+
+    @property
+    def act_betas(self) -> torch.Tensor | None:
+        return self.act_q.betas if self.act_lattice is not None else None
+
+    def set_quantized(self, codes: torch.Tensor, beta_idx: torch.Tensor, row_scale: torch.Tensor,
+                      betas: torch.Tensor, bias: torch.Tensor | None = None) -> "LatticeLinear":
+        """Fill the buffers from unpacked ``codes [N, K/8, 8]`` (ints in ``[0, q)``) and ``beta_idx [N, K/8]``."""
+        from llmquant.lattice.packing import pack_codes
+
+        n, nb = self.out_features, self.in_features // 8
+        if tuple(codes.shape) != (n, nb, 8) or tuple(beta_idx.shape) != (n, nb):
+            raise ValueError(
+                f"LatticeLinear.set_quantized: codes {tuple(codes.shape)} / beta_idx {tuple(beta_idx.shape)} "
+                f"do not match [{n}, {nb}, 8] / [{n}, {nb}]"
+            )
+        self.codes.copy_(pack_codes(codes.to(torch.uint8), self.q))
+        self.beta_idx.copy_(beta_idx.to(torch.uint8))
+        self.row_scale.copy_(row_scale.to(torch.float32))
+        self.betas.copy_(betas.to(torch.float32))
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError("LatticeLinear.set_quantized: a bias was given but the layer was built with bias=False")
+            self.bias.copy_(bias.to(torch.float32))
+        return self
+
+    def _voronoi(self):
+        from llmquant.lattice.voronoi import VoronoiCodec
+
+        if self._codec is None:
+            self._codec = VoronoiCodec(self.lattice, self.q)
+        return self._codec
+
+    def decode_weight(self) -> torch.Tensor:
+        from llmquant.lattice.packing import unpack_codes
+
+        codes = unpack_codes(self.codes).to(torch.int64)  # [N, K/8, 8]
+        v = self._voronoi().decode(codes).to(torch.float32)
+        beta = self.betas[self.beta_idx.long()].unsqueeze(-1)  # [N, K/8, 1]
+        return (v * beta * self.row_scale[:, None, None]).reshape(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend != "reference":
+            try:
+                from llmquant.kernels.dispatch import try_forward
+            except ModuleNotFoundError as exc:
+                if exc.name not in ("llmquant.kernels.dispatch", "triton"):
+                    raise
+                try_forward = None
+            if try_forward is not None:
+                out = try_forward(self, x)
+                if out is not None:
+                    return out
+        return self._reference(x)
+
+
+class ScalarLinear(_CachedDecode):
+    """Linear layer with INT-``bits`` weights, per output channel or per group of ``group_size`` columns.
+
+    Buffers (``N = out_features``, ``K = in_features``, ``G = group_size or K``):
+
+    * ``qweight`` uint8 ``[N, K/2]`` when ``bits <= 4`` (column ``2j`` in the low nibble of byte
+      ``j``, ``2j+1`` in the high nibble), else uint8 ``[N, K]``; codes in ``[0, 2^bits)``.
+    * ``scale``   float32 ``[N, K/G]`` (fp16 values), ``zero`` float32 ``[N, K/G]`` (integers).
+    * ``bias``    float32 ``[N]`` or absent.
+
+    ``W[n, c] = scale[n, c // G] * (code[n, c] - zero[n, c // G])``.  Optional ``act_q`` as in
+    :class:`LatticeLinear`; the forward is always the PyTorch reference.
+    """
+
+    _buffer_names = ("qweight", "scale", "zero")
+
+    def __init__(self, in_features: int, out_features: int, *, bits: int = 4, group_size: int = 0,
+                 bias: bool = False, act_q: nn.Module | None = None):
+        super().__init__()
+        g = group_size or in_features
+        if in_features % g:
+            raise ValueError(f"ScalarLinear: group_size {group_size} does not divide in_features {in_features}")
+        if bits <= 4 and in_features % 2:
+            raise ValueError(f"ScalarLinear: in_features {in_features} must be even for nibble packing")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bits = bits
+        self.group_size = group_size
+        width = in_features // 2 if bits <= 4 else in_features
+        self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(out_features, in_features // g, dtype=torch.float32))
+        self.register_buffer("zero", torch.zeros(out_features, in_features // g, dtype=torch.float32))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
+        else:
+            self.bias = None
+        self.act_q = act_q
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+    def set_quantized(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> "ScalarLinear":
+        """Fill the buffers from integer ``codes [N, K]`` and ``scale``/``zero`` ``[N, K/G]``."""
+        if tuple(codes.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"ScalarLinear.set_quantized: codes {tuple(codes.shape)} do not match "
+                             f"[{self.out_features}, {self.in_features}]")
+        if int(codes.min()) < 0 or int(codes.max()) >= 2**self.bits:
+            raise ValueError(f"ScalarLinear.set_quantized: codes outside [0, {2**self.bits})")
+        packed = sq.pack_nibbles(codes) if self.bits <= 4 else codes.to(torch.uint8)
+        self.qweight.copy_(packed)
+        self.scale.copy_(scale)
+        self.zero.copy_(zero)
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError("ScalarLinear.set_quantized: a bias was given but the layer was built with bias=False")
+            self.bias.copy_(bias.to(torch.float32))
+        return self
+
+    def int_codes(self) -> torch.Tensor:
+        return sq.unpack_nibbles(self.qweight) if self.bits <= 4 else self.qweight
+
+    def decode_weight(self) -> torch.Tensor:
+        codes = self.int_codes().to(torch.float32)
+        k = self.in_features
+        return sq.expand_groups(self.scale, k) * (codes - sq.expand_groups(self.zero, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._reference(x)

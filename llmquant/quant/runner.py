@@ -1,0 +1,253 @@
+"""Layer-wise (sequential) calibration and quantization with resume.
+
+Algorithm, for decoder layers ``i = 0 .. L-1`` (memory: one layer plus its activations):
+
+1. Inputs of layer 0 are captured by running the model on the calibration batch with a
+   pre-hook that records the layer's hidden states and keyword arguments (position
+   embeddings, masks) and stops the forward.
+2. FP pass: run layer ``i`` (still floating point) on its inputs; pre-hooks on its linears
+   accumulate one Hessian per input group (q/k/v share one, gate/up share one); the outputs
+   ``Y_fp`` are kept.
+3. Each linear is quantized from its Hessian (GPTQ/LDLQ or RTN) and swapped in, with its
+   activation quantizer; the KV quantizers are attached to the attention module.
+4. Quantized pass: run the quantized layer on the same inputs -> ``Y_q``; the per-layer
+   relative output error ``||Y_q - Y_fp|| / ||Y_fp||`` is logged; ``Y_q`` become the inputs
+   of layer ``i + 1`` (errors propagate as at inference time).
+5. Resume state (``work_dir``): the layer's state dict (``layer_XXX.safetensors``), the
+   propagated activations (``acts.pt``) and ``progress.json`` (config hash, last finished
+   layer, module specs, reports) are written atomically (temp file + ``os.replace``,
+   progress last).  A rerun with the same config skips the finished layers: it rebuilds
+   their quantized modules from the saved specs and state, and restarts from ``acts.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from llmquant.quant.hessian import HessianAccumulator
+from llmquant.quant.structure import (
+    INPUT_GROUPS,
+    build_quantized_shell,
+    get_linear,
+    present_roles,
+    set_linear,
+)
+
+PROGRESS_FILE = "progress.json"
+ACTS_FILE = "acts.pt"
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, adapter, calib: torch.Tensor, batch_size: int):
+    """Run the model up to decoder layer 0 -> (list of hidden states per batch, list of kwargs per batch)."""
+    layers = adapter.layers(model)
+    inps, kws = [], []
+
+    def hook(_mod, args, kwargs):
+        hs = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        kw["use_cache"] = False
+        kw["past_key_values"] = None
+        inps.append(hs.detach())
+        kws.append(kw)
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    device = _device_of(model)
+    try:
+        for batch in calib.split(batch_size):
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return inps, kws
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _run_layer(layer, inps, kws):
+    outs = []
+    for x, kw in zip(inps, kws):
+        y = layer(x, **kw)
+        outs.append((y[0] if isinstance(y, tuple) else y).detach())
+    return outs
+
+
+def _rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    num = sum(float((x.double() - y.double()).pow(2).sum()) for x, y in zip(a, b))
+    den = sum(float(y.double().pow(2).sum()) for y in b)
+    return (num / den) ** 0.5 if den > 0 else 0.0
+
+
+def _clear_memos(layer: nn.Module) -> None:
+    for m in layer.modules():
+        if hasattr(m, "clear_memo"):
+            m.clear_memo()
+
+
+@torch.no_grad()
+def quantize_layers(
+    model: nn.Module,
+    cfg,
+    calib: torch.Tensor,
+    *,
+    work_dir: str | Path | None = None,
+    config_hash: str = "",
+    progress: bool = True,
+    on_layer_done: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Quantize every decoder layer of ``model`` in place (see module docstring).
+
+    ``calib``: LongTensor ``[n_samples, seq_len]``.  ``on_layer_done(i)`` is called after layer
+    ``i`` and its resume state are written (a test hook; raising in it simulates a crash).
+    Returns ``{"specs": {i: {role: spec}}, "layers": [per-layer report], "resumed_layers": [...],
+    "seconds": float}``.
+    """
+    from llmquant.models.adapters import get_adapter
+    from llmquant.quant.activations import row_quantizer_from_config
+    from llmquant.quant.kv import attach_kv_quantizers
+    from llmquant.quant.weights import module_spec, quantize_linear, weight_betas
+
+    t0 = time.perf_counter()
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    work = Path(work_dir) if work_dir is not None else None
+    specs: dict[int, dict[str, dict]] = {}
+    reports: list[dict] = []
+    start = 0
+    state = None
+    if work is not None and (work / PROGRESS_FILE).is_file():
+        state = json.loads((work / PROGRESS_FILE).read_text())
+        if state.get("config_hash") != config_hash:
+            raise RuntimeError(
+                f"work dir {work} holds a run of a different config (hash {state.get('config_hash')} != "
+                f"{config_hash}); delete it or choose another --out"
+            )
+    inps, kws = capture_layer_inputs(model, adapter, calib, cfg.calibration.batch_size)
+    resumed = []
+    if state is not None and state["done"] >= 0:
+        from safetensors.torch import load_file
+
+        for i in range(state["done"] + 1):
+            layer_specs = state["specs"][str(i)]
+            build_quantized_shell(layers[i], adapter, layer_specs, cfg)
+            sd = load_file(str(work / f"layer_{i:03d}.safetensors"), device=str(_device_of(model)))
+            layers[i].load_state_dict(sd, strict=True)
+            specs[i] = layer_specs
+            resumed.append(i)
+        reports = state["reports"]
+        saved = torch.load(work / ACTS_FILE, map_location=_device_of(model))
+        inps = saved
+        start = state["done"] + 1
+        if log:
+            log(f"resuming after layer {state['done']} from {work}")
+    betas = weight_betas(cfg.weights) if cfg.weights.method == "lattice" else None
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(layers), initial=start, desc="quantize layers", unit="layer")
+    for i in range(start, len(layers)):
+        tl = time.perf_counter()
+        layer = layers[i]
+        roles = present_roles(layer, adapter)
+        accs: dict[str, HessianAccumulator] = {}
+        handles = []
+        if cfg.weights.method != "none" and cfg.weights.algorithm == "gptq":
+            for group in INPUT_GROUPS:
+                members = [r for r in group if r in roles]
+                if not members:
+                    continue
+                lin = get_linear(layer, adapter, members[0])
+                acc = HessianAccumulator(lin.in_features, device=_device_of(lin))
+                for r in members:
+                    accs[r] = acc
+
+                def hook(_m, args, acc=acc):
+                    acc.add(args[0])
+
+                handles.append(lin.register_forward_pre_hook(hook))
+        try:
+            outs_fp = _run_layer(layer, inps, kws)
+        finally:
+            for h in handles:
+                h.remove()
+        layer_specs: dict[str, dict] = {}
+        lin_report = {}
+        if cfg.weights.method != "none":
+            for group in INPUT_GROUPS:
+                act_q = row_quantizer_from_config(cfg.activations)
+                for role in group:
+                    if role not in roles:
+                        continue
+                    lin = get_linear(layer, adapter, role)
+                    h = accs[role].hessian() if role in accs else None
+                    qmod, info = quantize_linear(lin, h, cfg.weights, act_q=act_q, betas=betas)
+                    qmod.to(_device_of(lin))
+                    set_linear(layer, adapter, role, qmod)
+                    layer_specs[role] = module_spec(qmod)
+                    lin_report[role] = info.get("rel_err")
+        attach_kv_quantizers(layer, adapter, cfg.kv)
+        outs_q = _run_layer(layer, inps, kws)
+        _clear_memos(layer)
+        err = _rel_err(outs_q, outs_fp)
+        rep = {"layer": i, "rel_out_err": err, "linear_rel_err": lin_report, "seconds": time.perf_counter() - tl}
+        reports.append(rep)
+        specs[i] = layer_specs
+        inps = outs_q
+        del outs_fp
+        if work is not None:
+            _save_progress(work, layer, i, inps, specs, reports, config_hash)
+        if log and not progress:
+            log(f"layer {i}: rel. output error {err:.4f}")
+        if bar is not None:
+            bar.set_postfix(rel_err=f"{err:.4f}")
+            bar.update(1)
+        if on_layer_done is not None:
+            on_layer_done(i)
+    if bar is not None:
+        bar.close()
+    return {"specs": specs, "layers": reports, "resumed_layers": resumed, "seconds": time.perf_counter() - t0}
+
+
+def _save_progress(work: Path, layer: nn.Module, i: int, inps, specs, reports, config_hash: str) -> None:
+    from safetensors.torch import save_file
+
+    work.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in layer.state_dict().items()}
+    _atomic_write_bytes(work / f"layer_{i:03d}.safetensors", lambda p: save_file(sd, str(p)))
+    _atomic_write_bytes(work / ACTS_FILE, lambda p: torch.save(inps, p))
+    state = {
+        "config_hash": config_hash,
+        "done": i,
+        "specs": {str(j): s for j, s in specs.items()},
+        "reports": reports,
+    }
+    _atomic_write_bytes(work / PROGRESS_FILE, lambda p: p.write_text(json.dumps(state, indent=1)))

@@ -1,0 +1,122 @@
+"""Turn one ``nn.Linear`` (+ its input Hessian) into a :class:`LatticeLinear` or :class:`ScalarLinear`.
+
+Lattice (E8, NestQuant-style): ``s[n] = RMS(W[n, :])`` rounded to fp16, so ``W / s`` has unit
+variance per entry; rows are cut into 8-vectors along the input dim and each is coded by the
+nested lattice quantizer (one beta index per 8-vector).  With ``algorithm: gptq`` the 8-column
+groups are processed left to right with LDLQ error feedback (:func:`gptq_quantize`, width 8);
+the Hessian of ``W / s`` is the Hessian of ``W`` (row scaling does not touch the input side).
+
+Scalar: static per-channel / per-group ``(scale, zero)`` from the original weight (with the
+clipping search), then GPTQ column by column (width 1) or plain rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmquant.quant.gptq import gptq_quantize
+from llmquant.quant.hessian import relative_error_from_hessian
+from llmquant.quant.linear import LatticeLinear, ScalarLinear
+from llmquant.quant import scalar as sq
+
+
+def _bias(linear: nn.Linear):
+    return None if linear.bias is None else linear.bias.detach().to(torch.float32)
+
+
+def weight_betas(wcfg) -> torch.Tensor:
+    from llmquant.lattice.beta_search import load_beta_set
+
+    return load_beta_set(wcfg.lattice, wcfg.q, wcfg.k).to(torch.float32)
+
+
+def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None,
+                            betas: torch.Tensor | None = None) -> tuple[LatticeLinear, dict]:
+    """E8 weights for ``linear`` (see module docstring); returns the module and ``{"rel_err": ...}``."""
+    from llmquant.lattice.nested import NestedLatticeQuantizer
+
+    w = linear.weight.detach().to(torch.float32)
+    n, k = w.shape
+    betas = weight_betas(wcfg) if betas is None else betas
+    nlq = NestedLatticeQuantizer(wcfg.lattice, wcfg.q, betas, choose=wcfg.choose)
+    s = w.pow(2).mean(dim=1).sqrt()
+    s = torch.where(s > 0, s, torch.ones_like(s)).half().float()
+    wn = w / s[:, None]
+    codes = torch.zeros(n, k // 8, 8, dtype=torch.uint8, device=w.device)
+    bidx = torch.zeros(n, k // 8, dtype=torch.uint8, device=w.device)
+    if wcfg.algorithm == "gptq" and hessian is not None:
+        def quant_cols(wg: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            r = nlq.quantize_full(wg)
+            b = int(cols[0]) // 8
+            codes[:, b] = r.codes
+            bidx[:, b] = r.beta_idx
+            return r.x_hat
+
+        qn = gptq_quantize(wn, hessian, quant_cols, width=8, block_size=wcfg.block_size, percdamp=wcfg.percdamp)
+    else:
+        r = nlq.quantize_full(wn.reshape(n, k // 8, 8))
+        codes, bidx, qn = r.codes, r.beta_idx, r.x_hat.reshape(n, k)
+    layer = LatticeLinear(k, n, lattice=wcfg.lattice, q=wcfg.q, k=betas.numel(), bias=linear.bias is not None,
+                          act_q=act_q)
+    layer.set_quantized(codes, bidx, s, betas, _bias(linear))
+    info = {}
+    if hessian is not None:
+        info["rel_err"] = relative_error_from_hessian(w, layer.dequantized_weight(), hessian)
+    return layer, info
+
+
+def quantize_scalar_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None
+                           ) -> tuple[ScalarLinear, dict]:
+    """INT-b weights for ``linear`` (see module docstring); returns the module and ``{"rel_err": ...}``."""
+    w = linear.weight.detach().to(torch.float32)
+    n, k = w.shape
+    scale, zero = sq.grouped_params(w, wcfg.bits, wcfg.group_size, wcfg.symmetric, wcfg.clip_search)
+    s_full, z_full = sq.expand_groups(scale, k), sq.expand_groups(zero, k)
+    if wcfg.algorithm == "gptq" and hessian is not None:
+        def quant_cols(wg: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            return sq.fake_quant(wg, s_full[:, cols], z_full[:, cols], wcfg.bits)
+
+        qw = gptq_quantize(w, hessian, quant_cols, width=1, block_size=wcfg.block_size,
+                           percdamp=wcfg.percdamp, act_order=wcfg.act_order)
+    else:
+        qw = sq.fake_quant(w, s_full, z_full, wcfg.bits)
+    # qw lies on the grid: s * (c - z); recover c exactly
+    codes = torch.clamp(torch.round(qw / s_full + z_full), 0, 2**wcfg.bits - 1).to(torch.uint8)
+    layer = ScalarLinear(k, n, bits=wcfg.bits, group_size=wcfg.group_size, bias=linear.bias is not None, act_q=act_q)
+    layer.set_quantized(codes, scale, zero, _bias(linear))
+    info = {}
+    if hessian is not None:
+        info["rel_err"] = relative_error_from_hessian(w, layer.dequantized_weight(), hessian)
+    return layer, info
+
+
+def quantize_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None, betas=None):
+    """Dispatch on ``wcfg.method`` ("lattice" or "scalar")."""
+    if wcfg.method == "lattice":
+        return quantize_lattice_linear(linear, hessian, wcfg, act_q=act_q, betas=betas)
+    if wcfg.method == "scalar":
+        return quantize_scalar_linear(linear, hessian, wcfg, act_q=act_q)
+    raise ValueError(f"weights.method: {wcfg.method!r} does not quantize weights")
+
+
+def empty_like_spec(spec: dict) -> nn.Module:
+    """An empty quantized module (buffers to be filled by ``load_state_dict``) from its saved spec."""
+    if spec["type"] == "lattice":
+        return LatticeLinear(spec["in_features"], spec["out_features"], lattice=spec["lattice"], q=spec["q"],
+                             k=spec["k"], bias=spec["bias"])
+    if spec["type"] == "scalar":
+        return ScalarLinear(spec["in_features"], spec["out_features"], bits=spec["bits"],
+                            group_size=spec["group_size"], bias=spec["bias"])
+    raise ValueError(f"unknown quantized module type {spec['type']!r} in checkpoint")
+
+
+def module_spec(layer: nn.Module) -> dict:
+    """JSON-able description of a quantized module, enough to rebuild it empty (see :func:`empty_like_spec`)."""
+    if isinstance(layer, LatticeLinear):
+        return {"type": "lattice", "in_features": layer.in_features, "out_features": layer.out_features,
+                "lattice": layer.lattice, "q": layer.q, "k": int(layer.betas.numel()), "bias": layer.bias is not None}
+    if isinstance(layer, ScalarLinear):
+        return {"type": "scalar", "in_features": layer.in_features, "out_features": layer.out_features,
+                "bits": layer.bits, "group_size": layer.group_size, "bias": layer.bias is not None}
+    raise TypeError(f"module_spec: {type(layer).__name__} is not a quantized linear")

@@ -1,0 +1,61 @@
+"""Normalized Hadamard matrices of order n = m * 2^k and the fast transform along the last dim.
+
+Convention (row vectors, as in ``nn.Linear``): with ``H_n = (H_m (x) H_{2^k}) / sqrt(n)``,
+
+    fwht(x)            = x @ H_n      (x: [..., n])
+    fwht(x, transpose) = x @ H_n^T
+
+``H_m`` is from :mod:`llmquant.rotation.constructions` (Paley, not symmetric in general) and ``H_{2^k}`` is
+Sylvester (symmetric).  Index ``i`` of ``x`` is split as ``i = a * 2^k + b`` (a < m, b < 2^k); viewing
+``x`` as ``X[..., a, b]`` gives ``x @ (A (x) B) = A^T X B``, so the transform is an O(n log n) butterfly
+over ``b`` followed by a dense m x m matmul over ``a``.  ``H_n`` is orthogonal: ``H_n H_n^T = I``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmquant.rotation.constructions import hadamard_order_matrix, split_order
+
+
+def hadamard_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """Orthonormal Hadamard matrix ``(H_m (x) H_{2^k}) / sqrt(n)`` of order ``n``, shape [n, n]."""
+    m, k = split_order(n)
+    h = torch.kron(hadamard_order_matrix(m).to(torch.float64), hadamard_order_matrix(2**k).to(torch.float64))
+    return (h / math.sqrt(n)).to(dtype=dtype, device=device)
+
+
+def _butterfly(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalized Sylvester transform ``x @ H_{2^k}`` along the last dim (length 2^k)."""
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    h = 1
+    while h < n:
+        y = x.reshape(*lead, n // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        x = torch.stack((a + b, a - b), dim=-2).reshape(*lead, n)
+        h *= 2
+    return x
+
+
+def fwht(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``x @ H_n`` (or ``x @ H_n^T`` with ``transpose=True``) along the last dim, n = x.shape[-1].
+
+    Floating dtypes only; the result has x's dtype and device.  Cost: n log2(2^k) adds for the butterfly
+    plus one [m, m] x [m, 2^k] matmul per row.
+    """
+    if not torch.is_floating_point(x):
+        raise TypeError(f"fwht needs a floating tensor, got {x.dtype}; convert with x.float() first")
+    n = x.shape[-1]
+    m, k = split_order(n)
+    p = 2**k
+    y = _butterfly(x.reshape(*x.shape[:-1], m, p))
+    if m > 1:
+        hm = hadamard_order_matrix(m).to(dtype=x.dtype, device=x.device)
+        # A^T X for x @ H, A X for x @ H^T (H_{2^k} is symmetric so only H_m is transposed), written as
+        # (X^T A)^T so that all rows form one large GEMM instead of many tiny batched ones.
+        y = torch.matmul(y.transpose(-1, -2), hm.T if transpose else hm).transpose(-1, -2)
+    y = y.reshape(x.shape)
+    return y / math.sqrt(n)

@@ -1,0 +1,209 @@
+"""Gaussian matrix-product experiments: how close column-wise codes get to Γ(R).
+
+Setting: ``A (n×a)``, ``B (n×b)`` iid N(0,1) drawn from ``torch.Generator().manual_seed(seed)``.
+Every column ``x ∈ R^n`` is encoded on its own (a *stream*, see :mod:`llmquant.lattice.rate`):
+
+1. scale ``s = ||x|| / sqrt(n)`` and unit-variance entries ``u = x / s`` (the encoder's private
+   normalisation; no mean is used: the columns are zero-mean by construction);
+2. ``u`` is quantized (nested lattice on its d-vectors, or a clipped uniform scalar code);
+3. one fp16 number per column is stored: the least-squares gain ``c = <x, x_hat>/||x_hat||^2``
+   (MMSE shrinkage and de-normalisation in one), and the decoder returns ``c · x_hat``.
+
+No rotation is applied: iid Gaussian columns are already rotation invariant (a random
+rotation would leave every statistic here unchanged).  Optional subtractive dither for the
+lattice codes (``dither_seed``).
+
+Reported distortion: ``E ||AᵀB - ÂᵀB̂||_F^2 / (n a b)`` measured in float64, against
+``Γ(R_total)`` where ``R_total`` is the exact bits of the packed streams (mixed-radix packer,
+:func:`llmquant.lattice.rate.stream_bits`) plus the fp16 gain, divided by the entries.
+
+Below R* (rate 0.5): a shared Johnson–Lindenstrauss sketch.  ``S (n'×n)`` has orthonormal rows:
+the subsampled randomized Hadamard transform ``S = P H D / sqrt(n)`` (``D`` random signs, ``H``
+the Sylvester Hadamard matrix applied by a fast Walsh–Hadamard transform, ``P`` keeps ``n'`` random
+coordinates), all drawn from one seed shared by encoder and decoder (no bits).  A Gaussian ``S``
+would also work but its non-orthogonal rows add estimator variance, and orthonormalising a
+Gaussian by QR costs O(n n'^2).  ``SA`` and ``SB`` are encoded column-wise at the base rate ``R_q`` and the estimate is
+``(SÂ)ᵀ(SB̂)`` (scale 1: for iid Gaussian data the discarded ``n - n'`` directions are independent
+of the kept ones, so the unscaled estimate is the MMSE one among scalings).  ``n' = n R / R_q``
+rounded down to a multiple of 8, and the rate is the sketch's bits divided by ``n``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from llmquant.lattice.beta_sets import load_beta_set
+from llmquant.lattice.nested import NestedLatticeQuantizer
+from llmquant.lattice.rate import scalar_stream_bits, stream_bits
+
+#: fp16 gain per column
+SIDE_BITS = 16
+
+
+@dataclass(frozen=True)
+class Method:
+    """One quantization method: ``kind`` "lattice" (name, q, k, choose) or "scalar" (levels = q)."""
+
+    kind: str
+    lattice: str
+    q: int
+    k: int = 1
+    choose: str = "first_fit"
+    dither_seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "scalar":
+            return f"scalar-{self.q}lvl"
+        rule = "" if self.choose == "first_fit" else "-minerr"
+        return f"{self.lattice}-q{self.q}-k{self.k}{rule}"
+
+
+def gaussian_pair(n: int, a: int, b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A (n×a)``, ``B (n×b)`` iid N(0,1), float64, from one seeded generator."""
+    gen = torch.Generator().manual_seed(int(seed))
+    A = torch.randn(n, a, generator=gen, dtype=torch.float64)
+    B = torch.randn(n, b, generator=gen, dtype=torch.float64)
+    return A, B
+
+
+def _gauss_mse_scalar(levels: int, step: float) -> float:
+    """E (X - Q(X))^2 for X ~ N(0,1) and the midrise uniform quantizer with ``levels`` cells of
+    width ``step`` (outer cells unbounded), by exact per-cell integrals (erf / Gaussian pdf)."""
+    sq2 = math.sqrt(2.0)
+
+    def Phi(t):
+        return 0.5 * (1.0 + math.erf(t / sq2)) if math.isfinite(t) else (1.0 if t > 0 else 0.0)
+
+    def phi(t):
+        return math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi) if math.isfinite(t) else 0.0
+
+    total = 0.0
+    for i in range(levels):
+        lo = -math.inf if i == 0 else (i - levels / 2) * step
+        hi = math.inf if i == levels - 1 else (i + 1 - levels / 2) * step
+        c = (i + 0.5 - levels / 2) * step
+        # ∫ (x - c)^2 φ = ∫ x^2 φ - 2c ∫ x φ + c^2 ∫ φ;  ∫ x φ = -φ|, ∫ x^2 φ = (Φ - xφ)|
+        p = Phi(hi) - Phi(lo)
+        m1 = phi(lo) - phi(hi)
+        m2 = p + (lo * phi(lo) if math.isfinite(lo) else 0.0) - (hi * phi(hi) if math.isfinite(hi) else 0.0)
+        total += m2 - 2 * c * m1 + c * c * p
+    return total
+
+
+@functools.cache
+def optimal_scalar_step(levels: int) -> float:
+    """Step of the MSE-optimal clipped uniform quantizer for N(0,1) (golden-section search)."""
+    lo, hi = 1e-3, 8.0 / max(levels - 1, 1) + 2.0
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    for _ in range(100):
+        c, d = b - g * (b - a), a + g * (b - a)
+        if _gauss_mse_scalar(levels, c) < _gauss_mse_scalar(levels, d):
+            b = d
+        else:
+            a = c
+    return 0.5 * (a + b)
+
+
+def scalar_quantize(u: torch.Tensor, levels: int) -> torch.Tensor:
+    """Clipped midrise uniform quantizer with the Gaussian-optimal step; returns reconstructions."""
+    step = optimal_scalar_step(levels)
+    i = torch.clamp(torch.floor(u / step + levels / 2), 0, levels - 1)
+    return (i + 0.5 - levels / 2) * step
+
+
+def _fp16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float16).to(t.dtype)
+
+
+def encode_columns(M: torch.Tensor, method: Method) -> tuple[torch.Tensor, int]:
+    """Encode every column of ``M (n×m)`` separately; returns ``(M_hat, bits)`` with ``bits`` the
+    exact total of all packed streams and side information."""
+    n, m = M.shape
+    s = M.norm(dim=0) / math.sqrt(n)
+    if (s == 0).any():
+        raise ValueError("a column is identically zero; the Gaussian experiment expects nonzero columns")
+    U = (M / s).to(torch.float32)
+    if method.kind == "scalar":
+        Xh = scalar_quantize(U, method.q).to(torch.float64)
+        bits = m * scalar_stream_bits(n, method.q, SIDE_BITS)
+    else:
+        d = 4 if method.lattice == "D4" else 8
+        if n % d:
+            raise ValueError(f"n={n} must be a multiple of the lattice dimension {d}")
+        betas = load_beta_set(method.lattice, method.q, method.k, method.choose)
+        nq = NestedLatticeQuantizer(method.lattice, method.q, betas, choose=method.choose,
+                                    dither_seed=method.dither_seed, d=d if method.lattice == "Z" else None)
+        # column j's entries as n/d consecutive d-vectors
+        Xh = nq.fake_quant(U.T.reshape(m, n // d, d)).reshape(m, n).T.to(torch.float64)
+        bits = m * stream_bits(n, method.q, method.k, d, SIDE_BITS)
+    gain = (M * Xh).sum(0) / Xh.square().sum(0).clamp_min(1e-300)
+    return _fp16(gain) * Xh, bits
+
+
+def _fwht_rows(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh–Hadamard transform along dim 0 (length a power of two): the Sylvester
+    recursion H_{2m} = [[H_m, H_m], [H_m, -H_m]] applied butterfly by butterfly."""
+    n = x.shape[0]
+    h = 1
+    y = x.clone()
+    while h < n:
+        y = y.view(n // (2 * h), 2, h, -1)
+        y = torch.stack((y[:, 0] + y[:, 1], y[:, 0] - y[:, 1]), 1)
+        h *= 2
+    return y.reshape(x.shape)
+
+
+def jl_sketch_apply(M: torch.Tensor, n_keep: int, seed: int) -> torch.Tensor:
+    """``S M`` for the seeded SRHT ``S = P H D / sqrt(n)`` (orthonormal rows), ``M (n×m)``, n = 2^j."""
+    n = M.shape[0]
+    if n & (n - 1):
+        raise ValueError(f"the Hadamard sketch needs n a power of two, got n={n}")
+    if not 0 < n_keep <= n:
+        raise ValueError(f"sketch size must be in (0, {n}], got {n_keep}")
+    gen = torch.Generator().manual_seed(int(seed))
+    signs = torch.randint(0, 2, (n, 1), generator=gen).to(M.dtype) * 2 - 1
+    keep = torch.randperm(n, generator=gen)[:n_keep]
+    return _fwht_rows(signs * M)[keep] / math.sqrt(n)
+
+
+@dataclass
+class Measurement:
+    method: Method
+    rate: float
+    mse: float
+    sketch: int | None = None  # n' when a JL sketch was used
+
+
+def measure(A: torch.Tensor, B: torch.Tensor, method: Method, target_rate: float | None = None,
+            sketch_seed: int = 0) -> Measurement:
+    """Quantize ``A`` and ``B`` column-wise with ``method``; with ``target_rate`` (below the method's
+    own rate) first apply the shared JL sketch sized to reach it.  Returns the measured distortion."""
+    n, a = A.shape
+    b = B.shape[1]
+    exact = A.T @ B
+    n_keep = None
+    if target_rate is not None:
+        base_rate = _method_rate(method, n)
+        n_keep = int(n * target_rate / base_rate) // 8 * 8
+        if n_keep < 8:
+            raise ValueError(f"target rate {target_rate} is too low for n={n} with a base rate of {base_rate:.3f}")
+        A = jl_sketch_apply(A, n_keep, sketch_seed)
+        B = jl_sketch_apply(B, n_keep, sketch_seed)
+    Ah, bits_a = encode_columns(A, method)
+    Bh, bits_b = encode_columns(B, method)
+    mse = float((exact - Ah.T @ Bh).square().sum()) / (n * a * b)
+    rate = (bits_a + bits_b) / (n * (a + b))
+    return Measurement(method, rate, mse, n_keep)
+
+
+def _method_rate(method: Method, n: int) -> float:
+    if method.kind == "scalar":
+        return scalar_stream_bits(n, method.q, SIDE_BITS) / n
+    d = 4 if method.lattice == "D4" else 8
+    return stream_bits(n, method.q, method.k, d, SIDE_BITS) / n

@@ -1,0 +1,87 @@
+"""Gaussian matrix-product benchmark: exact rates, ratios >= 1, E8 beats scalar, CLI output."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from llmquant.cli import main as cli_main
+from llmquant.lattice import NestedLatticeQuantizer, load_beta_set, pack_nested_stream
+from llmquant.theory.gamma import gamma
+from llmquant.theory.gaussian import (
+    Method,
+    _gauss_mse_scalar,
+    gaussian_pair,
+    jl_sketch_apply,
+    measure,
+    optimal_scalar_step,
+)
+from llmquant.theory.gaussian_bench import run_bench
+
+ROW_KEYS = {"method", "lattice", "q", "num_betas", "rate", "mse", "gamma", "ratio", "gap_db"}
+
+
+def test_optimal_scalar_quantizer_matches_known_gaussian_values():
+    # uniform (clipped) quantizers for N(0,1), Max (1960): 1 bit 0.3634, 2 bits 0.1188, 3 bits 0.03744
+    for levels, mse in ((2, 0.3634), (4, 0.1188), (8, 0.03744)):
+        assert _gauss_mse_scalar(levels, optimal_scalar_step(levels)) == pytest.approx(mse, rel=2e-3)
+
+
+def test_sketch_has_orthonormal_rows():
+    m = torch.randn(256, 5, dtype=torch.float64)
+    full = jl_sketch_apply(m, 256, seed=3)
+    assert torch.allclose(full.T @ full, m.T @ m)
+    half = jl_sketch_apply(torch.eye(256, dtype=torch.float64), 128, seed=3)
+    assert torch.allclose(half @ half.T, torch.eye(128, dtype=torch.float64))
+
+
+def test_reported_rate_is_what_the_packer_writes():
+    n, cols = 1024, 4
+    A, B = gaussian_pair(n, cols, cols, seed=1)
+    m = measure(A, B, Method("lattice", "E8", 14, 4))
+    nq = NestedLatticeQuantizer("E8", 14, load_beta_set("E8", 14, 4))
+    u = (A[:, 0] / (A[:, 0].norm() / math.sqrt(n))).float().reshape(-1, 8)
+    codes, idx = nq.quantize(u)
+    _, n_bits = pack_nested_stream(codes, idx, 14, 4)
+    assert m.rate == pytest.approx((n_bits + 16) / n, abs=1e-12)
+
+
+def test_small_bench_ratios_and_e8_beats_scalar():
+    methods = (
+        (Method("scalar", "Z", 2), 0.5),
+        (Method("lattice", "E8", 4, 4, "min_error"), 0.5),
+        (Method("scalar", "Z", 16), None),
+        (Method("lattice", "E8", 14, 4), None),
+        (Method("lattice", "E8", 14, 4, "min_error"), None),
+        (Method("scalar", "Z", 8), None),
+        (Method("lattice", "E8", 8, 2), None),
+    )
+    rows = run_bench(n=1024, cols=24, seed=0, methods=methods)
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert r["ratio"] >= 1.0, f"below the limit: rate accounting misses bits? {r}"
+        assert r["gamma"] == pytest.approx(gamma(r["rate"]))
+    by = {(r["method"], r["q"], r["num_betas"], r["choose"]): r for r in rows}
+    jl = by[("scalar+jl", 2, 0, None)]
+    assert 0.49 < jl["rate"] <= 0.51
+    e8 = by[("nested", 14, 4, "first_fit")]
+    sc = by[("scalar", 16, 0, None)]
+    assert e8["ratio"] < 1.75 and e8["ratio"] < sc["ratio"]
+    assert by[("nested", 14, 4, "min_error")]["mse"] < e8["mse"]
+    assert by[("nested", 8, 2, "first_fit")]["ratio"] < by[("scalar", 8, 0, None)]["ratio"]
+
+
+def test_bench_cli_json_is_seeded(capsys, monkeypatch):
+    import llmquant.theory.gaussian_bench as gb
+
+    monkeypatch.setattr(gb, "DEFAULT_METHODS", ((Method("lattice", "D4", 8, 2), None), (Method("scalar", "Z", 4), None)))
+    args = ["bench", "gaussian", "--json", "--n", "256", "--cols", "8", "--seed", "3"]
+    assert cli_main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert cli_main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert [(r["rate"], r["mse"]) for r in first] == [(r["rate"], r["mse"]) for r in second]
+    assert [r["lattice"] for r in first] == ["D4", "Z"]
+    assert cli_main(["bench", "gaussian", "--n", "100"]) == 2
+    assert "power of two" in capsys.readouterr().err
