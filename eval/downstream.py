@@ -10,13 +10,15 @@ Backend choice (``backend="auto"``): when the hub is reachable (``HF_DATASETS_OF
 on our model object (wrapped by its HF model class); otherwise the local definitions in
 :mod:`llmquant.eval.tasks` read ``DATA_DIR/tasks/...`` and score with
 :class:`llmquant.eval.loglik.LoglikScorer`, which tokenizes and scores like lm-eval.
-``backend="local"`` / ``"lm_eval"`` force one route.
+If the lm-eval route fails in ``auto`` mode (hub unreachable without the offline flags), the
+local definitions are used with a warning.  ``backend="local"`` / ``"lm_eval"`` force one route.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 
 from llmquant.eval.loglik import LoglikScorer
 from llmquant.eval.tasks import aggregate, get_task
@@ -133,10 +135,17 @@ def run_tasks(
     try:
         if use_lm_eval:
             t0 = time.perf_counter()
-            results = run_lm_eval_tasks(model, tokenizer, names, limit, batch_size)
-            for r in results.values():
-                r["seconds"] = time.perf_counter() - t0
-            return results
+            try:
+                results = run_lm_eval_tasks(model, tokenizer, names, limit, batch_size)
+            except Exception as exc:
+                if backend == "lm_eval":
+                    raise
+                warnings.warn(f"lm-eval could not run {names} ({type(exc).__name__}: {exc}); "
+                              "falling back to the local task definitions", stacklevel=2)
+            else:
+                for r in results.values():
+                    r["seconds"] = time.perf_counter() - t0
+                return results
         for n in names:
             get_task(n)  # unknown names fail before any scoring
         scorer = LoglikScorer(model, tokenizer, batch_size=batch_size)

@@ -3,9 +3,10 @@
 Input: each run directory holds ``results.json`` shaped like
 ``{"method": str, "setting": str, "bits": {"weights", "activations", "kv": float | null},
 "ppl": {dataset: float}, "tasks": {task: {metric: value}}, "config": {...}}``
-(``null`` bits = that tensor kind stays in floating point).  Missing ``method`` falls back to
-``config.name`` then the directory name; missing ``setting`` is derived from the bits
-(``W4A16``, ``W4A4KV4``; FP entries count as 16).
+(``null`` bits = that tensor kind stays in floating point).  A missing ``setting`` is derived
+(``W4A16``, ``W4A4KV4``; FP entries count as 16): nominal bits of the config's
+``weights``/``activations``/``kv`` sections when present, else the measured bits.  Missing
+``method`` falls back to ``config.method``, ``config.name``, then the directory name.
 
 Table columns: run, method, setting, bits W/A/KV (``FP`` for null), perplexity per dataset and
 the task accuracy (``acc`` unless ``task_metric`` says otherwise; in percent), each followed by
@@ -55,16 +56,31 @@ def load_run(path: str | os.PathLike) -> dict:
         "tasks": dict(data.get("tasks") or {}),
         "config": data.get("config") or {},
     }
-    run["method"] = data.get("method") or run["config"].get("name") or name
-    run["setting"] = data.get("setting") or setting_from_bits(run["bits"])
+    cfg = run["config"]
+    run["method"] = data.get("method") or cfg.get("method") or cfg.get("name") or name
+    run["setting"] = data.get("setting") or setting_from_config(cfg) or setting_from_bits(run["bits"])
     return run
+
+
+def setting_from_config(cfg: dict) -> str | None:
+    """Nominal ``W4A4KV4`` label from a run config's ``weights``/``activations``/``kv`` sections
+    (their ``bits``; a section whose ``method`` is none/fp counts as 16 bits, KV then omitted)."""
+    if not all(isinstance(cfg.get(k), dict) for k in ("weights", "activations", "kv")):
+        return None
+
+    def nominal(section):
+        if str(section.get("method", "none")).lower() in ("none", "fp", "null", "") or section.get("bits") is None:
+            return None
+        return float(section["bits"])
+
+    return setting_from_bits({k: nominal(cfg[k]) for k in ("weights", "activations", "kv")})
 
 
 def setting_from_bits(bits: dict) -> str:
     """``W4A16``-style label; ``null`` counts as 16 bits, KV shown only when quantized."""
 
     def b(v):
-        return "16" if v is None else f"{v:g}" if float(v) != round(float(v)) else str(int(round(float(v))))
+        return "16" if v is None else f"{float(v):g}"
 
     label = f"W{b(bits.get('weights'))}A{b(bits.get('activations'))}"
     if bits.get("kv") is not None:

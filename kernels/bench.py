@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 
 import torch
 
@@ -107,18 +108,18 @@ def bench_cuda(shapes, ms, q, n_betas, seed) -> list[dict]:
         for m in ms:
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
             xbf = x.to(torch.bfloat16)
-            t16 = _time_cuda(lambda: x @ w16.T)
-            tbf = _time_cuda(lambda: xbf @ wbf.T)
+            t16 = _time_cuda(partial(torch.matmul, x, w16.T))
+            tbf = _time_cuda(partial(torch.matmul, xbf, wbf.T))
             act_bytes = 2 * m * k + 2 * m * n
-            t = _time_cuda(lambda: e8_decode_gemm(x, codes, bidx, betas, scale, g, q))
+            t = _time_cuda(partial(e8_decode_gemm, x, codes, bidx, betas, scale, g, q))
             r = _row("w4a16", k, n, m, t, tbf, n * k * 5 / 8 + 4 * n + act_bytes, "torch_bf16")
             r["torch_fp16_us"] = round(t16, 3)
             r["speedup_vs_fp16"] = round(t16 / t, 3)
             rows.append(r)
             xc, xb, xs = e8_encode(x, x_betas, q, g)
-            t_enc = _time_cuda(lambda: e8_encode(x, x_betas, q, g))
-            t_gemm = _time_cuda(lambda: e8_w4a4_gemm(xc, xb, xs, x_betas, q, codes, bidx, scale, betas, q, g))
-            t_had = _time_cuda(lambda: hadamard_transform(x, signs))
+            t_enc = _time_cuda(partial(e8_encode, x, x_betas, q, g))
+            t_gemm = _time_cuda(partial(e8_w4a4_gemm, xc, xb, xs, x_betas, q, codes, bidx, scale, betas, q, g))
+            t_had = _time_cuda(partial(hadamard_transform, x, signs))
             r = _row("w4a4", k, n, m, t_enc + t_gemm, tbf, n * k * 5 / 8 + m * k * 5 / 8 + act_bytes, "torch_bf16")
             r.update({"encode_us": round(t_enc, 3), "gemm_us": round(t_gemm, 3), "hadamard_us": round(t_had, 3),
                       "hadamard_share": round(t_had / (t_had + t_enc + t_gemm), 4)})
@@ -142,9 +143,9 @@ def bench_cpu(shapes, ms, q, n_betas, seed, repeats) -> list[dict]:
         w = torch.randn(n, k, generator=gen)
         for m in ms:
             x = torch.randn(m, k, generator=gen)
-            t_ref = _time_cpu(lambda: x @ w.T, repeats)
+            t_ref = _time_cpu(partial(torch.matmul, x, w.T), repeats)
             with torch.no_grad():
-                t = _time_cpu(lambda: layer(x), repeats)
+                t = _time_cpu(partial(layer, x), repeats)
             r = _row("reference_forward", k, n, m, t, t_ref, 4 * n * k + 4 * m * (k + n), "torch_fp32")
             r["reference_decode_us"] = round(t_decode, 1)
             rows.append(r)
@@ -155,7 +156,7 @@ def _generate_tps(model, tokenizer, new_tokens: int, device) -> float:
     prompt = "The capital of France is"
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device) if tokenizer is not None else \
         torch.tensor([[1, 2, 3, 4]], device=device)
-    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    kw = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
     with torch.no_grad():
         model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm-up (and autotune)
         if device.type == "cuda":

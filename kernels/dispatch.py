@@ -31,7 +31,6 @@ def _fallback(reason: str) -> None:
     if reason not in _LOGGED:
         _LOGGED.add(reason)
         log.info("llmquant.kernels: using the reference forward (%s)", reason)
-    return None
 
 
 def unsupported_reason(layer, x: torch.Tensor) -> str | None:

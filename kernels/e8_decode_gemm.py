@@ -33,12 +33,17 @@ expected to be compute-limited at M=1 — it has not been measured (no GPU in th
 
 from __future__ import annotations
 
+import logging
+from functools import partial
+
 import torch
 import triton
 import triton.language as tl
 
 from .e8_dequant import check_packed, doubled_generator
-from .e8_triton import unpack_nibbles, voronoi_decode_doubled
+from .e8_triton import decode_words_doubled
+
+log = logging.getLogger("llmquant.kernels")
 
 #: Rows of the dot tile on the small-M path; tl.dot needs >= 16.
 SMALL_M = 16
@@ -54,8 +59,7 @@ def _decode_tile(codes_ptr, bidx_ptr, betas_ptr, g2_ptr, q, N, G_COLS, offs_n, o
     bidx = tl.load(bidx_ptr + idx, mask=mask, other=0).to(tl.int32)
     beta = tl.load(betas_ptr + bidx)
     beta = tl.where(mask, beta, 0.0)
-    c = unpack_nibbles(tl.reshape(words, (BLOCK_N * BLOCK_G,)))
-    y2 = voronoi_decode_doubled(c, g2_ptr, q)
+    y2 = decode_words_doubled(tl.reshape(words, (BLOCK_N * BLOCK_G,)), g2_ptr, q)
     # beta * y in fp32 (y = y2/2 exactly), the same product the reference dequantizer forms
     w = (y2 * 0.5) * tl.reshape(beta, (BLOCK_N * BLOCK_G,))[:, None]
     return tl.reshape(w, (BLOCK_N, 8 * BLOCK_G))
@@ -117,8 +121,10 @@ def choose_config(m: int, n: int, k: int, *, on_gpu: bool) -> dict:
     tiles and split-K so that ``(N/BLOCK_N) * SPLIT_K`` reaches ~2x the SM count; large M 128x128 tiles.
     """
     if not on_gpu:
-        block_k = 32 if k % 32 == 0 else 16
-        return {"BLOCK_M": SMALL_M, "BLOCK_N": 16, "BLOCK_K": block_k, "SPLIT_K": 1}
+        # the interpreter pays per program and per op, not per element: few, large tiles
+        block_k = 64 if k % 64 == 0 else (32 if k % 32 == 0 else 16)
+        block_n = max(16, min(64, 1 << max(0, (n - 1).bit_length())))
+        return {"BLOCK_M": SMALL_M, "BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": 1}
     if m <= SMALL_M:
         block_n, block_k = 64, 128
         sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -154,8 +160,9 @@ def autotune_config(x2: torch.Tensor, n: int, k: int, launch) -> dict:
         best, best_t = None, float("inf")
         for cfg in gpu_candidates(x2.shape[0]):
             try:
-                t = do_bench(lambda: launch(cfg), warmup=5, rep=20)
-            except Exception:  # e.g. out of shared memory for this tile: skip the candidate
+                t = do_bench(partial(launch, cfg), warmup=5, rep=20)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory for this tile: skip it
+                log.debug("decode-GEMM autotune: config %s failed: %s", cfg, exc)
                 continue
             if t < best_t:
                 best, best_t = cfg, t

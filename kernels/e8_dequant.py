@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .e8_triton import unpack_nibbles, voronoi_decode_doubled
+from .e8_triton import decode_words_doubled
 
 
 @triton.jit
@@ -28,7 +28,7 @@ def _e8_dequant_kernel(codes_ptr, bidx_ptr, betas_ptr, scale_ptr, g2_ptr, out_pt
     words = tl.load(codes_ptr + idx, mask=mask, other=0)
     bidx = tl.load(bidx_ptr + idx, mask=mask, other=0).to(tl.int32)
     beta = tl.load(betas_ptr + bidx)
-    y2 = voronoi_decode_doubled(unpack_nibbles(tl.reshape(words, (BLOCK_N * BLOCK_G,))), g2_ptr, q)
+    y2 = decode_words_doubled(tl.reshape(words, (BLOCK_N * BLOCK_G,)), g2_ptr, q)
     w = (y2 * 0.5) * tl.reshape(beta, (BLOCK_N * BLOCK_G,))[:, None]
     w = tl.reshape(w, (BLOCK_N, BLOCK_G * 8))
     if APPLY_SCALE:

@@ -119,13 +119,6 @@ def closest_e8_float_doubled(x):
 
 
 @triton.jit
-def unpack_nibbles(words):
-    """int32 words [R] -> codes [R, 8] as fp32; code j in bits [4j, 4j+4) (``pack_codes`` layout)."""
-    j = tl.arange(0, 8)
-    return ((words[:, None] >> (4 * j)[None, :]) & 15).to(tl.float32)
-
-
-@triton.jit
 def times_matrix8(c, g_ptr):
     """``c @ G`` for ``c`` [R, 8] and the row-major 8x8 fp32 matrix at ``g_ptr`` (rows = basis vectors).
 
@@ -137,12 +130,18 @@ def times_matrix8(c, g_ptr):
 
 
 @triton.jit
-def voronoi_decode_doubled(c, g2_ptr, q):
-    """Voronoi decode in doubled coordinates: ``2·(y - q·Q_E8(y/q))`` with ``y = c @ G``.
+def decode_words_doubled(words, g2_ptr, q):
+    """Packed int32 words [R] -> doubled Voronoi representatives [R, 8] (fp32 integers).
 
-    ``c`` [R, 8] codes (fp32 integers in [0, q)); ``g2_ptr`` points at ``2G`` (integers, fp32).
-    ``y2 = c @ 2G`` is an integer vector and the coarse step is exact (:func:`coarse_e8_doubled`), so the
-    result equals ``2 * VoronoiCodec("E8", q).decode(c)`` bit for bit.
+    Code ``i`` of a word is bits ``[4i, 4i+4)`` (``pack_codes``).  ``y2 = c @ 2G`` is an integer vector
+    built as 8 rank-1 updates ``y2 += c_i ⊗ (2G)_i`` straight from the nibbles (no [R, 8, 8] temporary,
+    which would spill registers on a GPU for R = BLOCK_N * BLOCK_K / 8 = 1024); the coarse step is exact
+    (:func:`coarse_e8_doubled`), so the result equals ``2 * VoronoiCodec("E8", q).decode(c)`` bit for bit.
     """
-    y2 = times_matrix8(c, g2_ptr)
+    j = tl.arange(0, 8)
+    y2 = tl.zeros((words.shape[0], 8), tl.float32)
+    for i in tl.static_range(8):
+        ci = ((words >> (4 * i)) & 15).to(tl.float32)
+        gi = tl.load(g2_ptr + i * 8 + j)
+        y2 += ci[:, None] * gi[None, :]
     return y2 - q * coarse_e8_doubled(y2, q)

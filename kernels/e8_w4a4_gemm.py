@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .e8_dequant import check_packed, doubled_generator
-from .e8_triton import unpack_nibbles, voronoi_decode_doubled
+from .e8_triton import decode_words_doubled
 
 MODES = ("fp16", "int8")
 
@@ -47,7 +47,7 @@ def _decode_doubled_tile(codes_ptr, bidx_ptr, offs_r, ROWS, G_COLS, offs_g, g2_p
     idx = offs_r[:, None] * G_COLS + offs_g[None, :]
     words = tl.load(codes_ptr + idx, mask=mask, other=0)
     bidx = tl.load(bidx_ptr + idx, mask=mask, other=0).to(tl.int32)
-    y2 = voronoi_decode_doubled(unpack_nibbles(tl.reshape(words, (BLOCK * BLOCK_G,))), g2_ptr, q)
+    y2 = decode_words_doubled(tl.reshape(words, (BLOCK * BLOCK_G,)), g2_ptr, q)
     # masked blocks decode code 0 to the origin; zero them anyway so a padded tail never contributes
     y2 = y2 * tl.reshape(mask, (BLOCK * BLOCK_G,))[:, None].to(tl.float32)
     bfull = tl.reshape(bidx, (BLOCK * BLOCK_G,))[:, None] + tl.zeros((1, 8), tl.int32)
@@ -110,12 +110,12 @@ def e8_w4a4_gemm(
         raise ValueError(f"activation codes have K/8 = {gx} columns but the weight codes {gw}")
     if xs.numel() != m or row_scale.numel() != n:
         raise ValueError(f"scales: need xs [{m}] and row_scale [{n}], got {tuple(xs.shape)} / {tuple(row_scale.shape)}")
-    cfg = dict(config or ({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32} if xc.device.type != "cuda"
+    cfg = dict(config or ({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64} if xc.device.type != "cuda"
                           else {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}))
     dev = xc.device
     g2 = doubled_generator(generator, dev)
     out = torch.empty((m, n), device=dev, dtype=out_dtype)
-    f32 = dict(device=dev, dtype=torch.float32)
+    f32 = {"device": dev, "dtype": torch.float32}
     xbet, wbet = x_betas.to(**f32).contiguous(), w_betas.to(**f32).contiguous()
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     _w4a4_kernel[grid](

@@ -3,9 +3,9 @@
 Interpreter policy: Triton reads ``TRITON_INTERPRET`` when it decorates ``@triton.jit`` functions,
 including its own standard library (``tl.sum``, ``tl.zeros``, ...) at ``import triton``.  So on a machine
 without CUDA the variable must be set *before anything imports triton* (transformers does).  The
-reliable place is the top of ``tests/conftest.py`` (or CI's environment); :func:`ensure_interpreter`,
-called at import by each kernel test module, additionally sets it when triton is not imported yet
-(running the kernel test files on their own).  If triton was already imported without it, the
+reliable place is the top of ``tests/conftest.py`` (or CI's environment); importing this helper
+(:func:`ensure_interpreter`) additionally sets it when triton is not imported yet (e.g. running the
+kernel test files on their own).  If triton was already imported without it, the
 kernel tests skip with a message saying how to enable them.  Setting the variable for the whole
 session does not change other tests: with ``backend="auto"`` the dispatcher never uses the
 interpreter on CPU.
@@ -31,7 +31,7 @@ def kernel_device() -> torch.device:
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         return torch.device("cuda")
-    from llmquant.kernels.availability import interpreter_enabled, interpreter_active
+    from llmquant.kernels.availability import interpreter_active, interpreter_enabled
 
     if not interpreter_enabled():
         pytest.skip("no CUDA and TRITON_INTERPRET is not set: export TRITON_INTERPRET=1 before running pytest")
@@ -59,3 +59,7 @@ def within_low_precision_bound(out: torch.Tensor, exact: torch.Tensor, low_ref: 
     err = (out.double() - exact.double()).abs().max().item()
     ref_err = (low_ref.double() - exact.double()).abs().max().item()
     return err <= 2 * ref_err + atol, err, ref_err
+
+
+# Importing this helper (which the kernel test modules do before importing llmquant) sets the variable.
+ensure_interpreter()

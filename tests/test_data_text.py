@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from llmquant.eval.tiny import byte_tokenizer
 
 from llmquant.data import DataNotFoundError, calibration_batch, load_text, resolve_data_dir, tokenize_text
-from llmquant.eval.tiny import byte_tokenizer
 
 
 @pytest.fixture()

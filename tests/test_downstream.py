@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from llmquant.eval.downstream import parse_task_list, run_tasks
 from llmquant.eval.loglik import LoglikScorer
 from llmquant.eval.tasks import TASKS, TaskDataMissing, aggregate, get_task

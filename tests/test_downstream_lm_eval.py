@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from llmquant.eval.downstream import run_tasks
 from llmquant.eval.tiny import byte_tokenizer, tiny_llama
 
@@ -63,9 +62,8 @@ def test_local_tasks_match_lm_eval(data_dir, monkeypatch):
 
 def test_llmquant_model_type_is_registered(data_dir, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from lm_eval.api.registry import get_model
-
     from llmquant.eval.lm_eval_model import register
+    from lm_eval.api.registry import get_model
 
     cls = register()
     assert register() is cls and get_model("llmquant") is cls
@@ -76,3 +74,26 @@ def test_llmquant_model_type_is_registered(data_dir, monkeypatch):
     assert raw["piqa"]["acc,none"] == ours["piqa"]["acc"]
     with pytest.raises(ValueError, match="path=DIR"):
         cls()
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_with_llmquant_model(data_dir, tmp_path, monkeypatch):
+    """lm-eval's own CLI (through our registering wrapper) runs --model llmquant on a local-data task."""
+    import subprocess
+    import sys
+
+    (tmp_path / "piqa_local.yaml").write_text(
+        "task: piqa_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    validation: {data_dir / 'tasks' / 'piqa' / 'piqa_validation.jsonl'}\n"
+        "output_type: multiple_choice\nvalidation_split: validation\n"
+        'doc_to_text: "Question: {{goal}}\\nAnswer:"\ndoc_to_target: label\n'
+        'doc_to_choice: "{{[sol1, sol2]}}"\nmetric_list:\n  - metric: acc\n'
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "llmquant.eval.lm_eval_model", "--model", "llmquant", "--model_args",
+         "path=tiny-llama", "--tasks", "piqa_local", "--include_path", str(tmp_path), "--limit", "4"],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "piqa_local" in out.stdout and "acc" in out.stdout

@@ -67,7 +67,8 @@ def test_small_bench_ratios_and_e8_beats_scalar():
     assert 0.49 < jl["rate"] <= 0.51
     e8 = by[("nested", 14, 4, "first_fit")]
     sc = by[("scalar", 16, 0, None)]
-    assert e8["ratio"] < 1.75 and e8["ratio"] < sc["ratio"]
+    # default size (n=4096, 128 columns) gives 1.68; n=1024 pays 4x the per-column side information
+    assert e8["ratio"] < 1.8 and e8["ratio"] < 0.7 * sc["ratio"]
     assert by[("nested", 14, 4, "min_error")]["mse"] < e8["mse"]
     assert by[("nested", 8, 2, "first_fit")]["ratio"] < by[("scalar", 8, 0, None)]["ratio"]
 

@@ -12,7 +12,14 @@ from llmquant.rotation import (
     random_hadamard,
     split_order,
 )
-from llmquant.rotation.constructions import jacobsthal, paley1, paley2, prime_power, quadratic_character, sylvester
+from llmquant.rotation.constructions import (
+    jacobsthal,
+    paley1,
+    paley2,
+    prime_power,
+    quadratic_character,
+    sylvester,
+)
 
 # Non-power-of-two factors that real models need (issue 3) and that Paley I/II cover.
 ISSUE_ORDERS = (12, 20, 28, 36, 40, 52, 60, 108, 140)
@@ -40,7 +47,7 @@ def test_every_table_order_is_hadamard(m):
     assert torch.equal(h @ h.T, m * torch.eye(m, dtype=torch.int64))
 
 
-@pytest.mark.parametrize("k", range(0, 8))
+@pytest.mark.parametrize("k", range(8))
 def test_sylvester(k):
     h = sylvester(k)
     assert torch.equal(h @ h.T, 2**k * torch.eye(2**k, dtype=torch.int64))

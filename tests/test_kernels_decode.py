@@ -6,10 +6,7 @@ import itertools
 
 import pytest
 import torch
-
-from _kernels_support import ensure_interpreter, kernel_device, random_packed, within_low_precision_bound
-
-ensure_interpreter()
+from _kernels_support import kernel_device, random_packed, within_low_precision_bound
 
 from llmquant.lattice.closest_point import generator_matrix
 from llmquant.lattice.packing import pack_codes
@@ -65,6 +62,7 @@ def test_dequant_bit_identical_to_voronoi_decode(interpreter, q):
 
 def test_dequant_matches_lattice_linear_decode_weight(interpreter):
     from llmquant.kernels.e8_dequant import e8_dequant
+
     from llmquant.quant.linear import LatticeLinear
 
     n, k, q = 24, 64, 14

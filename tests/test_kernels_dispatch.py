@@ -6,13 +6,11 @@ import logging
 
 import pytest
 import torch
+from _kernels_support import kernel_device, random_packed, within_low_precision_bound
 
-from _kernels_support import ensure_interpreter, kernel_device, random_packed, within_low_precision_bound
 from llmquant.lattice.packing import pack_codes
 from llmquant.quant.activations import RowQuantizer
 from llmquant.quant.linear import LatticeLinear
-
-ensure_interpreter()
 
 pytestmark = pytest.mark.kernels
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernels_support import kernel_device
 
-from _kernels_support import ensure_interpreter, kernel_device
 from llmquant.lattice.closest_point import generator_matrix
 from llmquant.lattice.nested import NestedLatticeQuantizer
 from llmquant.lattice.packing import pack_codes, unpack_codes
 from llmquant.lattice.voronoi import VoronoiCodec
 from llmquant.quant.activations import RowQuantizer
 from llmquant.rotation.random_hadamard import random_signs
-
-ensure_interpreter()
 
 pytestmark = pytest.mark.kernels
 

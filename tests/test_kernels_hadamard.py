@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernels_support import kernel_device, within_low_precision_bound
 
-from _kernels_support import ensure_interpreter, kernel_device, within_low_precision_bound
 from llmquant.rotation.constructions import hadamard_order_matrix, split_order
 from llmquant.rotation.fwht import fwht, hadamard_matrix
 from llmquant.rotation.random_hadamard import random_signs
-
-ensure_interpreter()
 
 pytestmark = pytest.mark.kernels
 

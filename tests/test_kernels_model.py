@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernels_support import kernel_device
 
-from _kernels_support import ensure_interpreter, kernel_device
 from llmquant.lattice.nested import NestedLatticeQuantizer
 from llmquant.quant.activations import RowQuantizer
 from llmquant.quant.linear import LatticeLinear
-
-ensure_interpreter()
 
 pytestmark = pytest.mark.kernels
 
@@ -73,5 +71,7 @@ def test_lattice_llama_forward_and_generate_through_kernels(dev, with_act_q, mon
         # W4A16: fp32 kernel vs fp32 reference; W4A4: fp16 operands in the kernel
         tol = 1e-4 if not with_act_q else 2e-2
         assert (out - ref).abs().max().item() <= tol * scale
+        if with_act_q:
+            return  # generate() is the same dispatch; once (W4A16) keeps the interpreter run short
         gen = model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False)
-    assert gen.shape == (1, 8) and len(calls) > 7
+    assert gen.shape == (1, 8) and len(calls) >= 7 * 3  # prefill + 2 decode steps, all through kernels

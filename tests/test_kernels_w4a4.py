@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernels_support import kernel_device, random_packed, within_low_precision_bound
 
-from _kernels_support import ensure_interpreter, kernel_device, random_packed, within_low_precision_bound
 from llmquant.lattice.closest_point import generator_matrix
 from llmquant.lattice.packing import pack_codes, unpack_codes
 from llmquant.lattice.voronoi import VoronoiCodec
-
-ensure_interpreter()
 
 pytestmark = pytest.mark.kernels
 
@@ -39,8 +37,8 @@ def _problem(m, n, k, qx, qw, seed, dev):
     wc = pack_codes(codes.to(torch.uint8), qw)
     rs = (torch.rand(n, generator=g) * 0.05 + 0.01).half().float()
     bias = torch.randn(n, generator=g)
-    ops = dict(xc=xc, xb=xb, xs=xs, x_betas=x_betas, qx=qx, wc=wc.to(dev), wb=wb.to(dev), row_scale=rs.to(dev),
-               w_betas=w_betas, qw=qw)
+    ops = {"xc": xc, "xb": xb, "xs": xs, "x_betas": x_betas, "qx": qx, "wc": wc.to(dev), "wb": wb.to(dev),
+           "row_scale": rs.to(dev), "w_betas": w_betas, "qw": qw}
     exact = _dequant(xc, xb, xs, x_betas, qx).double() @ _dequant(wc, wb, rs, w_betas, qw).double().T + bias.double()
     return ops, bias, exact, (_dequant(xc, xb, xs, x_betas, qx), _dequant(wc, wb, rs, w_betas, qw))
 

@@ -54,7 +54,7 @@ def test_strip_gguf_quantizer_makes_model_saveable(tmp_path):
     model.config.quantization_config = qc
     model.hf_quantizer = GgufHfQuantizer(qc)
     model.is_quantized = True
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not serializable"):
         model.save_pretrained(tmp_path / "before")
     strip_gguf_quantizer(model)
     assert getattr(model.config, "quantization_config", None) is None and model.hf_quantizer is None
@@ -65,14 +65,19 @@ def test_strip_gguf_quantizer_makes_model_saveable(tmp_path):
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_smollm2_gguf_loads_offline_and_round_trips(tmp_path):
-    model, tok = load_model("smollm2-135m")
+def test_smollm2_gguf_loads_offline_caches_and_round_trips(tmp_path, monkeypatch):
+    """GGUF -> plain float model (no quantizer marker); the save_pretrained cache reloads identically."""
+    from llmquant.models.loading import gguf_cache_dir
+
+    monkeypatch.setenv("LLMQUANT_CACHE_DIR", str(tmp_path))
+    model, tok = load_model("smollm2-135m")  # parses the GGUF, then writes the cache
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.hidden_size == 576
-    assert getattr(model.config, "quantization_config", None) is None
+    assert getattr(model.config, "quantization_config", None) is None and not model.is_quantized
     assert model.model.embed_tokens.weight.dtype == torch.float32
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    loaded, tok2 = load_model(str(tmp_path))
+    cached = gguf_cache_dir(embedded_smollm2_path())
+    assert cached.is_relative_to(tmp_path) and (cached / "model.safetensors").is_file()
+    loaded, tok2 = load_model("smollm2-135m")  # from the save_pretrained copy
+    assert loaded.config._name_or_path == str(cached)
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     assert torch.equal(tok2("The capital of France is", return_tensors="pt").input_ids, ids)
     assert torch.equal(loaded(ids).logits, model(ids).logits)

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from llmquant.eval.perplexity import perplexity, window_ids
+from llmquant.eval.tiny import byte_tokenizer, tiny_llama
 from torch import nn
 
 from llmquant.data import DataNotFoundError, tokenize_text
-from llmquant.eval.perplexity import perplexity, window_ids
-from llmquant.eval.tiny import byte_tokenizer, tiny_llama
 
 
 class _Out:

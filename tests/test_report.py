@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from llmquant.eval.report import ReportError, build_table, load_run, setting_from_bits, write_report
 
 from llmquant.cli import main as cli_main
-from llmquant.eval.report import ReportError, build_table, load_run, setting_from_bits, write_report
 
 
 def _run(tmp_path, name, **results):
@@ -82,3 +82,16 @@ def test_bad_inputs(tmp_path, runs, capsys):
     g.write_text(json.dumps([{"method": "x"}]))
     with pytest.raises(ReportError, match="row 0 lacks rate, mse"):
         write_report(runs, tmp_path / "r.md", gaussian=g, plots=False)
+
+
+def test_setting_and_method_from_config(tmp_path):
+    cfg = {"name": "n", "method": "e8", "weights": {"method": "lattice", "bits": 4},
+           "activations": {"method": "none", "bits": 4}, "kv": {"method": "none"}}
+    d = _run(tmp_path, "r", bits={"weights": 4.155, "activations": None, "kv": None}, ppl={"wikitext2": 1.0},
+             config=cfg)
+    run = load_run(d)
+    assert run["method"] == "e8" and run["setting"] == "W4A16"
+    cfg["kv"] = {"method": "lattice", "bits": 4}
+    cfg["activations"] = {"method": "scalar", "bits": 8}
+    (d / "results.json").write_text(json.dumps({"config": cfg, "bits": {}}))
+    assert load_run(d)["setting"] == "W4A8KV4"

@@ -52,8 +52,8 @@ def test_rotated_tiny_model_fp64_same_logits(arch):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("flags", [dict(online_down=False), dict(v_o=False), dict(qk=False),
-                                   dict(online_down=False, v_o=False, qk=False)])
+@pytest.mark.parametrize("flags", [{"online_down": False}, {"v_o": False}, {"qk": False},
+                                   {"online_down": False, "v_o": False, "qk": False}])
 def test_partial_plans_are_invariant(flags):
     model = tiny_random_model("qwen3", seed=2, dtype=F64)
     ids = _ids(seed=3)
@@ -72,7 +72,7 @@ def test_partial_plans_are_invariant(flags):
 def test_generation_with_kv_cache_unchanged(arch):
     model = tiny_random_model(arch, seed=3, dtype=F64)
     prompt = _ids(batch=1, seq=5, seed=5)
-    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    kw = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
     ref = model.generate(prompt, **kw)
     rotate_model(model, seed=0)
     assert torch.equal(model.generate(prompt, **kw), ref)
@@ -176,3 +176,22 @@ def test_smollm2_fp32_rotation_logits_and_ppl(data_dir):
     assert _rel(out, ref) <= 1e-3
     ppl_ref, ppl_rot = nll(ref).exp().item(), nll(out).exp().item()
     assert abs(ppl_rot - ppl_ref) / ppl_ref < 5e-4, (ppl_ref, ppl_rot)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_rotated_save_pretrained_round_trip(arch, tmp_path):
+    from llmquant.models import load_rotated_pretrained
+
+    model = tiny_random_model(arch, seed=10, dtype=F64)
+    ids = _ids(seed=11)
+    ref = model(ids).logits
+    plan = rotate_model(model, seed=12)
+    model.save_pretrained(tmp_path)
+    loaded = load_rotated_pretrained(tmp_path, dtype=F64)
+    assert loaded.llmquant_rotation_plan == plan
+    assert loaded.config._attn_implementation == model.config._attn_implementation
+    assert _rel(loaded(ids).logits, ref) <= 1e-6
+    tiny_random_model(arch).save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="llmquant_rotation"):
+        load_rotated_pretrained(tmp_path / "plain")

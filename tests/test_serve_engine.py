@@ -6,9 +6,9 @@ import threading
 
 import pytest
 import torch
+from llmquant.eval.tiny import byte_tokenizer, tiny_llama
 from torch import nn
 
-from llmquant.eval.tiny import byte_tokenizer, tiny_llama
 from llmquant.serve.engine import Engine, sample_next, scan_stops
 from llmquant.serve.protocol import APIError, SamplingParams, parse_request
 

@@ -13,11 +13,11 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from llmquant.eval.tiny import byte_tokenizer, tiny_llama  # noqa: E402
-from llmquant.serve.app import ServerThread, create_app  # noqa: E402
-from llmquant.serve.engine import Engine  # noqa: E402
+from llmquant.eval.tiny import byte_tokenizer, tiny_llama
+from test_serve_engine import GatedLM
 
-from test_serve_engine import GatedLM  # noqa: E402  (tests/ is on sys.path under pytest)
+from llmquant.serve.app import ServerThread, create_app
+from llmquant.serve.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_models_and_health(server, client):
 
 
 def test_completion_non_streaming_and_streaming(client):
-    kw = dict(model="tiny", prompt="Hello", max_tokens=8, temperature=0.8, top_p=0.95, seed=5)
+    kw = {"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0.8, "top_p": 0.95, "seed": 5}
     a = client.completions.create(**kw)
     b = client.completions.create(**kw)
     assert a.object == "text_completion" and a.choices[0].text == b.choices[0].text

@@ -66,12 +66,12 @@ def _wino_target(doc: dict) -> str:
     return doc["sentence"][doc["sentence"].index("_") + 1 :].strip()
 
 
-_ARC = dict(
-    output_type="multiple_choice",
-    text=_qa_prompt("question"),
-    target=_arc_gold,
-    choices=lambda doc: list(doc["choices"]["text"]),
-)
+_ARC = {
+    "output_type": "multiple_choice",
+    "text": _qa_prompt("question"),
+    "target": _arc_gold,
+    "choices": lambda doc: list(doc["choices"]["text"]),
+}
 
 TASKS: dict[str, LocalTask] = {
     "piqa": LocalTask(

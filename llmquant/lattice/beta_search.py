@@ -40,13 +40,13 @@ from pathlib import Path
 
 import torch
 
-from .beta_sets import SET_KEYS
+from .beta_sets import SET_KEYS, load_beta_set  # noqa: F401  (load_beta_set: also importable from here)
 from .closest_point import LATTICE_DIMS, closest_point
 from .voronoi import VoronoiCodec
 
 #: What the shipped table holds: lattice -> q -> k values.
 SHIPPED = {
-    "E8": {3: (1, 4), 4: (1, 2, 4), 8: (1, 2, 4), 12: (5,), 14: (1, 2, 4), 16: (1, 2, 4), 32: (1, 2)},
+    "E8": {3: (1, 4), 4: (1, 2, 4), 8: (1, 2, 4), 12: (5, 6, 8), 14: (1, 2, 4), 16: (1, 2, 4), 32: (1, 2)},
     "D4": {4: (2,), 8: (2,), 14: (2,), 16: (1, 2)},
     "Z": {4: (1,), 16: (1,)},
 }

@@ -2,7 +2,12 @@
 
 from llmquant.models.adapters import SUPPORTED_ARCHITECTURES, ArchAdapter, get_adapter
 from llmquant.models.loading import load_model
-from llmquant.models.rotate import RotationPlan, install_rotation_modules, rotate_model
+from llmquant.models.rotate import (
+    RotationPlan,
+    install_rotation_modules,
+    load_rotated_pretrained,
+    rotate_model,
+)
 from llmquant.models.tiny import tiny_random_model
 
 __all__ = [
@@ -12,6 +17,7 @@ __all__ = [
     "get_adapter",
     "install_rotation_modules",
     "load_model",
+    "load_rotated_pretrained",
     "rotate_model",
     "tiny_random_model",
 ]

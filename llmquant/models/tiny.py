@@ -17,18 +17,27 @@ VOCAB = 128
 
 #: arch -> (transformers config class name, kwargs, attention implementation)
 TINY_CONFIGS: dict[str, tuple[str, dict, str]] = {
-    "llama": ("LlamaConfig", dict(hidden_size=48, num_attention_heads=3, num_key_value_heads=1, head_dim=16,
-                                  intermediate_size=80, tie_word_embeddings=True), "sdpa"),
-    "qwen2": ("Qwen2Config", dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
-                                  intermediate_size=160, tie_word_embeddings=True), "sdpa"),
-    "qwen3": ("Qwen3Config", dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                  intermediate_size=80, tie_word_embeddings=False), "eager"),
-    "mistral": ("MistralConfig", dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16,
-                                      intermediate_size=160, sliding_window=6, tie_word_embeddings=False), "sdpa"),
-    "gemma3": ("Gemma3TextConfig", dict(hidden_size=48, num_attention_heads=3, num_key_value_heads=1, head_dim=16,
-                                        intermediate_size=80, sliding_window=4, query_pre_attn_scalar=16,
-                                        layer_types=["sliding_attention", "full_attention"],
-                                        tie_word_embeddings=True), "eager"),
+    "llama": ("LlamaConfig", {
+        "hidden_size": 48, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16,
+        "intermediate_size": 80, "tie_word_embeddings": True,
+    }, "sdpa"),
+    "qwen2": ("Qwen2Config", {
+        "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2,
+        "intermediate_size": 160, "tie_word_embeddings": True,
+    }, "sdpa"),
+    "qwen3": ("Qwen3Config", {
+        "hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "intermediate_size": 80, "tie_word_embeddings": False,
+    }, "eager"),
+    "mistral": ("MistralConfig", {
+        "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 16,
+        "intermediate_size": 160, "sliding_window": 6, "tie_word_embeddings": False,
+    }, "sdpa"),
+    "gemma3": ("Gemma3TextConfig", {
+        "hidden_size": 48, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16,
+        "intermediate_size": 80, "sliding_window": 4, "query_pre_attn_scalar": 16,
+        "layer_types": ["sliding_attention", "full_attention"], "tie_word_embeddings": True,
+    }, "eager"),
 }
 
 

@@ -85,7 +85,7 @@ def _is_irreducible(f: list[int], p: int) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field(q: int) -> tuple[int, int, tuple[int, ...]]:
     pe = prime_power(q)
     if pe is None:
@@ -196,7 +196,7 @@ def split_order(n: int) -> tuple[int, int]:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _order_matrix_cached(m: int) -> torch.Tensor:
     if m & (m - 1) == 0:
         return sylvester(m.bit_length() - 1)

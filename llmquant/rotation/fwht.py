@@ -43,11 +43,15 @@ def _butterfly(x: torch.Tensor) -> torch.Tensor:
 def fwht(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``x @ H_n`` (or ``x @ H_n^T`` with ``transpose=True``) along the last dim, n = x.shape[-1].
 
-    Floating dtypes only; the result has x's dtype and device.  Cost: n log2(2^k) adds for the butterfly
-    plus one [m, m] x [m, 2^k] matmul per row.
+    Floating dtypes only; the result has x's dtype and device.  float16/bfloat16 inputs are transformed
+    in float32 and rounded once at the end.  Cost: n log2(2^k) adds for the butterfly plus one
+    [m, m] x [m, 2^k] matmul per row.
     """
     if not torch.is_floating_point(x):
         raise TypeError(f"fwht needs a floating tensor, got {x.dtype}; convert with x.float() first")
+    out_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     n = x.shape[-1]
     m, k = split_order(n)
     p = 2**k
@@ -58,4 +62,4 @@ def fwht(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         # (X^T A)^T so that all rows form one large GEMM instead of many tiny batched ones.
         y = torch.matmul(y.transpose(-1, -2), hm.T if transpose else hm).transpose(-1, -2)
     y = y.reshape(x.shape)
-    return y / math.sqrt(n)
+    return (y / math.sqrt(n)).to(out_dtype)

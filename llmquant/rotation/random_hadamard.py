@@ -50,7 +50,7 @@ class HadamardRotation(nn.Module):
         if x.shape[-1] != self.n:
             raise ValueError(f"HadamardRotation(n={self.n}) got last dim {x.shape[-1]}; shape {tuple(x.shape)}")
 
-    def apply(self, x):  # noqa: A003 - the contract's name
+    def apply(self, x):
         # nn.Module.apply(fn) recurses into children (model.apply(init_fn) reaches this module), so a
         # callable argument keeps the nn.Module meaning.
         if not isinstance(x, torch.Tensor):
@@ -73,7 +73,7 @@ class HadamardRotation(nn.Module):
         return {"n": self.n, "seed": self.seed}
 
     @classmethod
-    def from_state(cls, state: dict) -> "HadamardRotation":
+    def from_state(cls, state: dict) -> HadamardRotation:
         return cls(int(state["n"]), state["seed"])
 
     def extra_repr(self) -> str:

@@ -158,7 +158,9 @@ class Engine:
 
     # ---- generation ----------------------------------------------------------------------
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: quantizer modules memoize on tensor version counters, which
+    # inference tensors do not have.
+    @torch.no_grad()
     def _run(self, prompt_ids: list[int], params: SamplingParams, on_delta: Callable[[str], None] | None,
              cancelled: Callable[[], bool]) -> GenerationResult:
         t0 = time.perf_counter()
@@ -244,7 +246,7 @@ class Engine:
                 continue
             try:
                 with self._lock:
-                    result = self._run(prompt_ids, params, lambda d: on_event("delta", d), cancelled)
+                    result = self._run(prompt_ids, params, lambda d, emit=on_event: emit("delta", d), cancelled)
                 self.served += 1
                 on_event("done", result)
             except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
