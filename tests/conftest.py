@@ -11,6 +11,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a GPU the Triton kernels run in Triton's CPU interpreter.  Triton reads this
+# variable when it is first imported (transformers may import it), so it is set here,
+# before any test module loads.  The "auto" backend never picks the interpreter; only
+# tests that ask for backend="triton" explicitly use it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Two torch processes on two cores slow each other down 10x; let the caller choose.
 torch.set_num_threads(int(os.environ.get("LLMQUANT_TEST_THREADS", "2")))
 

@@ -68,8 +68,10 @@ def test_lattice_llama_forward_and_generate_through_kernels(dev, with_act_q, mon
         out = model(ids).logits
         assert len(calls) == 7  # every LatticeLinear went through a kernel, none fell back
         scale = ref.abs().max().item()
-        # W4A16: fp32 kernel vs fp32 reference; W4A4: fp16 operands in the kernel
-        tol = 1e-4 if not with_act_q else 2e-2
+        # W4A16: fp32 kernel vs fp32 reference.  W4A4 (exact int8 mode for 2 x 2 betas; per-layer exactness
+        # is tested in test_kernels_dispatch): ulp-level differences of the fp32 sums can still move a later
+        # layer's input across a lattice face, which the activation quantizer turns into a whole lattice step.
+        tol = 1e-4 if not with_act_q else 3e-2
         assert (out - ref).abs().max().item() <= tol * scale
         if with_act_q:
             return  # generate() is the same dispatch; once (W4A16) keeps the interpreter run short

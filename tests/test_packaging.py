@@ -70,8 +70,18 @@ mods = [m.name for m in pkgutil.walk_packages(llmquant.__path__, "llmquant.")]
 for name in ("llmquant.kernels", "llmquant.eval"):
     pkg = importlib.import_module(name)
     mods += [m.name for m in pkgutil.walk_packages(pkg.__path__, name + ".")]
+try:
+    import triton  # noqa: F401  (kernel modules define @triton.jit functions and need it)
+    has_triton = True
+except ImportError:
+    has_triton = False
 for m in mods:
-    importlib.import_module(m)
+    try:
+        importlib.import_module(m)
+    except ModuleNotFoundError as exc:
+        if exc.name == "triton" and not has_triton:
+            continue
+        raise
 import torch
 bad = [m for m in ("lm_eval", "fastapi", "uvicorn", "openai") if m in sys.modules]
 print("BAD", bad, "CUDA_INIT", torch.cuda.is_initialized())

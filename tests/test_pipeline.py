@@ -56,7 +56,7 @@ def test_quantize_save_load_identical_logits_and_finite_ppl(tmp_path, small_data
     ids = _probe()
     with torch.no_grad():
         fp_logits = fp_model(ids).logits
-    model, tok, report, out = api.quantize_to_checkpoint(cfg, tmp_path / "ckpt", progress=False, log=None)
+    model, tok, _, out = api.quantize_to_checkpoint(cfg, tmp_path / "ckpt", progress=False, log=None)
     kinds = {type(m) for m in model.modules()}
     assert (LatticeLinear if setting == "e8" else ScalarLinear) in kinds
     assert not (tmp_path / "ckpt.work").exists()  # work dir removed after the save
@@ -108,7 +108,7 @@ def test_cli_run_prints_table(tmp_path, small_data, capsys):
     data_dir = small_data
     from llmquant.cli import main
 
-    rc = main(["run", str(TINY), *sum((["--set", s] for s in SCALAR), []),
+    rc = main(["run", str(TINY), *[a for s in SCALAR for a in ("--set", s)],
                "--set", f"calibration.data_dir={data_dir}", "--set", f"eval.data_dir={data_dir}",
                "--set", "eval.context=64", "--set", "eval.max_tokens=128",
                "--out", str(tmp_path / "run"), "--fp-cache", str(tmp_path / "fpc"), "--no-progress"])
@@ -117,3 +117,25 @@ def test_cli_run_prints_table(tmp_path, small_data, capsys):
     assert "W bits" in text and "wikitext2 ppl" in text
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert math.isfinite(results["ppl"]["wikitext2"]) and "fp_ppl" in results and "delta_ppl" in results
+
+
+def test_kv_quantizers_see_rotated_keys_per_head():
+    cfg = load_config(TINY, [*SCALAR, "model.spec=tiny-random-llama", "calibration.n_samples=2",
+                             "calibration.seq_len=16", "weights.algorithm=rtn"])
+    model, _ = api.load_fp("tiny-random-llama")
+    with torch.no_grad():
+        api.quantize(model, cfg, progress=False, log=None)
+    attn = model.model.layers[0].self_attn
+    seen = []
+    real_k, real_v = attn.llmquant_k_quant, attn.llmquant_v_quant
+    real_k.register_forward_hook(lambda m, a, out: seen.append(("k", tuple(a[0].shape), a[0], out)))
+    real_v.register_forward_hook(lambda m, a, out: seen.append(("v", tuple(a[0].shape), a[0], out)))
+    ids = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        model(ids)
+    kv_heads, head_dim = model.config.num_key_value_heads, model.config.head_dim
+    assert [s[:2] for s in seen] == [("k", (2, kv_heads, 10, head_dim)), ("v", (2, kv_heads, 10, head_dim))]
+    for _, _, x, y in seen:
+        # INT4 per (token, head) row: at most 16 distinct values per row, and close to the input
+        assert all(len(torch.unique(r)) <= 16 for r in y.reshape(-1, head_dim))
+        assert float((y - x).norm() / x.norm()) < 0.2

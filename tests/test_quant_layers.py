@@ -16,7 +16,6 @@ from llmquant.config import config_from_dict
 from llmquant.quant import scalar as sq
 from llmquant.quant.activations import RowQuantizer, row_quantizer_from_config
 from llmquant.quant.gptq import gptq_quantize
-from llmquant.quant.linear import LatticeLinear, ScalarLinear
 from llmquant.quant.weights import quantize_lattice_linear, quantize_scalar_linear
 
 

@@ -158,3 +158,22 @@ def test_bounded_queue_refuses_with_503_and_keeps_serving():
         eng.stop()
     with pytest.raises(APIError, match="not running"):
         eng.submit(ids, p, lambda k, v: None)
+
+
+def test_kv_cache_generation_on_quantized_model():
+    """W4A4KV4 with rotations (online Hadamards, KV quantizers): cached decoding == full recompute."""
+    from pathlib import Path
+
+    from llmquant.api import quantize
+
+    model, tok = tiny_llama(seed=0), byte_tokenizer()
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny-llama-e8-w4a4kv4.yaml"
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    quantize(model, str(config), calib=calib, progress=False, log=lambda *a, **k: None)
+    eng = Engine(model, tok)
+    ids = eng.encode_prompt("The cat sat")
+    res = eng.generate(ids, SamplingParams(max_tokens=8, temperature=0.0))
+    ref = _greedy_without_cache(model, ids, 8)
+    if tok.eos_token_id in ref:
+        ref = ref[: ref.index(tok.eos_token_id)]
+    assert res.text == tok.decode(ref, skip_special_tokens=True)

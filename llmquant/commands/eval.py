@@ -48,7 +48,7 @@ def evaluate(model, tokenizer, datasets, context, max_tokens, data_dir=None, bat
     return {"ppl": ppl, "ppl_details": details}
 
 
-def run_downstream(model, tokenizer, tasks, limit, batch_size) -> dict:
+def run_downstream(model, tokenizer, tasks, limit, batch_size, data_dir=None) -> dict:
     try:
         from llmquant.eval.downstream import run_tasks
     except ModuleNotFoundError as exc:
@@ -56,7 +56,7 @@ def run_downstream(model, tokenizer, tasks, limit, batch_size) -> dict:
             raise RuntimeError("downstream tasks are not available in this build (llmquant.eval.downstream "
                                "is missing); run perplexity only") from None
         raise
-    return run_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size)
+    return run_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size, data_dir=data_dir)
 
 
 def main(args) -> int:
@@ -85,7 +85,7 @@ def main(args) -> int:
                            progress=not args.no_progress)
         tasks = _split(args.tasks)
         if tasks:
-            results["tasks"] = run_downstream(model, tokenizer, tasks, args.limit, args.batch_size)
+            results["tasks"] = run_downstream(model, tokenizer, tasks, args.limit, args.batch_size, data_dir)
     if ckpt:
         update_results(args.model, results)
     if args.json:

@@ -51,9 +51,9 @@ def _write_json(path: Path, data) -> None:
 def save_checkpoint(out: str | os.PathLike, model, tokenizer, cfg, specs: dict, rotation_plan: dict | None,
                     results: dict) -> Path:
     """Write the checkpoint of a quantized ``model`` to ``out`` atomically (see module docstring)."""
-    import llmquant
     from safetensors.torch import save_model
 
+    import llmquant
     from llmquant.config import config_hash, config_to_dict
 
     out = Path(out)

@@ -17,7 +17,7 @@ record codes on the side.  Shapes: ``W [N, K]``, ``H [K, K]``; ``K % width == 0`
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -32,7 +32,7 @@ def gptq_quantize(
     act_order: bool = False,
 ) -> torch.Tensor:
     """Return the dequantized weight ``Q [N, K]`` (float32) chosen with error feedback."""
-    n, k = weight.shape
+    k = weight.shape[1]
     if k % width:
         raise ValueError(f"gptq_quantize: {k} input columns are not a multiple of the group width {width}")
     if block_size % width:

@@ -126,7 +126,7 @@ class LatticeLinear(_CachedDecode):
         return self.act_q.betas if self.act_lattice is not None else None
 
     def set_quantized(self, codes: torch.Tensor, beta_idx: torch.Tensor, row_scale: torch.Tensor,
-                      betas: torch.Tensor, bias: torch.Tensor | None = None) -> "LatticeLinear":
+                      betas: torch.Tensor, bias: torch.Tensor | None = None) -> LatticeLinear:
         """Fill the buffers from unpacked ``codes [N, K/8, 8]`` (ints in ``[0, q)``) and ``beta_idx [N, K/8]``."""
         from llmquant.lattice.packing import pack_codes
 
@@ -219,7 +219,7 @@ class ScalarLinear(_CachedDecode):
                 f"group_size={self.group_size}, bias={self.bias is not None}")
 
     def set_quantized(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                      bias: torch.Tensor | None = None) -> "ScalarLinear":
+                      bias: torch.Tensor | None = None) -> ScalarLinear:
         """Fill the buffers from integer ``codes [N, K]`` and ``scale``/``zero`` ``[N, K/G]``."""
         if tuple(codes.shape) != (self.out_features, self.in_features):
             raise ValueError(f"ScalarLinear.set_quantized: codes {tuple(codes.shape)} do not match "

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmquant.quant import scalar as sq
 from llmquant.quant.gptq import gptq_quantize
 from llmquant.quant.hessian import relative_error_from_hessian
 from llmquant.quant.linear import LatticeLinear, ScalarLinear
-from llmquant.quant import scalar as sq
 
 
 def _bias(linear: nn.Linear):
@@ -53,10 +53,10 @@ def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcf
             bidx[:, b] = r.beta_idx
             return r.x_hat
 
-        qn = gptq_quantize(wn, hessian, quant_cols, width=8, block_size=wcfg.block_size, percdamp=wcfg.percdamp)
+        gptq_quantize(wn, hessian, quant_cols, width=8, block_size=wcfg.block_size, percdamp=wcfg.percdamp)
     else:
         r = nlq.quantize_full(wn.reshape(n, k // 8, 8))
-        codes, bidx, qn = r.codes, r.beta_idx, r.x_hat.reshape(n, k)
+        codes, bidx = r.codes, r.beta_idx
     layer = LatticeLinear(k, n, lattice=wcfg.lattice, q=wcfg.q, k=betas.numel(), bias=linear.bias is not None,
                           act_q=act_q)
     layer.set_quantized(codes, bidx, s, betas, _bias(linear))
