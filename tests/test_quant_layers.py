@@ -183,3 +183,21 @@ def test_lattice_row_quantizer_sqnr():
     sc = RowQuantizer("scalar", bits=4, symmetric=True, clip_ratio=0.9)(x)
     assert _sqnr_db(x, y) > _sqnr_db(x, sc)
     assert _sqnr_db(x, y) > 20.0
+
+
+def test_lattice_row_scale_guard_prevents_overload_on_heavy_tails():
+    _lattice_ready()
+    from llmquant.quant.activations import row_scale_guarded
+
+    cfg = config_from_dict({"version": 1, "weights": {"method": "lattice"},
+                            "activations": {"method": "lattice", "q": 14, "k": 2}})
+    rq = row_quantizer_from_config(cfg.activations)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(64, 128, generator=g)
+    x[:, 8:16] *= 12.0  # one heavy 8-block per row, as in the per-head-rotated o_proj input
+    s = row_scale_guarded(x, rq.overload_radius())
+    assert torch.equal(s, s.half().float()) and bool((s >= x.pow(2).mean(-1, keepdim=True).sqrt()).all())
+    r = rq._quantizer().quantize_full((x / s).reshape(64, 16, 8))
+    assert not bool(r.overload.any())
+    sc = RowQuantizer("scalar", bits=4, symmetric=True, clip_ratio=0.9)
+    assert _sqnr_db(x, rq(x)) > _sqnr_db(x, sc(x))

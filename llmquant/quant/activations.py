@@ -1,7 +1,8 @@
 """Dynamic per-row quantizers for activations (one row = one token's input to a linear) and
 for the KV cache (one row = one head's key or value vector of one token).
 
-``RowQuantizer(kind="lattice")``: per row ``s = RMS(x)`` (rounded to fp16), the row is cut
+``RowQuantizer(kind="lattice")``: per row ``s = max(RMS(x), max_b ||x_b|| / radius)`` (see
+:func:`row_scale_guarded`; rounded up to fp16), the row is cut
 into 8-vectors ``y = x / s`` and replaced by ``betas[i] * decode(code)`` chosen by the nested
 lattice quantizer (unit-variance inputs, ``k`` betas); result ``s * y_hat``.
 Bits per entry: ``log2 q + log2(k)/8 + 16/row``.
@@ -19,6 +20,7 @@ counter), so the shared input is quantized once per forward, as a fused kernel w
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -86,11 +88,15 @@ class RowQuantizer(nn.Module):
             r = xf.shape[-1]
             if r % 8:
                 raise ValueError(f"lattice activation quantizer: row length {r} is not divisible by 8")
-            s = xf.pow(2).mean(dim=-1, keepdim=True).sqrt()
-            s = torch.where(s > 0, s, torch.ones_like(s)).half().float()
+            s = row_scale_guarded(xf, self.overload_radius())
             y = (xf / s).reshape(*xf.shape[:-1], r // 8, 8)
             out = self._quantizer().fake_quant(y).reshape(xf.shape) * s
         return out.to(dtype)
+
+    def overload_radius(self) -> float:
+        """``q * max(betas) / sqrt(2)``: radius of the ball inscribed in the Voronoi cell of the coarse
+        lattice ``q * beta_max * E8`` (E8 packing radius ``1/sqrt(2)``); 8-vectors inside it never overload."""
+        return self.q * float(self.betas.max()) / math.sqrt(2.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         memo = self._memo
@@ -110,6 +116,25 @@ class RowQuantizer(nn.Module):
 
     def clear_memo(self) -> None:
         self._memo = None
+
+
+def row_scale_guarded(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """Per-row scale ``s [..., 1]`` of ``x [..., R]`` for the lattice quantizer, an fp16 value:
+
+    ``s = max(RMS(x), max_b ||x_b|| / radius)`` over the row's 8-vectors ``x_b``, rounded *up* to fp16.
+    The RMS makes entries unit variance (what the beta sets are optimized for); the guard raises the
+    scale just enough that no 8-vector of ``x / s`` leaves the no-overload ball of the largest beta, so a
+    heavy-tailed row (e.g. the o_proj input, only rotated per head) is never wrapped around modulo the
+    coarse lattice: the error degrades like a clipped scalar quantizer instead of blowing up.
+    """
+    r = x.shape[-1]
+    rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    peak = x.reshape(*x.shape[:-1], r // 8, 8).norm(dim=-1).amax(dim=-1, keepdim=True) / radius
+    s = torch.maximum(rms, peak)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    h = s.half()
+    up = torch.nextafter(h, torch.full_like(h, float("inf")))
+    return torch.where(h.float() < s, up, h).float()
 
 
 def row_quantizer_from_config(d, k_hint: int | None = None) -> RowQuantizer | None:
