@@ -4,7 +4,8 @@
 ``"triton"`` or ``"auto"``, with the *unquantized* input ``x``:
 
 * no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`);
-* lattice (E8, q <= 16) activation quant -> activation encode (:mod:`.e8_encode`) + W4A4 GEMM
+* lattice (E8, q <= 16) activation quant -> activation encode (:mod:`.e8_encode`, per-token scale from
+  the reference's ``row_scale_guarded`` with ``act.overload_radius()``) + W4A4 GEMM
   (:mod:`.e8_w4a4_gemm`, exact int8 mode for up to 4 β pairs, else fp16 mode, see :func:`w4a4_mode`);
 * anything else (scalar activation quantizer, another lattice, q > 16, unsupported dtype or device)
   -> ``None``; the layer runs its PyTorch reference.
@@ -105,7 +106,10 @@ def _run(layer, x: torch.Tensor) -> torch.Tensor:
     from .e8_w4a4_gemm import e8_w4a4_gemm
 
     lead = x.shape[:-1]
-    xc, xb, xs = e8_encode(x.reshape(-1, x.shape[-1]), act.betas, act.q, gen, choose=act.choose)
+    # the per-token scale is the reference's guarded one (``row_scale_guarded`` with the quantizer's own
+    # overload radius), so codes, β indices and scales are bit-identical to ``act.quantize_rows``
+    xc, xb, xs = e8_encode(x.reshape(-1, x.shape[-1]), act.betas, act.q, gen, choose=act.choose,
+                           radius=act.overload_radius())
     out = e8_w4a4_gemm(xc, xb, xs, act.betas, act.q, layer.codes, layer.beta_idx, layer.row_scale, layer.betas,
                        layer.q, gen, bias=bias, mode=w4a4_mode(act.betas.numel(), layer.betas.numel()),
                        out_dtype=x.dtype)

@@ -3,7 +3,8 @@
 Spec: :class:`llmquant.quant.activations.RowQuantizer` (``kind="lattice"``, E8) and
 :class:`llmquant.lattice.NestedLatticeQuantizer`.  For a token row ``x`` ``[K]`` (``K % 8 == 0``):
 
-    s = fp16(sqrt(mean(x^2)))  (1 where 0),   u = x / s,   u cut into 8-vectors;
+    s = max(RMS(x), max_b ||x_b|| / radius) rounded up to fp16 (1 where 0), radius = q max(β) / sqrt(2)
+        (``row_scale_guarded``, the reference's own function),   u = x / s,   u cut into 8-vectors;
     for each β_j (ascending): z = clamp(u / β_j, ±(2q+2)),  y = Q_E8(z),
         qλ = Q_{qE8}(y) (exact integer step),  x_j = y - qλ,  overloaded iff λ != 0,
         err_j = ||u - β_j x_j||^2;
@@ -15,8 +16,9 @@ Outputs ``codes`` int32 ``[..., K/8]``, ``beta_idx`` uint8 ``[..., K/8]``, ``sca
 exactly the weight layout, so the W4A4 GEMM reads activations and weights the same way, and
 ``scale * betas[beta_idx] * decode(codes) == RowQuantizer(x)``.
 
-Design: the row scale needs the whole row before any 8-vector can be encoded, so it is computed first
-(with the reference's torch ops, one read of ``x``; it is also what makes the codes bit-identical);
+Design: the row scale needs the whole row before any 8-vector can be encoded, so it is computed first,
+in torch, by calling the reference's :func:`llmquant.quant.activations.row_scale_guarded` (one read of
+``x``; one piece of code serves both paths, which is what makes scales and codes bit-identical);
 the kernel then encodes independent 8-vectors, ``BLOCK_R`` per program, reading ``x`` once and
 writing 4.125 bits per entry.  The online Hadamard (``signs`` given) is a separate launch of
 :mod:`.hadamard` before it; fusing both into one pass needs a whole row per CTA (future work).
@@ -25,6 +27,8 @@ float closest-point step sums 8 squares in a different order) — none occur in 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -85,11 +89,20 @@ def _e8_encode_kernel(x_ptr, scale_ptr, betas_ptr, ginvh_ptr, codes_ptr, bidx_pt
     tl.store(bidx_ptr + offs_r, sel_j.to(tl.uint8), mask=rmask)
 
 
-def row_scale(x: torch.Tensor) -> torch.Tensor:
-    """Per-row scale ``fp16(sqrt(mean(x^2)))`` (1 for an all-zero row) as fp32 ``[...]``, as RowQuantizer."""
-    xf = x.to(torch.float32)
-    s = xf.pow(2).mean(dim=-1, keepdim=True).sqrt()
-    return torch.where(s > 0, s, torch.ones_like(s)).half().float().squeeze(-1)
+def overload_radius(betas: torch.Tensor, q: int) -> float:
+    """``q * max(betas) / sqrt(2)``, computed as ``RowQuantizer.overload_radius`` (same float ops)."""
+    return int(q) * float(betas.to(torch.float32).max()) / math.sqrt(2.0)
+
+
+def row_scale(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """Per-row scale as fp32 ``[...]``: ``row_scale_guarded(x, radius)`` of the reference ``RowQuantizer``.
+
+    ``s = max(RMS(x), max_b ||x_b|| / radius)`` over the row's 8-vectors, rounded up to fp16 (1 for an
+    all-zero row); ``radius`` is the quantizer's overload radius (:func:`overload_radius`).
+    """
+    from llmquant.quant.activations import row_scale_guarded
+
+    return row_scale_guarded(x.to(torch.float32), radius).squeeze(-1)
 
 
 def inverse_generator_half(generator: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -108,12 +121,15 @@ def e8_encode(
     choose: str = "min_error",
     signs: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    radius: float | None = None,
     block_r: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode token rows ``x`` ``[..., K]`` -> ``(codes int32 [..., K/8], beta_idx uint8 [..., K/8], scale fp32 [...])``.
 
     ``signs`` (``[K]`` ±1): rotate first, ``x <- (x * signs) @ H_K`` (the ``HadamardRotation`` of the
-    rotation plan).  ``scale``: use these per-row scales instead of :func:`row_scale`.
+    rotation plan).  ``scale``: use these per-row scales instead of :func:`row_scale`.  ``radius``: the
+    overload radius of the guarded row scale (default :func:`overload_radius` of ``betas``, ``q``, i.e.
+    ``RowQuantizer.overload_radius()``).
     ``betas`` ascending (the quantizer's β set), ``choose`` as ``NestedLatticeQuantizer``.
     """
     k = x.shape[-1]
@@ -133,7 +149,7 @@ def e8_encode(
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
     if scale is None:
-        scale = row_scale(x2)
+        scale = row_scale(x2, overload_radius(betas, q) if radius is None else float(radius))
     scale = scale.reshape(-1).to(device=x.device, dtype=torch.float32).contiguous()
     if scale.numel() != x2.shape[0]:
         raise ValueError(f"scale has {scale.numel()} entries for {x2.shape[0]} rows")

@@ -10,7 +10,7 @@ from llmquant.lattice.closest_point import generator_matrix
 from llmquant.lattice.nested import NestedLatticeQuantizer
 from llmquant.lattice.packing import pack_codes, unpack_codes
 from llmquant.lattice.voronoi import VoronoiCodec
-from llmquant.quant.activations import RowQuantizer
+from llmquant.quant.activations import RowQuantizer, row_scale_guarded
 from llmquant.rotation.random_hadamard import random_signs
 
 pytestmark = pytest.mark.kernels
@@ -34,13 +34,18 @@ def _tokens(m: int, k: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("choose", ["min_error", "first_fit"])
 @pytest.mark.parametrize("q", [14, 6])
 def test_codes_and_betas_bit_identical(dev, choose, q):
-    from llmquant.kernels.e8_encode import e8_encode, row_scale
+    from llmquant.kernels.e8_encode import e8_encode, overload_radius, row_scale
 
     m, k = 12, 128
     x = _tokens(m, k, seed=q)
     codes, bidx, scale = e8_encode(x.to(dev), BETAS, q, generator_matrix("E8"), choose=choose)
-    s_ref = row_scale(x)
+    radius = RowQuantizer("lattice", q=q, betas=BETAS, choose=choose).overload_radius()
+    assert overload_radius(BETAS, q) == radius
+    s_ref = row_scale_guarded(x, radius).squeeze(-1)  # the reference's guarded scale
+    assert torch.equal(row_scale(x, radius), s_ref)
     assert torch.equal(scale.cpu(), s_ref)
+    if q == 6:  # small overload radius: the outlier row's scale is set by the guard, not the RMS
+        assert scale[0].item() > x[0].pow(2).mean().sqrt().half().float().item()
     nlq = NestedLatticeQuantizer("E8", q, BETAS, choose=choose)
     rc, rb = nlq.quantize((x / s_ref[:, None]).reshape(m, k // 8, 8))
     assert torch.equal(codes.cpu(), pack_codes(rc, q))
@@ -51,12 +56,15 @@ def test_codes_and_betas_bit_identical(dev, choose, q):
 def test_row_scale_matches_row_quantizer_and_dequant_equals_fake_quant(dev):
     from llmquant.kernels.e8_encode import e8_encode
 
-    q, k = 14, 64
+    q, k = 14, 512  # long rows: one 8-vector can exceed RMS * overload radius (needs k > radius^2)
     x = _tokens(6, k, seed=3)
+    x[2, 16:24] *= 60.0  # a heavy-tailed row: the overload guard, not the RMS, sets its scale
     codes, bidx, scale = e8_encode(x.to(dev), BETAS, q, generator_matrix("E8"), choose="min_error")
     rq = RowQuantizer("lattice", q=q, betas=BETAS, choose="min_error")
     dec = VoronoiCodec("E8", q).decode(unpack_codes(codes.cpu()).long())
     x_hat = (BETAS[bidx.cpu().long()][..., None] * dec).reshape(6, k) * scale.cpu()[:, None]
+    assert torch.equal(scale.cpu(), row_scale_guarded(x, rq.overload_radius()).squeeze(-1))
+    assert scale[2].item() > x[2].pow(2).mean().sqrt().half().float().item()
     assert torch.equal(x_hat, rq(x))
 
 
