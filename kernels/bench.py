@@ -14,8 +14,13 @@ Each row reports time (µs), speedup vs torch, achieved GB/s (weight stream + ac
 5/8 B per lattice weight = 4-bit codes + 1 bit of β index, 2 B per fp16 weight) and TFLOP/s (``2MNK/t``).
 
 End to end (``--checkpoint PATH``, an llmquant checkpoint loaded with ``llmquant.api.load``): greedy
-decode tokens/s at batch 1 of the quantized model (LatticeLinear backend ``auto``) vs the floating-point
-model ``--fp-model`` (fp16 on CUDA, fp32 on CPU).
+decode tokens/s at batch 1 of the quantized model (``--backend``, default ``auto``, for its LatticeLinears
+and online Hadamards) vs the floating-point model ``--fp-model`` (fp16 on CUDA, fp32 on CPU).
+
+``--backend``: ``auto`` (default) = kernels on CUDA, the reference elsewhere; ``triton`` = kernels, which
+needs CUDA (the interpreter is never timed: exit code 2 otherwise); ``reference`` = time the PyTorch
+reference forward of ``LatticeLinear`` on the chosen device (CUDA included), and run the end-to-end model
+on the reference.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-betas", type=int, default=4, help="number of betas of the random lattice weights")
     p.add_argument("--repeats", type=int, default=5, help="CPU timing repeats (best of)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--backend", choices=("reference", "triton", "auto"), default="auto",
+                   help="auto: kernels on CUDA, else reference; triton: kernels (CUDA only, never the "
+                        "interpreter); reference: time the PyTorch reference (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=None, help="llmquant checkpoint for end-to-end decode tokens/s")
     p.add_argument("--fp-model", default="smollm2-135m", help="floating-point baseline spec for end-to-end")
@@ -127,9 +135,13 @@ def bench_cuda(shapes, ms, q, n_betas, seed) -> list[dict]:
     return rows
 
 
-def bench_cpu(shapes, ms, q, n_betas, seed, repeats) -> list[dict]:
+def bench_cpu(shapes, ms, q, n_betas, seed, repeats, device="cpu") -> list[dict]:
+    """The PyTorch reference forward of ``LatticeLinear`` (fp32) vs fp32 matmul on ``device`` (CPU, or CUDA
+    with ``--backend reference``)."""
     from llmquant.quant.linear import LatticeLinear
 
+    device = torch.device(device)
+    timer = _time_cuda if device.type == "cuda" else partial(_time_cpu, repeats=repeats)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for k, n in shapes:
@@ -139,13 +151,15 @@ def bench_cpu(shapes, ms, q, n_betas, seed, repeats) -> list[dict]:
         layer.beta_idx.copy_(bidx)
         layer.betas.copy_(betas)
         layer.row_scale.copy_(scale)
-        t_decode = _time_cpu(layer.decode_weight, max(1, repeats // 2))
-        w = torch.randn(n, k, generator=gen)
+        layer.to(device)
+        t_decode = (_time_cuda(layer.decode_weight) if device.type == "cuda"
+                    else _time_cpu(layer.decode_weight, max(1, repeats // 2)))
+        w = torch.randn(n, k, generator=gen).to(device)
         for m in ms:
-            x = torch.randn(m, k, generator=gen)
-            t_ref = _time_cpu(partial(torch.matmul, x, w.T), repeats)
+            x = torch.randn(m, k, generator=gen).to(device)
+            t_ref = timer(partial(torch.matmul, x, w.T))
             with torch.no_grad():
-                t = _time_cpu(partial(layer, x), repeats)
+                t = timer(partial(layer, x))
             r = _row("reference_forward", k, n, m, t, t_ref, 4 * n * k + 4 * m * (k + n), "torch_fp32")
             r["reference_decode_us"] = round(t_decode, 1)
             rows.append(r)
@@ -168,17 +182,14 @@ def _generate_tps(model, tokenizer, new_tokens: int, device) -> float:
     return new_tokens / (time.perf_counter() - t0)
 
 
-def bench_end_to_end(checkpoint: str, fp_spec: str, new_tokens: int, device) -> dict:
+def bench_end_to_end(checkpoint: str, fp_spec: str, new_tokens: int, device, backend: str = "auto") -> dict:
     from llmquant.api import load, load_fp
-    from llmquant.quant.linear import LatticeLinear
+    from llmquant.quant.linear import set_backend
 
     fp_dtype = "float16" if device.type == "cuda" else "float32"
-    qmodel, qtok = load(checkpoint, device=device)
-    n_lattice = 0
-    for mod in qmodel.modules():
-        if isinstance(mod, LatticeLinear):
-            mod.backend = "auto"
-            n_lattice += 1
+    qmodel, qtok = load(checkpoint, device=device, backend=backend)
+    counts = set_backend(qmodel, backend)  # (load set it already; this counts the modules)
+    n_lattice = counts["lattice_linear"]
     if device.type == "cuda":
         qmodel = qmodel.half()
     q_tps = _generate_tps(qmodel, qtok, new_tokens, device)
@@ -186,7 +197,8 @@ def bench_end_to_end(checkpoint: str, fp_spec: str, new_tokens: int, device) -> 
     fmodel, ftok = load_fp(fp_spec, dtype=fp_dtype, device=device)
     f_tps = _generate_tps(fmodel, ftok or qtok, new_tokens, device)
     return {"checkpoint": checkpoint, "fp_model": fp_spec, "fp_dtype": fp_dtype, "batch": 1,
-            "new_tokens": new_tokens, "lattice_linears": n_lattice, "quantized_tokens_per_s": round(q_tps, 2),
+            "new_tokens": new_tokens, "backend": backend, "lattice_linears": n_lattice,
+            "online_hadamards": counts["hadamard"], "quantized_tokens_per_s": round(q_tps, 2),
             "fp_tokens_per_s": round(f_tps, 2), "speedup": round(q_tps / f_tps, 3)}
 
 
@@ -203,7 +215,12 @@ def main(args) -> int:
     if not 2 <= args.q <= 16:
         print(f"llmquant bench kernels: --q {args.q} must be in [2, 16] (4-bit packed codes)")
         return 2
-    on_gpu = device.type == "cuda" and kernel_device_ok(device, allow_interpreter=False)
+    kernels_ok = device.type == "cuda" and kernel_device_ok(device, allow_interpreter=False)
+    if args.backend == "triton" and not kernels_ok:
+        print(f"llmquant bench kernels: --backend triton needs CUDA and triton (device {device}); the Triton "
+              "interpreter is a correctness tool and is never timed; use --backend reference or auto")
+        return 2
+    on_gpu = kernels_ok and args.backend != "reference"
     shapes_key = args.shapes or ("all" if on_gpu else "smollm2")
     shapes = [s for key in (sorted(SHAPES) if shapes_key == "all" else [shapes_key]) for s in SHAPES[key]]
     ms = args.m or (GPU_M if on_gpu else CPU_M)
@@ -211,7 +228,8 @@ def main(args) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "backend": "triton" if on_gpu else "reference",
         "note": ("Triton kernels on CUDA vs torch matmul in the same run" if on_gpu else
-                 "no CUDA GPU (or no triton): timing the PyTorch *reference* backend on CPU vs torch fp32 matmul; "
+                 ("--backend reference: " if args.backend == "reference" else "no CUDA GPU (or no triton): ")
+                 + f"timing the PyTorch *reference* backend on {device.type} vs torch fp32 matmul; "
                  "these are not kernel numbers"),
         "environment": describe(),
         "q": args.q, "k_betas": args.k_betas,
@@ -219,9 +237,10 @@ def main(args) -> int:
     if on_gpu:
         result["rows"] = bench_cuda(shapes, ms, args.q, args.k_betas, args.seed)
     else:
-        result["rows"] = bench_cpu(shapes, ms, args.q, args.k_betas, args.seed, args.repeats)
+        result["rows"] = bench_cpu(shapes, ms, args.q, args.k_betas, args.seed, args.repeats, device)
     if args.checkpoint:
-        result["end_to_end"] = bench_end_to_end(args.checkpoint, args.fp_model, args.new_tokens, device)
+        result["end_to_end"] = bench_end_to_end(args.checkpoint, args.fp_model, args.new_tokens, device,
+                                                args.backend)
     else:
         result["end_to_end"] = None
         result["end_to_end_note"] = "pass --checkpoint PATH (an llmquant checkpoint) for decode tokens/s vs FP"

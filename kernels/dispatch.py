@@ -10,6 +10,12 @@
 * anything else (scalar activation quantizer, another lattice, q > 16, unsupported dtype or device)
   -> ``None``; the layer runs its PyTorch reference.
 
+``try_hadamard(rotation, x, transpose=False)`` is the same for the online Hadamard rotations
+(:class:`llmquant.rotation.random_hadamard.HadamardRotation` with ``backend`` != "reference", used by
+``InputRotatedLinear`` on the ``down_proj`` input and the Q/K rotation after RoPE): ``x @ Q`` (or
+``x @ Q^T``), ``Q = diag(s) H_n``, by the fast Hadamard kernel :func:`.hadamard.hadamard_transform`, or
+``None`` -> the reference :func:`llmquant.rotation.fwht.fwht`.
+
 Devices: ``auto`` uses CUDA only; ``triton`` also runs on CPU tensors when ``TRITON_INTERPRET=1`` (the
 interpreter, for tests).  Each distinct reason for falling back is logged once (logger
 ``llmquant.kernels``), and a kernel that raises on CUDA is logged once and falls back too: a forward
@@ -114,3 +120,49 @@ def _run(layer, x: torch.Tensor) -> torch.Tensor:
                        layer.q, gen, bias=bias, mode=w4a4_mode(act.betas.numel(), layer.betas.numel()),
                        out_dtype=x.dtype)
     return out.reshape(*lead, layer.out_features)
+
+
+def hadamard_unsupported_reason(rotation, x: torch.Tensor) -> str | None:
+    """Why ``rotation.apply(x)`` cannot use the Hadamard kernel (a short sentence), or None when it can.
+
+    Same device policy as :func:`unsupported_reason`: ``auto`` runs on CUDA only, ``triton`` also on the
+    CPU interpreter; fp32/fp16 (bf16 on CUDA only); ``x.shape[-1] == rotation.n``.
+    """
+    backend = getattr(rotation, "backend", "reference")
+    if backend not in ("triton", "auto"):
+        return f"hadamard: backend {backend!r}"
+    if not kernel_device_ok(x.device, allow_interpreter=backend == "triton"):
+        if x.device.type == "cpu" and backend == "auto":
+            return ("hadamard: CPU tensor with backend 'auto' (the Triton interpreter is only used with "
+                    "backend 'triton')")
+        return f"hadamard: device {x.device} (needs CUDA + triton, or TRITON_INTERPRET=1 on CPU)"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"hadamard: input dtype {x.dtype}"
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return "hadamard: bf16 on the Triton interpreter (its bf16 tl.dot is wrong)"
+    if x.shape[-1] != rotation.n:
+        return f"hadamard: input has {x.shape[-1]} features, rotation has n={rotation.n}"
+    return None
+
+
+def try_hadamard(rotation, x: torch.Tensor, transpose: bool = False) -> torch.Tensor | None:
+    """``x @ Q`` (``transpose=False``) or ``x @ Q^T`` along the last dim by the Triton kernel, else ``None``.
+
+    ``rotation``: a ``HadamardRotation`` (``n``, ``signs [n]`` ±1, ``backend``); ``x [..., n]``.  The result
+    has ``x``'s shape and dtype.  ``None`` means: use the reference ``fwht`` (reason logged once).
+    """
+    reason = hadamard_unsupported_reason(rotation, x)
+    if reason is not None:
+        return _fallback(reason)
+    try:
+        return _run_hadamard(rotation, x, transpose)
+    except Exception as exc:  # as in try_forward: logged once on CUDA, raised on the interpreter
+        if x.device.type != "cuda":
+            raise
+        return _fallback(f"hadamard kernel error {type(exc).__name__}: {exc}")
+
+
+def _run_hadamard(rotation, x: torch.Tensor, transpose: bool) -> torch.Tensor:
+    from .hadamard import hadamard_transform
+
+    return hadamard_transform(x, signs=rotation.signs, transpose=transpose)

@@ -86,7 +86,10 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     """Rotate (if configured) and quantize ``model`` in place, layer by layer.
 
     ``calib``: LongTensor ``[n, seq_len]`` (default: from ``config.calibration`` and ``tokenizer``).
-    ``work_dir``: resume state (see :mod:`llmquant.quant.runner`).  Returns a report:
+    ``work_dir``: resume state (see :mod:`llmquant.quant.runner`).  With ``config.model.offload`` the
+    model is kept on the CPU (moved there first) and each decoder layer visits ``config.model.device``
+    only while it is quantized; the model ends on the CPU.  Calibration runs the reference forward; at
+    the end every quantized module gets ``config.model.backend``.  Returns a report:
     ``{"rotation_plan", "specs", "layers", "bits", "seconds", "resumed_layers"}``; the model also
     gets ``model.llmquant_specs`` and ``model.llmquant_config`` (used by :func:`save`).
     """
@@ -109,9 +112,14 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     if cfg.quantizes_anything:
         if calib is None:
             calib = calibration_ids(cfg, tokenizer, int(model.config.vocab_size))
+        offload_device = resolve_device(cfg.model.device) if cfg.model.offload else None
         out = quantize_layers(model, cfg, calib, work_dir=work_dir, config_hash=config_hash(cfg),
-                              progress=progress, on_layer_done=on_layer_done, log=log)
+                              progress=progress, on_layer_done=on_layer_done, log=log,
+                              offload_device=offload_device)
         report.update(specs=out["specs"], layers=out["layers"], resumed_layers=out["resumed_layers"])
+    from llmquant.quant.linear import set_backend
+
+    set_backend(model, cfg.model.backend)
     report["bits"] = bits_for_model(cfg, model)
     report["seconds"] = time.perf_counter() - t0
     model.llmquant_specs = report["specs"]
@@ -134,14 +142,71 @@ def save(model, tokenizer, out, config=None, rotation_plan: dict | None = None, 
     return save_checkpoint(out, model, tokenizer, cfg, getattr(model, "llmquant_specs", {}), rotation_plan, results)
 
 
-def load(path_or_spec, dtype: str = "float32", device: str | torch.device | None = "auto"):
-    """``(model, tokenizer)`` from an llmquant checkpoint directory or a floating-point model spec."""
-    from llmquant.quant.checkpoint import is_checkpoint, load_quantized
+def load(path_or_spec, dtype: str = "float32", device: str | torch.device | None = "auto", *,
+         backend: str | None = None, device_map=None, max_memory: dict | None = None):
+    """``(model, tokenizer)`` from an llmquant checkpoint directory or a floating-point model spec.
 
+    ``backend``: ``reference`` | ``triton`` | ``auto`` for every ``LatticeLinear`` and online
+    ``HadamardRotation`` (:func:`llmquant.quant.set_backend`); None = the checkpoint config's
+    ``model.backend`` (FP specs have no such modules, so it changes nothing there).
+
+    ``device_map`` (instead of ``device``): place the model with ``accelerate`` for models larger than
+    one accelerator: ``"auto"`` / ``"balanced"`` / ``"balanced_low_0"`` / ``"sequential"`` (decoder
+    layers are never split, ``max_memory`` e.g. ``{0: "20GiB", "cpu": "200GiB"}`` caps each device), a
+    single device such as ``"cpu"`` / ``"cuda:0"``, or an explicit ``{module name: device}`` dict.  The
+    model is first built in CPU memory; parts mapped to ``"cpu"`` stay there and are streamed to the
+    execution device per forward (``accelerate`` hooks, buffers included, so packed codes are offloaded
+    too).  ``"disk"`` is not supported.
+    """
+    from llmquant.quant.checkpoint import is_checkpoint, load_quantized
+    from llmquant.quant.linear import set_backend
+
+    place_now = device_map is None
     if is_checkpoint(path_or_spec):
-        model, tokenizer, _ = load_quantized(path_or_spec, device=resolve_device(device))
-        return model, tokenizer
-    return load_fp(str(path_or_spec), dtype=dtype, device=device)
+        model, tokenizer, _ = load_quantized(path_or_spec, device=resolve_device(device) if place_now else None,
+                                             backend=backend)
+    else:
+        model, tokenizer = load_fp(str(path_or_spec), dtype=dtype, device=device if place_now else "cpu")
+        if backend is not None:
+            set_backend(model, backend)
+    if not place_now:
+        model = dispatch_with_device_map(model, device_map, max_memory)
+    elif max_memory is not None:
+        raise ValueError("load: max_memory is only used with device_map (e.g. device_map='auto')")
+    return model, tokenizer
+
+
+def dispatch_with_device_map(model, device_map, max_memory: dict | None = None):
+    """Place ``model`` (on CPU) with ``accelerate.dispatch_model``; see :func:`load` for ``device_map``.
+
+    Returns the model with ``model.hf_device_map`` = the resolved ``{module name: device}`` map.
+    """
+    try:
+        from accelerate import dispatch_model, infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+    except ImportError:
+        raise RuntimeError("device_map needs the 'accelerate' package: pip install accelerate") from None
+    strategies = ("auto", "balanced", "balanced_low_0", "sequential")
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if isinstance(device_map, str) and device_map in strategies:
+        mm = max_memory
+        if device_map != "sequential":
+            mm = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                     low_zero=device_map == "balanced_low_0")
+        dm = infer_auto_device_map(model, max_memory=mm, no_split_module_classes=no_split)
+    elif isinstance(device_map, (str, torch.device, int)):
+        dm = {"": str(torch.device(device_map)) if not isinstance(device_map, int) else device_map}
+    elif isinstance(device_map, dict):
+        dm = dict(device_map)
+    else:
+        raise TypeError(f"device_map: expected one of {strategies}, a device or a dict, got {device_map!r}")
+    if "disk" in dm.values():
+        raise ValueError(f"device_map: disk offload is not supported (got {dm}); raise max_memory['cpu']")
+    if not dm:
+        raise ValueError(f"device_map: {device_map!r} placed nothing (max_memory={max_memory!r} too small?)")
+    model = dispatch_model(model, device_map=dm, offload_buffers=True)
+    model.hf_device_map = dm
+    return model
 
 
 def default_out_dir(cfg) -> Path:
@@ -166,7 +231,9 @@ def quantize_to_checkpoint(cfg, out: str | os.PathLike | None = None, *, progres
     cfg = _as_config(cfg)
     out = Path(out) if out is not None else default_out_dir(cfg)
     work = work_dir_for(out)
-    model, tokenizer = load_fp(cfg.model.spec, cfg.model.dtype, cfg.model.device, cfg.model.seed)
+    # offload: the FP model is built in CPU memory; layers visit cfg.model.device one at a time
+    model, tokenizer = load_fp(cfg.model.spec, cfg.model.dtype, "cpu" if cfg.model.offload else cfg.model.device,
+                               cfg.model.seed)
     report = quantize(model, cfg, tokenizer=tokenizer, work_dir=work, progress=progress,
                       on_layer_done=on_layer_done, log=log)
     results = {

@@ -1,4 +1,5 @@
-"""``llmquant eval PATH_OR_MODEL [--ppl wikitext2,c4] [--max-tokens N] [--tasks ...] [--json]``.
+"""``llmquant eval PATH_OR_MODEL [--ppl wikitext2,c4] [--max-tokens N] [--tasks ...] [--json]
+[--backend reference|triton|auto] [--device-map auto [--max-memory 0=20GiB,cpu=64GiB]]``.
 
 Perplexity with the standard protocol (:mod:`llmquant.eval.perplexity`: non-overlapping
 windows of ``--context`` tokens of the test split, C4 validation), and optional downstream
@@ -26,7 +27,50 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="batch size for tasks and perplexity windows")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    add_runtime_arguments(p)
     p.set_defaults(func=main)
+
+
+def add_runtime_arguments(p) -> None:
+    """``--backend``, ``--device-map``, ``--max-memory`` (shared by eval, generate and serve)."""
+    from llmquant.config.schema import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="forward of the quantized linears and online Hadamards: reference (PyTorch), triton "
+                        "(kernels; CPU only with TRITON_INTERPRET=1), auto (kernels on CUDA, else reference). "
+                        "Default: the checkpoint's model.backend (auto)")
+    p.add_argument("--device-map", default=None,
+                   help="place the model with accelerate instead of --device: auto, balanced, sequential, or "
+                        "one device (cpu, cuda:0); parts that do not fit stay in CPU memory")
+    p.add_argument("--max-memory", default=None,
+                   help="with --device-map: per-device caps, e.g. '0=20GiB,cpu=64GiB'")
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """``'0=20GiB,cpu=64GiB'`` -> ``{0: '20GiB', 'cpu': '64GiB'}`` (GPU indices as ints), None -> None."""
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--max-memory: {item!r} is not DEVICE=SIZE (e.g. 0=20GiB or cpu=64GiB)")
+        key = key.strip()
+        out[int(key) if key.isdigit() else key] = value.strip()
+    return out
+
+
+def load_from_args(args):
+    """``llmquant.api.load`` with ``--device`` / ``--backend`` / ``--device-map`` / ``--max-memory``."""
+    from llmquant.api import load
+
+    max_memory = parse_max_memory(getattr(args, "max_memory", None))
+    device_map = getattr(args, "device_map", None)
+    if max_memory is not None and device_map is None:
+        raise ValueError("--max-memory needs --device-map (e.g. --device-map auto)")
+    return load(args.model, device=getattr(args, "device", "auto"), backend=getattr(args, "backend", None),
+                device_map=device_map, max_memory=max_memory)
 
 
 def _split(text: str | None) -> list[str]:
@@ -62,7 +106,6 @@ def run_downstream(model, tokenizer, tasks, limit, batch_size, data_dir=None) ->
 def main(args) -> int:
     import torch
 
-    from llmquant.api import load
     from llmquant.quant.checkpoint import is_checkpoint, read_meta, update_results
 
     ckpt = is_checkpoint(args.model)
@@ -79,7 +122,7 @@ def main(args) -> int:
         max_tokens = args.max_tokens
     if args.ppl is not None:
         datasets = _split(args.ppl)
-    model, tokenizer = load(args.model)
+    model, tokenizer = load_from_args(args)
     with torch.no_grad():
         results = evaluate(model, tokenizer, datasets, context, max_tokens, data_dir, args.batch_size,
                            progress=not args.no_progress)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from llmquant.commands.eval import add_runtime_arguments, load_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a checkpoint or model spec")
@@ -16,11 +18,11 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    add_runtime_arguments(p)
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from llmquant.api import load
     from llmquant.serve.engine import Engine
     from llmquant.serve.protocol import APIError, parse_request
 
@@ -36,7 +38,7 @@ def main(args) -> int:
     except APIError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
-    model, tokenizer = load(args.model, device=args.device)
+    model, tokenizer = load_from_args(args)
     if tokenizer is None:
         print(f"error: {args.model} has no tokenizer, so it cannot generate text", file=sys.stderr)
         return 2

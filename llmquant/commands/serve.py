@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmquant.commands.eval import add_runtime_arguments, load_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model with an OpenAI-compatible API (FastAPI + uvicorn)")
@@ -19,6 +21,7 @@ def register(sub) -> None:
                    help="requests allowed to wait; more get HTTP 503 (default: %(default)s)")
     p.add_argument("--context", type=int, default=None, help="context limit in tokens (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    add_runtime_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -33,11 +36,10 @@ def main(args) -> int:
     except ImportError:
         print("error: serving needs fastapi and uvicorn: pip install 'llmquant[serve]'")
         return 2
-    from llmquant.api import load
     from llmquant.serve.app import serve
     from llmquant.serve.engine import Engine
 
-    model, tokenizer = load(args.model, device=args.device)
+    model, tokenizer = load_from_args(args)
     if tokenizer is None:
         print(f"error: {args.model} has no tokenizer, so it cannot serve text")
         return 2

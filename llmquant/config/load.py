@@ -114,6 +114,7 @@ def validate(cfg: S.Config) -> S.Config:
         )
     _check_choice("method", cfg.method, S.METHOD_LABELS)
     _check_choice("model.dtype", cfg.model.dtype, S.DTYPES)
+    _check_choice("model.backend", cfg.model.backend, S.BACKENDS)
     c = cfg.calibration
     _check_range("calibration.n_samples", c.n_samples, 1)
     _check_range("calibration.seq_len", c.seq_len, 8)
@@ -263,11 +264,19 @@ def config_to_dict(cfg: S.Config) -> dict:
     return conv(cfg)
 
 
+#: keys of the ``model`` section that do not change the quantized model (where and how it runs); left
+#: out of :func:`config_hash`, so resume state and checkpoints made before they existed still match.
+RUNTIME_MODEL_KEYS = ("backend", "offload")
+
+
 def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "method")) -> str:
-    """Stable hash of the parts of a config that change the quantized model (eval excluded)."""
+    """Stable hash of the parts of a config that change the quantized model (eval, ``model.backend``
+    and ``model.offload`` excluded)."""
     import hashlib
 
     d = config_to_dict(cfg)
     for k in ignore:
         d.pop(k, None)
+    for k in RUNTIME_MODEL_KEYS:
+        d.get("model", {}).pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

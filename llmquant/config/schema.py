@@ -26,6 +26,8 @@ DYNAMIC_METHODS = ("none", "scalar", "lattice")
 LATTICES = ("E8",)
 CHOOSE_RULES = ("min_error", "first_fit")
 METHOD_LABELS = ("fp", "rtn", "quarot", "e8", "custom")
+#: forward backends of LatticeLinear and the online Hadamard rotations (see ``ModelConfig.backend``)
+BACKENDS = ("reference", "triton", "auto")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,17 @@ class ModelConfig:
     #: ``auto`` = CUDA when present, else CPU.
     device: str = "auto"
     seed: int = 0
+    #: forward backend of the quantized linears and online Hadamards of the loaded model:
+    #: ``reference`` (PyTorch, the spec), ``triton`` (kernels; on CPU only under ``TRITON_INTERPRET=1``),
+    #: ``auto`` (kernels on CUDA when triton is installed, else the reference).  Calibration always runs
+    #: the reference; the backend is set once the model is quantized or loaded.  Not part of the
+    #: config hash (it does not change the quantized model).
+    backend: str = "auto"
+    #: layer-wise offload during quantization: the model stays in CPU memory and each decoder layer
+    #: (and, for the input capture, the embeddings) is moved to ``device`` only while it is calibrated
+    #: and quantized, so peak accelerator memory is one layer plus its activations.  Results are those
+    #: of ``offload: false``.  Not part of the config hash.
+    offload: bool = False
 
 
 @dataclass(frozen=True)

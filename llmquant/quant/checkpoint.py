@@ -128,15 +128,25 @@ def update_results(path: str | os.PathLike, updates: dict) -> dict:
 
 
 @torch.no_grad()
-def load_quantized(path: str | os.PathLike, device: str | torch.device | None = None):
-    """Rebuild a quantized model from a checkpoint -> ``(model, tokenizer, config)`` (no re-quantization)."""
+def load_quantized(path: str | os.PathLike, device: str | torch.device | None = None, backend: str | None = None):
+    """Rebuild a quantized model from a checkpoint -> ``(model, tokenizer, config)`` (no re-quantization).
+
+    ``device``: where the weights are loaded (None: CPU).  ``backend``: forward backend of every
+    ``LatticeLinear`` and online ``HadamardRotation`` (``reference`` | ``triton`` | ``auto``, see
+    :func:`llmquant.quant.linear.set_backend`); None uses the checkpoint config's ``model.backend``
+    (``auto`` for checkpoints written before the key existed).
+    """
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from llmquant.config import config_from_dict
+    from llmquant.config.schema import BACKENDS
     from llmquant.models.adapters import get_adapter
+    from llmquant.quant.linear import set_backend
     from llmquant.quant.structure import build_quantized_shell
 
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"load_quantized: backend={backend!r} is not one of {', '.join(BACKENDS)}")
     path = Path(path)
     meta = read_meta(path)
     cfg = config_from_dict(meta["config"])
@@ -161,6 +171,7 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
             f"{path}: state dict does not match the rebuilt model (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); the checkpoint is corrupt or from another llmquant"
         )
+    set_backend(model, backend if backend is not None else cfg.model.backend)
     tokenizer = None
     if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmquant.config.schema import BACKENDS
 from llmquant.quant import scalar as sq
-
-BACKENDS = ("reference", "triton", "auto")
 
 
 class _CachedDecode(nn.Module):
@@ -246,3 +245,29 @@ class ScalarLinear(_CachedDecode):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._reference(x)
+
+
+def set_backend(model: nn.Module, backend: str) -> dict[str, int]:
+    """Set the forward ``backend`` of every :class:`LatticeLinear` and every online
+    :class:`~llmquant.rotation.random_hadamard.HadamardRotation` (``down_proj`` input rotation, Q/K
+    rotation after RoPE, output rotations) inside ``model``.
+
+    ``backend in {"reference", "triton", "auto"}``: ``reference`` = PyTorch forward (the spec);
+    ``triton`` = the Triton kernels (CUDA, or the CPU interpreter under ``TRITON_INTERPRET=1``), falling
+    back to the reference for unsupported cases; ``auto`` = the kernels on CUDA only, else the reference.
+    The attribute is not part of any state dict.  Returns ``{"lattice_linear": n, "hadamard": m}``, the
+    number of modules set.  ``ScalarLinear`` and floating-point modules have no backend (always PyTorch).
+    """
+    from llmquant.rotation.random_hadamard import HadamardRotation
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    counts = {"lattice_linear": 0, "hadamard": 0}
+    for mod in model.modules():
+        if isinstance(mod, LatticeLinear):
+            mod.backend = backend
+            counts["lattice_linear"] += 1
+        elif isinstance(mod, HadamardRotation):
+            mod.backend = backend
+            counts["hadamard"] += 1
+    return counts

@@ -18,6 +18,15 @@ Algorithm, for decoder layers ``i = 0 .. L-1`` (memory: one layer plus its activ
    layer, module specs, reports) are written atomically (temp file + ``os.replace``,
    progress last).  A rerun with the same config skips the finished layers: it rebuilds
    their quantized modules from the saved specs and state, and restarts from ``acts.pt``.
+
+Offload (``offload_device``, config ``model.offload``): for models larger than accelerator memory.
+The model lives in CPU memory; :class:`LayerOffloader` moves the non-layer modules (embeddings,
+rotary embedding, final norm, ``lm_head``) to the compute device only for step 1, and decoder layer
+``i`` only for steps 2-4, moving it back before layer ``i + 1`` comes (at most one layer resident;
+its bookkeeping raises otherwise).  Activations, Hessians and the keyword arguments stay on the
+compute device, so peak accelerator memory is one layer + its Hessians + the calibration
+activations.  The arithmetic is the same as without offload (same device, same ops), so the
+quantized model is identical; it ends in CPU memory.
 """
 
 from __future__ import annotations
@@ -55,8 +64,11 @@ def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
 
 
 @torch.no_grad()
-def capture_layer_inputs(model: nn.Module, adapter, calib: torch.Tensor, batch_size: int):
-    """Run the model up to decoder layer 0 -> (list of hidden states per batch, list of kwargs per batch)."""
+def capture_layer_inputs(model: nn.Module, adapter, calib: torch.Tensor, batch_size: int,
+                         device: torch.device | None = None):
+    """Run the model up to decoder layer 0 -> (list of hidden states per batch, list of kwargs per batch).
+
+    ``device``: where the token ids go (default: the model's first parameter's device)."""
     layers = adapter.layers(model)
     inps, kws = [], []
 
@@ -70,7 +82,7 @@ def capture_layer_inputs(model: nn.Module, adapter, calib: torch.Tensor, batch_s
         raise _StopForward
 
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    device = _device_of(model)
+    device = device if device is not None else _device_of(model)
     try:
         for batch in calib.split(batch_size):
             try:
@@ -80,6 +92,75 @@ def capture_layer_inputs(model: nn.Module, adapter, calib: torch.Tensor, batch_s
     finally:
         handle.remove()
     return inps, kws
+
+
+class LayerOffloader:
+    """Bookkeeping of what is on the compute device during offloaded quantization.
+
+    ``model``'s tensors live on ``home`` (CPU); :meth:`load_outer` / :meth:`release_outer` move the
+    modules outside the decoder layers (their own parameters and buffers, tied weights kept tied) to
+    ``device`` and back; :meth:`load_layer` / :meth:`release_layer` do the same for one decoder layer.
+    ``resident`` is the set of names on the device (``"outer"``, ``"layer.<i>"``); loading a second
+    decoder layer while one is resident raises ``RuntimeError``, so at most one layer is ever on the
+    device.  ``enabled=False`` makes every call a no-op (no offload).
+    """
+
+    def __init__(self, model: nn.Module, layers, device: torch.device | str, *, home: torch.device | str = "cpu",
+                 enabled: bool = True):
+        self.model = model
+        self.layers = layers
+        self.device = torch.device(device)
+        self.home = torch.device(home)
+        self.enabled = enabled
+        self.resident: set[str] = set()
+        self.moves: list[tuple[str, str]] = []  # (what, device) in order, for logs and tests
+
+    def outer_modules(self) -> list[nn.Module]:
+        """Every module of the model that is not inside a decoder layer (the model itself included)."""
+        inside = {id(m) for layer in self.layers for m in layer.modules()}
+        return [m for m in self.model.modules() if id(m) not in inside]
+
+    def _move(self, what: str, modules, device: torch.device) -> None:
+        """Move the *own* parameters and buffers of ``modules`` to ``device`` (``param.data`` is replaced,
+        so the Parameter objects, and with them tied weights and optimizer-free references, stay)."""
+        for m in modules:
+            for p in m.parameters(recurse=False):
+                if p.device != device:
+                    p.data = p.data.to(device)
+            for name, b in list(m.named_buffers(recurse=False)):
+                if b is not None and b.device != device:
+                    setattr(m, name, b.to(device))
+        self.moves.append((what, str(device)))
+
+    def home_all(self) -> None:
+        """Put the whole model on ``home`` (start of an offloaded run)."""
+        if self.enabled:
+            self._move("all", list(self.model.modules()), self.home)
+            self.resident.clear()
+
+    def load_outer(self) -> None:
+        if self.enabled:
+            self._move("outer", self.outer_modules(), self.device)
+            self.resident.add("outer")
+
+    def release_outer(self) -> None:
+        if self.enabled:
+            self._move("outer", self.outer_modules(), self.home)
+            self.resident.discard("outer")
+
+    def load_layer(self, i: int) -> None:
+        if not self.enabled:
+            return
+        others = [r for r in self.resident if r.startswith("layer.")]
+        if others:
+            raise RuntimeError(f"LayerOffloader: loading layer {i} while {others} is still on {self.device}")
+        self._move(f"layer.{i}", list(self.layers[i].modules()), self.device)
+        self.resident.add(f"layer.{i}")
+
+    def release_layer(self, i: int) -> None:
+        if self.enabled:
+            self._move(f"layer.{i}", list(self.layers[i].modules()), self.home)
+            self.resident.discard(f"layer.{i}")
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -121,10 +202,13 @@ def quantize_layers(
     progress: bool = True,
     on_layer_done: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = print,
+    offload_device: str | torch.device | None = None,
 ) -> dict:
     """Quantize every decoder layer of ``model`` in place (see module docstring).
 
-    ``calib``: LongTensor ``[n_samples, seq_len]``.  ``on_layer_done(i)`` is called after layer
+    ``calib``: LongTensor ``[n_samples, seq_len]``.  ``offload_device``: None = compute where the model
+    is; a device = keep the model on the CPU and move one decoder layer at a time there (see "Offload"
+    in the module docstring; the model ends on the CPU).  ``on_layer_done(i)`` is called after layer
     ``i`` and its resume state are written (a test hook; raising in it simulates a crash).
     Returns ``{"specs": {i: {role: spec}}, "layers": [per-layer report], "resumed_layers": [...],
     "seconds": float}``.
@@ -149,7 +233,15 @@ def quantize_layers(
                 f"work dir {work} holds a run of a different config (hash {state.get('config_hash')} != "
                 f"{config_hash}); delete it or choose another --out"
             )
-    inps, kws = capture_layer_inputs(model, adapter, calib, cfg.calibration.batch_size)
+    offload = LayerOffloader(model, layers, offload_device if offload_device is not None else "cpu",
+                             enabled=offload_device is not None)
+    offload.home_all()
+    compute = offload.device if offload.enabled else _device_of(model)
+    offload.load_outer()
+    try:
+        inps, kws = capture_layer_inputs(model, adapter, calib, cfg.calibration.batch_size, device=compute)
+    finally:
+        offload.release_outer()
     resumed = []
     if state is not None and state["done"] >= 0:
         from safetensors.torch import load_file
@@ -162,7 +254,7 @@ def quantize_layers(
             specs[i] = layer_specs
             resumed.append(i)
         reports = state["reports"]
-        saved = torch.load(work / ACTS_FILE, map_location=_device_of(model))
+        saved = torch.load(work / ACTS_FILE, map_location=compute)
         inps = saved
         start = state["done"] + 1
         if log:
@@ -177,6 +269,7 @@ def quantize_layers(
     for i in range(start, len(layers)):
         tl = time.perf_counter()
         layer = layers[i]
+        offload.load_layer(i)
         roles = present_roles(layer, adapter)
         accs: dict[str, HessianAccumulator] = {}
         handles = []
@@ -217,6 +310,7 @@ def quantize_layers(
         attach_kv_quantizers(layer, adapter, cfg.kv)
         outs_q = _run_layer(layer, inps, kws)
         _clear_memos(layer)
+        offload.release_layer(i)
         err = _rel_err(outs_q, outs_fp)
         rep = {"layer": i, "rel_out_err": err, "linear_rel_err": lin_report, "seconds": time.perf_counter() - tl}
         reports.append(rep)

@@ -16,7 +16,9 @@ updated in the KV cache by the caller):
     return base(module, q, k, v, mask, ...)
 
 Since ``(q Q_h)(k Q_h)^T = q k^T`` the scores are unchanged; the rotation only spreads outliers in the
-keys before they are quantized.  Modules without the attributes pass through unchanged.
+keys before they are quantized.  Modules without the attributes pass through unchanged.  ``R`` is a
+:class:`~llmquant.rotation.random_hadamard.HadamardRotation`; its ``backend`` (set with
+:func:`llmquant.quant.set_backend`) routes it through the Triton fast Hadamard kernel when possible.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@
 * :class:`OutputRotated` wraps a module whose output lives in the unrotated residual basis and rotates it
   (``y = f(x) @ Q``); used for Gemma3's post-attention / post-feedforward norms (see
   :mod:`llmquant.models.rotate`).
+
+Both call ``rotation.apply``; with ``rotation.backend`` "triton"/"auto" (set by
+:func:`llmquant.quant.set_backend`) that is the Triton fast Hadamard kernel where it can run.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ plain Hadamard).  ``Q`` is orthogonal, and in row-vector convention
 
 so ``apply_transpose(apply(x)) == x`` up to rounding.  The signs are a (persistent) buffer, so an
 online rotation inside a model is kept by ``state_dict``; ``state()`` / ``from_state`` carry (n, seed).
+
+``backend`` (a plain attribute, not in the state dict; default ``"reference"``) chooses how the
+transform runs: ``"reference"`` is :func:`~llmquant.rotation.fwht.fwht`; ``"triton"`` / ``"auto"`` ask
+``llmquant.kernels.dispatch.try_hadamard`` for the fast Hadamard kernel (CUDA; with ``"triton"`` also
+the CPU interpreter) and fall back to ``fwht`` when it returns None.  Set it for a whole model with
+:func:`llmquant.quant.set_backend`.
 """
 
 from __future__ import annotations
@@ -39,12 +45,37 @@ class HadamardRotation(nn.Module):
     input's dtype/device per call, so the module can stay in fp32 while the model runs in another dtype.
     """
 
-    def __init__(self, n: int, seed: int | None = 0):
+    def __init__(self, n: int, seed: int | None = 0, backend: str = "reference"):
         super().__init__()
         split_order(n)  # fail now, with the construction error, rather than at the first forward
         self.n = int(n)
         self.seed = None if seed is None else int(seed)
         self.register_buffer("signs", random_signs(self.n, self.seed).to(torch.float32), persistent=True)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """``"reference"`` | ``"triton"`` | ``"auto"`` (see module docstring); not saved in the state dict."""
+        return getattr(self, "_backend", "reference")  # modules pickled before the attribute existed
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        from llmquant.config.schema import BACKENDS
+
+        if value not in BACKENDS:
+            raise ValueError(f"HadamardRotation: backend {value!r} must be one of {BACKENDS}")
+        self._backend = value
+
+    def _kernel(self, x: torch.Tensor, transpose: bool) -> torch.Tensor | None:
+        if self.backend == "reference":
+            return None
+        try:
+            from llmquant.kernels.dispatch import try_hadamard
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("llmquant.kernels", "llmquant.kernels.dispatch", "triton"):
+                raise
+            return None
+        return try_hadamard(self, x, transpose=transpose)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.n:
@@ -56,10 +87,16 @@ class HadamardRotation(nn.Module):
         if not isinstance(x, torch.Tensor):
             return super().apply(x)
         self._check(x)
+        y = self._kernel(x, transpose=False)
+        if y is not None:
+            return y
         return fwht(x * self.signs.to(dtype=x.dtype, device=x.device))
 
     def apply_transpose(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
+        y = self._kernel(x, transpose=True)
+        if y is not None:
+            return y
         return fwht(x, transpose=True) * self.signs.to(dtype=x.dtype, device=x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,4 +114,4 @@ class HadamardRotation(nn.Module):
         return cls(int(state["n"]), state["seed"])
 
     def extra_repr(self) -> str:
-        return f"n={self.n}, seed={self.seed}"
+        return f"n={self.n}, seed={self.seed}, backend={self.backend}"
