@@ -86,3 +86,20 @@ def test_bench_cli_json_is_seeded(capsys, monkeypatch):
     assert [r["lattice"] for r in first] == ["D4", "Z"]
     assert cli_main(["bench", "gaussian", "--n", "100"]) == 2
     assert "power of two" in capsys.readouterr().err
+
+
+def test_shifted_e8_q2_beats_scalar_at_half_and_one_bit():
+    methods = (
+        (Method("scalar", "Z", 2), 0.5),
+        (Method("lattice", "E8", 2, 1, shift=True), 0.5),
+        (Method("scalar", "Z", 2), None),
+        (Method("lattice", "E8", 2, 1, shift=True), None),
+    )
+    rows = run_bench(n=1024, cols=32, seed=0, methods=methods)
+    for r in rows:
+        assert r["ratio"] >= 1.0, r
+    (sj, ej, s1, e1) = rows
+    assert sj["rate"] == ej["rate"] and s1["rate"] == e1["rate"]
+    assert ej["shift"] and not sj["shift"]
+    # default size (n=4096, 128 columns): 1.083 vs 1.107 and 1.273 vs 1.372
+    assert ej["ratio"] < sj["ratio"] and e1["ratio"] < 0.97 * s1["ratio"]

@@ -3,7 +3,7 @@
 
 from .beta_sets import load_beta_set
 from .closest_point import closest_point, coarse_closest_int, generator_matrix
-from .nested import NestedLatticeQuantizer, NestedQuantResult, voronoi_dither
+from .nested import NestedLatticeQuantizer, NestedQuantResult, load_shift, search_shift, voronoi_dither
 from .packing import (
     mixed_radix_bits,
     pack_bits,
@@ -26,12 +26,14 @@ __all__ = [
     "coarse_closest_int",
     "generator_matrix",
     "load_beta_set",
+    "load_shift",
     "mixed_radix_bits",
     "nested_rate",
     "pack_bits",
     "pack_codes",
     "pack_mixed_radix",
     "pack_nested_stream",
+    "search_shift",
     "stream_bits",
     "stream_rate",
     "unpack_bits",

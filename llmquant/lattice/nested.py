@@ -16,6 +16,13 @@ Choice of ``j`` (``choose``):
   the one with the least squared error.
 * ``"min_error"``: the β with the least squared error ``||x - x_hat_j||^2``.
 
+Shifted codes and the exhaustive encoder (both off by default): ``shift=a`` uses the codebook
+``(Λ + a) ∩ qV`` (:class:`.voronoi.VoronoiCodec`), and ``encoder="nearest"`` replaces
+``y_j = Q(z_j)`` followed by the ``mod qΛ`` reduction with the codeword nearest to ``z_j``
+(exhaustive search, ``q^d <= 65536``).  ``j`` then counts as overloaded when that codeword is not
+``Q_{Λ+a}(z_j)``.  This is what makes ``q = 2`` usable: E8 shifted by a deep hole with nearest
+encoding is a 256-word, 1 bit/entry code (see :func:`load_shift` and ``data/shifts.json``).
+
 Rate: ``log2(q) + log2(k) / d`` bits per entry with an exact mixed-radix packer
 (:mod:`.packing`); ``bits_per_entry`` reports that number.
 
@@ -27,6 +34,9 @@ all integers small.  NaN/Inf raise ``ValueError``.
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -35,6 +45,22 @@ from .closest_point import check_finite, closest_point, generator_matrix
 from .voronoi import VoronoiCodec
 
 CHOOSE_RULES = ("first_fit", "min_error")
+ENCODERS = ("lattice", "nearest")
+SHIFT_FILE = Path(__file__).resolve().parent / "data" / "shifts.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _shift_table() -> dict:
+    return json.loads(SHIFT_FILE.read_text())
+
+
+def load_shift(name: str, q: int) -> dict:
+    """Shipped shifted-code setting for (lattice, q) from ``data/shifts.json``: a dict with
+    ``shift`` (list), ``encoder``, ``betas`` (list) and the Monte-Carlo evidence it was chosen by."""
+    try:
+        return dict(_shift_table()["codes"][name][str(int(q))])
+    except KeyError:
+        raise KeyError(f"no shipped shifted code for lattice={name!r}, q={q}; see {SHIFT_FILE}") from None
 
 
 class NestedQuantResult(NamedTuple):
@@ -65,7 +91,9 @@ class NestedLatticeQuantizer:
 
     ``name``: lattice ("E8", "D4", "D8", "Z"); ``q``: nesting ratio (2..256 so codes fit uint8);
     ``betas``: ascending positive scales, ``Tensor[k]`` (k <= 256); ``choose``: "first_fit" or
-    "min_error"; ``dither_seed``: ``None`` (no dither) or an int; ``d``: dimension for Z.
+    "min_error"; ``dither_seed``: ``None`` (no dither) or an int; ``d``: dimension for Z;
+    ``shift``: ``None`` or a vector in ½Z^d (shifted Voronoi code); ``encoder``: "lattice" (default)
+    or "nearest" (exhaustive nearest codeword, needs q^d <= 65536).
     """
 
     def __init__(
@@ -76,8 +104,14 @@ class NestedLatticeQuantizer:
         choose: str = "first_fit",
         dither_seed: int | None = None,
         d: int | None = None,
+        shift=None,
+        encoder: str = "lattice",
     ):
-        self.codec = VoronoiCodec(name, q, d)
+        self.codec = VoronoiCodec(name, q, d, shift=shift)
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        if encoder == "nearest":
+            self.codec.codebook()  # raises when the codebook is too large to search
         if self.codec.q > 256:
             raise ValueError(f"q={q} does not fit uint8 codes: use q <= 256")
         if betas is None:
@@ -99,6 +133,7 @@ class NestedLatticeQuantizer:
         self.betas = betas
         self.choose = choose
         self.dither_seed = dither_seed
+        self.encoder = encoder
 
     @property
     def k(self) -> int:
@@ -142,9 +177,13 @@ class NestedLatticeQuantizer:
             if u is not None:
                 z = z + u
             # |y2| <= 2(2q+3) after the clamp, so the exact coarse step can run in x's float dtype
-            y2 = 2 * closest_point(z, self.name)
-            x2, l2 = codec.reduce2(y2)
-            ok = ~(l2 != 0).any(-1)
+            y2 = 2 * codec.lattice_point(z)
+            if self.encoder == "nearest":
+                x2 = codec.nearest_codeword2(x / beta if u is None else x / beta + u)  # unclamped
+                ok = (x2 == y2).all(-1)
+            else:
+                x2, l2 = codec.reduce2(y2)
+                ok = ~(l2 != 0).any(-1)
             rec = x2 * 0.5
             if u is not None:
                 rec = rec - u
@@ -178,7 +217,7 @@ class NestedLatticeQuantizer:
         z = (x / beta).clamp(-(2.0 * self.q + 2.0), 2.0 * self.q + 2.0)
         if u is not None:
             z = z + u
-        y2 = 2 * closest_point(z, self.name)
+        y2 = 2 * self.codec.lattice_point(z)
         return (y2 != x2).any(-1)
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,4 +245,47 @@ class NestedLatticeQuantizer:
 
     def __repr__(self) -> str:
         return (f"NestedLatticeQuantizer({self.name!r}, q={self.q}, betas={[round(b, 5) for b in self.betas.tolist()]}, "
-                f"choose={self.choose!r}, dither_seed={self.dither_seed})")
+                f"choose={self.choose!r}, dither_seed={self.dither_seed}"
+                + ("" if self.codec.shift is None else f", shift={self.codec.shift.tolist()}")
+                + ("" if self.encoder == "lattice" else f", encoder={self.encoder!r}") + ")")
+
+
+def shift_candidates(name: str, d: int | None = None) -> torch.Tensor:
+    """Representatives of every class of ``½Z^d`` modulo ``Λ`` (plus duplicates): ``{0, ½}^d`` and,
+    for E8 (where ``{0, ½}^8`` misses the odd-sum integer classes), ``e_0 + {0, ½}^8``.  (m, d) float64."""
+    dim = VoronoiCodec(name, 2, d).d
+    grid = torch.tensor([[(i >> (dim - 1 - k)) & 1 for k in range(dim)] for i in range(2**dim)],
+                        dtype=torch.float64) * 0.5
+    if name == "E8":
+        e0 = torch.zeros(dim, dtype=torch.float64)
+        e0[0] = 1.0
+        grid = torch.cat([grid, grid + e0])
+    return grid
+
+
+def search_shift(name: str, q: int, n_samples: int = 4096, seed: int = 0, betas=(1.4, 1.6, 1.8),
+                 d: int | None = None) -> list[dict]:
+    """Monte-Carlo Gaussian MSE of the shifted code ``(Λ + a) ∩ qV`` with the nearest-codeword
+    encoder, for every candidate shift (:func:`shift_candidates`) and encoder scale in ``betas``,
+    after the least-squares gain (as the per-column fp16 gain of the benchmark applies it).
+    Returns one dict per shift (sorted, best first): ``shift``, ``beta``, ``mse``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    dim = VoronoiCodec(name, q, d).d
+    x = torch.randn(n_samples, dim, generator=gen, dtype=torch.float64)
+    out = []
+    seen = set()
+    for a in shift_candidates(name, d):
+        codec = VoronoiCodec(name, q, d, shift=a)
+        key = tuple(sorted(map(tuple, codec.codebook().tolist())))
+        if key in seen:  # same codebook as an earlier shift
+            continue
+        seen.add(key)
+        best = None
+        for beta in betas:
+            y = beta * codec.nearest_codeword2(x / beta) * 0.5
+            g = (x * y).sum() / (y * y).sum()
+            mse = float((x - g * y).square().mean())
+            if best is None or mse < best[1]:
+                best = (beta, mse)
+        out.append({"shift": a.tolist(), "beta": best[0], "mse": best[1]})
+    return sorted(out, key=lambda r: r["mse"])

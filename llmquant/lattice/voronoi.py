@@ -13,6 +13,19 @@ boundary of ``qV`` broken by the equivariant rules of :mod:`.closest_point`; ``|
 * overload: ``Q(Q(x)/q) != 0``, i.e. ``Q(x)`` lies outside the codebook and the decoder
   returns a point shifted by a nonzero vector of ``qΛ``.
 
+Shifted codes (``shift=a``, Conway & Sloane's Voronoi codes with an offset): codewords are the
+points of ``Λ + a`` in ``qV`` (one per coset of ``(Λ + a) / qΛ``, same tie rules), so
+
+* encode: ``y = Q_Λ(x - a) + a``, ``codes = ((y - a) G^{-1}) mod q``;
+* decode: ``y' = codes @ G + a``; ``x_hat = y' - q Q_Λ(y' / q)``.
+
+``a`` must lie in ``½ Z^d`` (so ``2y`` stays an integer vector and the exact integer coarse step
+applies unchanged).  ``shift=None`` (default) is the unshifted code, bit for bit.  For small
+codebooks (``q^d <= MAX_CODEBOOK = 65536``) :meth:`VoronoiCodec.codebook` lists all codewords and
+:meth:`VoronoiCodec.nearest_codeword2` is the exhaustive (MSE-optimal) encoder; at ``q <= 3``
+the lattice encoder ``Q_Λ`` then ``mod qΛ`` wraps overloaded points to the far side of the
+codebook and is much worse than nearest-codeword encoding.
+
 A kernel decoding codes must reproduce the integer coarse step (``2 y' = codes @ 2G`` is an
 integer vector; apply the D8/E8 rounding rules to ``2y' / (2q)`` with floor division).
 """
@@ -23,6 +36,9 @@ import torch
 
 from .closest_point import check_finite, check_lattice, closest_point, coarse_closest_int, generator_matrix
 
+#: largest codebook that :meth:`VoronoiCodec.codebook` enumerates (q^d codewords).
+MAX_CODEBOOK = 65536
+
 #: fp32 represents every half-integer exactly only below 2^22.
 _MAX_ABS = 2.0**22
 
@@ -32,9 +48,10 @@ class VoronoiCodec:
 
     ``name`` in {"Z", "D4", "D8", "E8"}; ``d`` is the dimension for ``Z`` (default 8).
     ``q >= 2`` integer.  Codes are int64 tensors (..., d) with entries in [0, q).
+    ``shift``: ``None`` (unshifted) or a length-d vector with entries in ½Z (see module docstring).
     """
 
-    def __init__(self, name: str = "E8", q: int = 14, d: int | None = None):
+    def __init__(self, name: str = "E8", q: int = 14, d: int | None = None, shift=None):
         dim = check_lattice(name)
         if dim is None:
             dim = 8 if d is None else int(d)
@@ -49,12 +66,36 @@ class VoronoiCodec:
         self._g2 = (2 * g).round()  # 2G is an integer matrix for all our lattices
         self._ginv = torch.linalg.inv(g)
         self._cache: dict = {}
+        self.shift = None
+        self._shift2 = None
+        if shift is not None:
+            a = torch.as_tensor(shift, dtype=torch.float64).flatten()
+            if a.numel() != dim:
+                raise ValueError(f"shift must have {dim} entries for {name}, got {a.numel()}")
+            if not torch.isfinite(a).all() or (2 * a != (2 * a).round()).any() or float(a.abs().max()) > 64:
+                raise ValueError(f"shift entries must be multiples of 1/2 with |a_i| <= 64, got {a.tolist()}")
+            if bool((a != 0).any()):
+                self.shift = a
+                self._shift2 = 2 * a
 
     def _mats(self, device: torch.device, dtype: torch.dtype = torch.float64):
         key = (str(device), dtype)
         if key not in self._cache:
-            self._cache[key] = (self._g2.to(device=device, dtype=dtype), self._ginv.to(device=device, dtype=dtype))
-        return self._cache[key]
+            s2 = None if self._shift2 is None else self._shift2.to(device=device, dtype=dtype)
+            self._cache[key] = (self._g2.to(device=device, dtype=dtype), self._ginv.to(device=device, dtype=dtype), s2)
+        return self._cache[key][:2]
+
+    def shift2(self, device, dtype=torch.float64):
+        """``2a`` on ``device`` (None when unshifted)."""
+        self._mats(device, dtype)
+        return self._cache[(str(device), dtype)][2]
+
+    def lattice_point(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest point of ``Λ + a`` to ``z`` (``Q_Λ(z)`` when unshifted); dtype of ``z``."""
+        if self.shift is None:
+            return closest_point(z, self.name)
+        a = self.shift.to(device=z.device, dtype=z.dtype)
+        return closest_point(z - a, self.name) + a
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() == 0 or x.shape[-1] != self.d:
@@ -69,19 +110,25 @@ class VoronoiCodec:
         return y2 - self.q * l2, l2
 
     def codes_from_point2(self, y2: torch.Tensor) -> torch.Tensor:
-        """Coordinates ``(y G^{-1}) mod q`` (int64) of lattice points given as ``y2 = 2y``.
+        """Coordinates ``((y - a) G^{-1}) mod q`` (int64) of points of ``Λ + a`` given as ``y2 = 2y``.
 
         Computed in the float dtype of ``y2`` (float64 for integer input); exact while the
         coordinates stay below the dtype's integer range (G^{-1} has entries in Z/4)."""
         dt = y2.dtype if torch.is_floating_point(y2) else torch.float64
         _, ginv = self._mats(y2.device, dt)
-        coords = torch.round((y2.to(dt) * 0.5) @ ginv).to(torch.int64)
+        y2 = y2.to(dt)
+        s2 = self.shift2(y2.device, dt)
+        if s2 is not None:
+            y2 = y2 - s2
+        coords = torch.round((y2 * 0.5) @ ginv).to(torch.int64)
         return torch.remainder(coords, self.q)
 
     def point2_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """``2 (codes @ G)`` as an integer-valued float64 tensor (exact: small integers)."""
+        """``2 (codes @ G + a)`` as an integer-valued float64 tensor (exact: small integers)."""
         g2, _ = self._mats(codes.device)
-        return codes.to(torch.float64) @ g2
+        p2 = codes.to(torch.float64) @ g2
+        s2 = self.shift2(codes.device)
+        return p2 if s2 is None else p2 + s2
 
     # -- public API ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +140,7 @@ class VoronoiCodec:
                 f"input magnitude {float(x.abs().max()):.3g} >= 2^22: lattice points are not exactly "
                 f"representable there; divide the input by a scale first"
             )
-        y = closest_point(x if torch.is_floating_point(x) else x.double(), self.name)
+        y = self.lattice_point(x if torch.is_floating_point(x) else x.double())
         return self.codes_from_point2(2 * y.to(torch.float64))
 
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -110,9 +157,39 @@ class VoronoiCodec:
         """True where ``Q(x)`` falls outside the codebook (decode(encode(x)) != Q(x)); shape (...)."""
         self._check(x)
         check_finite(x)
-        y = closest_point(x if torch.is_floating_point(x) else x.double(), self.name)
+        y = self.lattice_point(x if torch.is_floating_point(x) else x.double())
         l2 = coarse_closest_int(2 * y.to(torch.float64), self.name, self.q)
         return (l2 != 0).any(-1)
 
+    def codebook(self) -> torch.Tensor:
+        """All ``q^d`` codewords (float64, (q^d, d)), row ``i`` decoding the base-q digits of ``i``
+        (first coordinate most significant); needs ``q^d <= MAX_CODEBOOK``."""
+        if "codebook" not in self._cache:
+            size = self.q**self.d
+            if size > MAX_CODEBOOK:
+                raise ValueError(f"codebook of {self.name} with q={self.q} has {size} > {MAX_CODEBOOK} codewords")
+            idx = torch.arange(size, dtype=torch.int64)[:, None]
+            pw = self.q ** torch.arange(self.d - 1, -1, -1, dtype=torch.int64)
+            codes = (idx // pw) % self.q
+            self._cache["codebook"] = self.decode(codes, dtype=torch.float64)
+        return self._cache["codebook"]
+
+    def nearest_codeword2(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """``2c`` for the codeword ``c`` nearest to each ``z`` (..., d) (exhaustive search; ties go to
+        the lowest codebook row), in ``z``'s dtype.  Needs ``q^d <= MAX_CODEBOOK``."""
+        self._check(z)
+        cb = self.codebook().to(device=z.device, dtype=torch.float64)
+        c2n = cb.square().sum(-1)
+        flat = z.reshape(-1, self.d).to(torch.float64)
+        chunk = chunk or max(1, 2**21 // cb.shape[0])  # ~16 MB of distances per block
+        out = torch.empty_like(flat)
+        for i in range(0, flat.shape[0], chunk):
+            zz = flat[i:i + chunk]
+            # ||z - c||^2 - ||z||^2 = ||c||^2 - 2 z.c
+            j = (c2n - 2 * zz @ cb.T).argmin(-1)
+            out[i:i + chunk] = 2 * cb[j]
+        return out.reshape(z.shape).to(z.dtype)
+
     def __repr__(self) -> str:
-        return f"VoronoiCodec({self.name!r}, q={self.q}, d={self.d})"
+        extra = "" if self.shift is None else f", shift={self.shift.tolist()}"
+        return f"VoronoiCodec({self.name!r}, q={self.q}, d={self.d}{extra})"

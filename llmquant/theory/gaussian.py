@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from llmquant.lattice.beta_sets import load_beta_set
-from llmquant.lattice.nested import NestedLatticeQuantizer
+from llmquant.lattice.nested import NestedLatticeQuantizer, load_shift
 from llmquant.lattice.rate import scalar_stream_bits, stream_bits
 
 #: fp16 gain per column
@@ -46,7 +46,9 @@ SIDE_BITS = 16
 
 @dataclass(frozen=True)
 class Method:
-    """One quantization method: ``kind`` "lattice" (name, q, k, choose) or "scalar" (levels = q)."""
+    """One quantization method: ``kind`` "lattice" (name, q, k, choose) or "scalar" (levels = q).
+    ``shift``: use the shipped shifted code for (lattice, q) (:func:`llmquant.lattice.nested.load_shift`:
+    shift vector, nearest-codeword encoder and its β; needs k == 1)."""
 
     kind: str
     lattice: str
@@ -54,13 +56,14 @@ class Method:
     k: int = 1
     choose: str = "first_fit"
     dither_seed: int | None = None
+    shift: bool = False
 
     @property
     def label(self) -> str:
         if self.kind == "scalar":
             return f"scalar-{self.q}lvl"
         rule = "" if self.choose == "first_fit" else "-minerr"
-        return f"{self.lattice}-q{self.q}-k{self.k}{rule}"
+        return f"{self.lattice}-q{self.q}-k{self.k}{rule}" + ("-shift" if self.shift else "")
 
 
 def gaussian_pair(n: int, a: int, b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,9 +139,17 @@ def encode_columns(M: torch.Tensor, method: Method) -> tuple[torch.Tensor, int]:
         d = 4 if method.lattice == "D4" else 8
         if n % d:
             raise ValueError(f"n={n} must be a multiple of the lattice dimension {d}")
-        betas = load_beta_set(method.lattice, method.q, method.k, method.choose)
+        extra = {}
+        if method.shift:
+            if method.k != 1:
+                raise ValueError("the shipped shifted codes have one β (k=1)")
+            cfg = load_shift(method.lattice, method.q)
+            betas = torch.tensor(cfg["betas"])
+            extra = {"shift": cfg["shift"], "encoder": cfg["encoder"]}
+        else:
+            betas = load_beta_set(method.lattice, method.q, method.k, method.choose)
         nq = NestedLatticeQuantizer(method.lattice, method.q, betas, choose=method.choose,
-                                    dither_seed=method.dither_seed, d=d if method.lattice == "Z" else None)
+                                    dither_seed=method.dither_seed, d=d if method.lattice == "Z" else None, **extra)
         # column j's entries as n/d consecutive d-vectors
         Xh = nq.fake_quant(U.T.reshape(m, n // d, d)).reshape(m, n).T.to(torch.float64)
         bits = m * stream_bits(n, method.q, method.k, d, SIDE_BITS)

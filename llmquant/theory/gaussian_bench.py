@@ -16,11 +16,16 @@ import time
 from .gamma import gamma
 from .gaussian import Method, gaussian_pair, measure
 
-#: (method, target rate for a JL sketch or None).  Rates near 0.5 (sketch), 2, 3, 4, 5.
+#: (method, target rate for a JL sketch or None).  Rates near 0.5 (sketch), 1, 2, 3, 4, 5.
+#: ``shift=True`` rows: E8 q=2 shifted Voronoi code with nearest-codeword encoding (1 bit/entry,
+#: ``llmquant/lattice/data/shifts.json``).
 DEFAULT_METHODS: tuple[tuple[Method, float | None], ...] = (
     (Method("scalar", "Z", 2), 0.5),
     (Method("lattice", "E8", 3, 1), 0.5),
     (Method("lattice", "E8", 4, 4, "min_error"), 0.5),
+    (Method("lattice", "E8", 2, 1, shift=True), 0.5),
+    (Method("scalar", "Z", 2), None),
+    (Method("lattice", "E8", 2, 1, shift=True), None),
     (Method("scalar", "Z", 4), None),
     (Method("lattice", "D4", 4, 2), None),
     (Method("lattice", "E8", 3, 4, "min_error"), None),
@@ -54,7 +59,7 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
     rows = []
     for method, target in methods:
         if dither_seed is not None and method.kind == "lattice":
-            method = Method(method.kind, method.lattice, method.q, method.k, method.choose, dither_seed)
+            method = Method(method.kind, method.lattice, method.q, method.k, method.choose, dither_seed, method.shift)
         t0 = time.perf_counter()
         m = measure(A, B, method, target_rate=target, sketch_seed=seed + 1)
         g = gamma(m.rate)
@@ -64,6 +69,7 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
             "q": method.q,
             "num_betas": method.k if method.kind == "lattice" else 0,
             "choose": method.choose if method.kind == "lattice" else None,
+            "shift": bool(method.shift),
             "rate": m.rate,
             "mse": m.mse,
             "gamma": g,
@@ -79,11 +85,11 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<10}{'lattice':<8}{'q':>4}{'k':>3} {'choose':<10}{'rate':>8}{'mse':>11}{'gamma':>11}{'ratio':>7}{'gap dB':>8}"
+    head = f"{'method':<10}{'lattice':<8}{'q':>4}{'k':>3} {'choose':<13}{'rate':>8}{'mse':>11}{'gamma':>11}{'ratio':>7}{'gap dB':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['method']:<10}{r['lattice']:<8}{r['q']:>4}{r['num_betas']:>3} {r['choose'] or '-':<10}"
+            f"{r['method']:<10}{r['lattice']:<8}{r['q']:>4}{r['num_betas']:>3} {(r['choose'] or '-') + ('+sh' if r.get('shift') else ''):<13}"
             f"{r['rate']:>8.4f}{r['mse']:>11.4g}{r['gamma']:>11.4g}{r['ratio']:>7.3f}{r['gap_db']:>8.2f}"
         )
     return "\n".join(lines)
