@@ -103,3 +103,27 @@ def test_shifted_e8_q2_beats_scalar_at_half_and_one_bit():
     assert ej["shift"] and not sj["shift"]
     # default size (n=4096, 128 columns): 1.083 vs 1.107 and 1.273 vs 1.372
     assert ej["ratio"] < sj["ratio"] and e1["ratio"] < 0.97 * s1["ratio"]
+
+
+def test_e8_beats_scalar_at_equal_or_lower_total_rate_at_3_and_4_bits():
+    # issue 2: strict comparison, the E8 row spends no more bits (codes + β indices + fp16 gain) than
+    # the scalar row.  Default size (n=4096, 128 columns): 3 bits 0.0537 (2.985 b) vs 0.0747 (3.004 b);
+    # 4 bits 0.0128 (3.964 b) vs 0.0233 (4.004 b).  Here (n=1024, 64 columns) the MSE ratio E8/scalar
+    # is 0.70-0.74 at 3 bits and 0.56-0.60 at 4 bits over seeds 0-3.  (E8 q=7 k=2 at 2.936 b wins by
+    # only ~12% at the default size and is too noisy to test at this size; at 2 bits E8 q=3 k=9,
+    # 1.985 b, loses: 0.2615 vs 0.2252.)
+    methods = (
+        (Method("scalar", "Z", 8), None),
+        (Method("lattice", "E8", 6, 9, "min_error"), None),
+        (Method("scalar", "Z", 16), None),
+        (Method("lattice", "E8", 12, 8, "min_error"), None),
+    )
+    rows = run_bench(n=1024, cols=64, seed=0, methods=methods)
+    s3, e3, s4, e4 = rows
+    for r in rows:
+        assert r["ratio"] >= 1.0, r
+    for e, s in ((e3, s3), (e4, s4)):
+        assert e["lattice"] == "E8" and s["lattice"] == "Z"
+        assert e["rate"] <= s["rate"], (e, s)
+    assert e3["mse"] < 0.85 * s3["mse"]
+    assert e4["mse"] < 0.7 * s4["mse"]
