@@ -40,6 +40,20 @@ def _fallback(reason: str) -> None:
         log.info("llmquant.kernels: using the reference forward (%s)", reason)
 
 
+def _input_reason(backend: str, x: torch.Tensor) -> str | None:
+    """The device and dtype policy shared by every kernel: ``auto`` runs on CUDA only, ``triton`` also on
+    the CPU interpreter; fp32/fp16 inputs, bf16 on CUDA only (the interpreter's bf16 ``tl.dot`` is wrong)."""
+    if not kernel_device_ok(x.device, allow_interpreter=backend == "triton"):
+        if x.device.type == "cpu" and backend == "auto":
+            return "CPU tensor with backend 'auto' (the Triton interpreter is only used with backend 'triton')"
+        return f"device {x.device} (needs CUDA + triton, or TRITON_INTERPRET=1 on CPU)"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"input dtype {x.dtype}"
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return "bf16 on the Triton interpreter (its bf16 tl.dot is wrong)"
+    return None
+
+
 def unsupported_reason(layer, x: torch.Tensor) -> str | None:
     """Why ``layer(x)`` cannot use a kernel (a short sentence), or None when it can."""
     backend = getattr(layer, "backend", "reference")
@@ -49,14 +63,9 @@ def unsupported_reason(layer, x: torch.Tensor) -> str | None:
         return f"lattice {getattr(layer, 'lattice', None)!r} (kernels implement E8)"
     if not 2 <= int(layer.q) <= 16:
         return f"q={layer.q} (kernels read 4-bit packed codes, q <= 16)"
-    if not kernel_device_ok(x.device, allow_interpreter=backend == "triton"):
-        if x.device.type == "cpu" and backend == "auto":
-            return "CPU tensor with backend 'auto' (the Triton interpreter is only used with backend 'triton')"
-        return f"device {x.device} (needs CUDA + triton, or TRITON_INTERPRET=1 on CPU)"
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"input dtype {x.dtype}"
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
-        return "bf16 on the Triton interpreter (its bf16 tl.dot is wrong)"
+    reason = _input_reason(backend, x)
+    if reason is not None:
+        return reason
     if x.shape[-1] != layer.in_features:
         return f"input has {x.shape[-1]} features, layer expects {layer.in_features}"
     act = getattr(layer, "act_q", None)
@@ -131,15 +140,9 @@ def hadamard_unsupported_reason(rotation, x: torch.Tensor) -> str | None:
     backend = getattr(rotation, "backend", "reference")
     if backend not in ("triton", "auto"):
         return f"hadamard: backend {backend!r}"
-    if not kernel_device_ok(x.device, allow_interpreter=backend == "triton"):
-        if x.device.type == "cpu" and backend == "auto":
-            return ("hadamard: CPU tensor with backend 'auto' (the Triton interpreter is only used with "
-                    "backend 'triton')")
-        return f"hadamard: device {x.device} (needs CUDA + triton, or TRITON_INTERPRET=1 on CPU)"
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"hadamard: input dtype {x.dtype}"
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
-        return "hadamard: bf16 on the Triton interpreter (its bf16 tl.dot is wrong)"
+    reason = _input_reason(backend, x)
+    if reason is not None:
+        return f"hadamard: {reason}"
     if x.shape[-1] != rotation.n:
         return f"hadamard: input has {x.shape[-1]} features, rotation has n={rotation.n}"
     return None

@@ -15,7 +15,7 @@ from llmquant.models.outliers import kurtosis, weight_max_over_rms
 class CharTokenizer:
     """Byte-level stand-in with the ``tokenizer(text, add_special_tokens=False)`` interface."""
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, **kwargs):
         return {"input_ids": [b % 128 for b in text.encode("utf-8")]}
 
 

@@ -78,4 +78,4 @@ def test_bad_input_is_named(dev):
     with pytest.raises(ValueError, match="signs must have shape"):
         hadamard_transform(torch.zeros(2, 8, device=dev), torch.ones(4, device=dev))
     with pytest.raises(ValueError, match="no Hadamard construction"):
-        hadamard_transform(torch.zeros(2, 92 * 2, device=dev))
+        hadamard_transform(torch.zeros(2, 188, device=dev))  # 4 * 47: no Williamson matrices

@@ -69,6 +69,24 @@ def test_nearest_encoder_matches_brute_force_and_dequantizes():
     assert torch.allclose(nq.dequantize(res.codes, res.beta_idx, dtype=torch.float64), res.x_hat)
 
 
+def test_q4_nearest_fast_path_matches_exhaustive_search():
+    # 65536 codewords: most rows take the Voronoi-cell fast path, overloaded ones the exhaustive search;
+    # both must give the exhaustive answer exactly.
+    cfg = load_shift("E8", 4)
+    nq = NestedLatticeQuantizer("E8", 4, cfg["betas"], shift=cfg["shift"], encoder=cfg["encoder"])
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randn(400, 8, generator=g, dtype=torch.float64),
+                   3 * torch.randn(100, 8, generator=g, dtype=torch.float64)])
+    res = nq.quantize_full(x)
+    cb = nq.codec.codebook() * cfg["betas"][0]
+    d = torch.cdist(x, cb)
+    best = d.min(-1).values
+    got = (x - res.x_hat).norm(dim=-1)
+    assert torch.allclose(got, best, rtol=0, atol=1e-9)
+    assert torch.equal(res.x_hat, cb[d.argmin(-1)])
+    assert torch.allclose(nq.dequantize(res.codes, res.beta_idx, dtype=torch.float64), res.x_hat)
+
+
 def test_shifted_e8_q2_beats_the_sign_quantizer_on_gaussians():
     # 1 bit/entry either way; both with the least-squares gain. Shipped value 0.330 (32768 samples),
     # sign 1 - 2/pi = 0.3634; 8192 samples have a standard error ~0.003.

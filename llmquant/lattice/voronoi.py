@@ -174,20 +174,64 @@ class VoronoiCodec:
             self._cache["codebook"] = self.decode(codes, dtype=torch.float64)
         return self._cache["codebook"]
 
+    def _relevant(self, device) -> torch.Tensor:
+        """Voronoi-relevant vectors of Λ (float64, (m, d)): the minimal vectors ``±e_i`` (Z),
+        ``±e_i ± e_j`` (D_n) and those plus ``(±½)^8`` with an even number of minus signs (E8)."""
+        key = ("relevant", str(device))
+        if key not in self._cache:
+            d = self.d
+            eye = torch.eye(d, dtype=torch.float64)
+            if self.name == "Z":
+                v = torch.cat([eye, -eye])
+            else:
+                rows = [s * eye[i] + t * eye[j] for i in range(d) for j in range(i + 1, d)
+                        for s in (1, -1) for t in (1, -1)]
+                if self.name == "E8":
+                    for m in range(256):
+                        signs = [(-1.0 if (m >> k) & 1 else 1.0) for k in range(8)]
+                        if signs.count(-1.0) % 2 == 0:
+                            rows.append(0.5 * torch.tensor(signs, dtype=torch.float64))
+                v = torch.stack(rows)
+            self._cache[key] = v.to(device)
+        return self._cache[key]
+
     def nearest_codeword2(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """``2c`` for the codeword ``c`` nearest to each ``z`` (..., d) (exhaustive search; ties go to
-        the lowest codebook row), in ``z``'s dtype.  Needs ``q^d <= MAX_CODEBOOK``."""
+        the lowest codebook row), in ``z``'s dtype.  Needs ``q^d <= MAX_CODEBOOK``.
+
+        Fast path (same result): when ``y = Q_{Λ+a}(z)`` is itself a codeword and ``z`` lies at
+        distance ``> 1e-9`` inside the Voronoi cell of ``y`` (checked against every Voronoi-relevant
+        vector), ``y`` is the unique nearest point of all of ``Λ + a`` by a squared-distance gap far
+        above float64 rounding, hence also the exhaustive search's answer; only the remaining rows
+        (overloaded or near a cell boundary) are searched exhaustively."""
         self._check(z)
         cb = self.codebook().to(device=z.device, dtype=torch.float64)
-        c2n = cb.square().sum(-1)
         flat = z.reshape(-1, self.d).to(torch.float64)
-        chunk = chunk or max(1, 2**21 // cb.shape[0])  # ~16 MB of distances per block
         out = torch.empty_like(flat)
-        for i in range(0, flat.shape[0], chunk):
-            zz = flat[i:i + chunk]
-            # ||z - c||^2 - ||z||^2 = ||c||^2 - 2 z.c
-            j = (c2n - 2 * zz @ cb.T).argmin(-1)
-            out[i:i + chunk] = 2 * cb[j]
+        rest = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+        lim = 2.0 * self.q + 2.0  # beyond this every point of Λ + a is outside qV (see nested.py)
+        inside = (flat.abs() <= lim).all(-1)
+        if bool(inside.any()):
+            zi = flat[inside]
+            y2 = 2 * self.lattice_point(zi)
+            _, l2 = self.reduce2(y2)
+            v = self._relevant(flat.device)
+            # distance from z to the facet of the cell of y orthogonal to v: (|v|^2/2 - (z-y).v) / |v|
+            vn = v.norm(dim=-1)
+            margin = ((0.5 * vn.square() - (zi - 0.5 * y2) @ v.T) / vn).amin(-1)
+            fast = (l2 == 0).all(-1) & (margin > 1e-9)
+            idx = inside.nonzero().squeeze(-1)
+            out[idx[fast]] = y2[fast]
+            rest[idx[fast]] = False
+        ridx = rest.nonzero().squeeze(-1)
+        if ridx.numel():
+            c2n = cb.square().sum(-1)
+            chunk = chunk or max(1, 2**21 // cb.shape[0])  # ~16 MB of distances per block
+            for i in range(0, ridx.numel(), chunk):
+                sel = ridx[i:i + chunk]
+                # ||z - c||^2 - ||z||^2 = ||c||^2 - 2 z.c
+                j = (c2n - 2 * flat[sel] @ cb.T).argmin(-1)
+                out[sel] = 2 * cb[j]
         return out.reshape(z.shape).to(z.dtype)
 
     def __repr__(self) -> str:

@@ -18,22 +18,34 @@ Constructions, each generated from finite-field arithmetic at call time and chec
 GF(p^e) for e > 1 (q = 25, 27, 49, 243, ...) is GF(p)[t] / f(t) with f the lexicographically first
 monic irreducible polynomial of degree e over GF(p), found by trial division when first needed.
 
+* **Williamson** (Williamson 1944): ``A, B, C, D`` symmetric circulant +-1 matrices of odd order ``n``
+  with ``A^2 + B^2 + C^2 + D^2 = 4n I``.  They commute (circulants) and are symmetric, so the array
+  ``[[A, B, C, D], [-B, A, -D, C], [-C, D, A, -B], [-D, -C, B, A]]`` is Hadamard of order ``4n``.  The
+  first rows are not derivable from a closed formula; they were found by llmquant's own exhaustive-style
+  search (:mod:`llmquant.rotation.williamson_search`) and are stored with provenance in
+  ``llmquant/rotation/data/williamson.json``, loaded lazily on first use and re-verified (exact integer
+  ``H H^T = 4n I``) every time a matrix is built.
+
 Which m uses which construction is the explicit :data:`ORDER_TABLE`.  Multiples of 4 up to 256 with no
-entry there and no factorisation ``m' * 2^j`` with ``m'`` in the table are 92, 116, 156, 172, 184, 188, 232
-and 236: they need Williamson / Baumert-Hall matrices whose defining sequences come from computer
-searches, which are not implemented; asking for them raises a ValueError that says so.
+entry there and no factorisation ``m' * 2^j`` with ``m'`` in the table are 172, 188 and 236.  172 = 4 * 43
+has Williamson matrices, but our search did not reach one within the time we gave it (order 39 took
+7 minutes of one core; 43 has a 4x larger candidate space); 188 = 4 * 47 and 236 = 4 * 59 have none
+and would need Baumert-Hall / Goethals-Seidel arrays.  Asking for them raises a ValueError that says so.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import json
+from pathlib import Path
 
 import torch
 
-#: m -> (construction, q): "paley1" gives order q + 1, "paley2" order 2 (q + 1).  Every multiple of 4
-#: up to 256 that is not a power of two and is reachable by Paley I (preferred) or Paley II is listed;
-#: tests recompute this table from the prime-power rules above.
+#: m -> (construction, q): "paley1" gives order q + 1, "paley2" order 2 (q + 1), "williamson" order 4 q
+#: (q odd, sequences from ``data/williamson.json``).  Every multiple of 4 up to 256 that is not a power of
+#: two and is reachable by Paley I (preferred) or Paley II is listed (tests recompute those from the
+#: prime-power rules above); Williamson entries only for orders that Paley cannot reach.
 ORDER_TABLE: dict[int, tuple[str, int]] = {
     12: ("paley1", 11), 20: ("paley1", 19), 24: ("paley1", 23), 28: ("paley1", 27),
     36: ("paley2", 17), 44: ("paley1", 43), 48: ("paley1", 47), 52: ("paley2", 25),
@@ -44,7 +56,10 @@ ORDER_TABLE: dict[int, tuple[str, int]] = {
     180: ("paley1", 179), 192: ("paley1", 191), 196: ("paley2", 97), 200: ("paley1", 199),
     204: ("paley2", 101), 212: ("paley1", 211), 220: ("paley2", 109), 224: ("paley1", 223),
     228: ("paley1", 227), 240: ("paley1", 239), 244: ("paley1", 243), 252: ("paley1", 251),
+    92: ("williamson", 23), 116: ("williamson", 29), 156: ("williamson", 39),
 }
+
+WILLIAMSON_DATA = Path(__file__).with_name("data") / "williamson.json"
 
 
 def prime_power(q: int) -> tuple[int, int] | None:
@@ -172,6 +187,43 @@ def paley2(q: int) -> torch.Tensor:
     return torch.kron(c, a) + torch.kron(torch.eye(q + 1, dtype=torch.int64), b)
 
 
+@functools.cache
+def williamson_rows(n: int) -> tuple[tuple[int, ...], ...]:
+    """First rows (A, B, C, D) of the stored Williamson quadruple of odd order ``n`` (the first stored
+    solution), +-1 ints; read from ``data/williamson.json`` on first use."""
+    with open(WILLIAMSON_DATA) as f:
+        data = json.load(f)
+    entry = data.get("sequences", {}).get(str(n))
+    if not entry or not entry.get("solutions"):
+        raise ValueError(f"no stored Williamson sequences of order {n} in {WILLIAMSON_DATA}")
+    sol = entry["solutions"][0]
+    return tuple(tuple(1 if c == "+" else -1 for c in sol[x]) for x in "ABCD")
+
+
+def circulant(row) -> torch.Tensor:
+    """Circulant matrix with first row ``row``: ``C[i, j] = row[(j - i) mod n]``, int64."""
+    r = torch.as_tensor(list(row), dtype=torch.int64)
+    n = r.numel()
+    idx = (torch.arange(n)[None, :] - torch.arange(n)[:, None]) % n
+    return r[idx]
+
+
+def williamson_hadamard(rows) -> torch.Tensor:
+    """Hadamard matrix of order 4n from four first rows of symmetric circulant Williamson matrices,
+    int64; raises ValueError unless the result is exactly Hadamard (+-1 entries, ``H H^T = 4n I``)."""
+    a, b, c, d = (circulant(r) for r in rows)
+    h = torch.cat([
+        torch.cat([a, b, c, d], 1),
+        torch.cat([-b, a, -d, c], 1),
+        torch.cat([-c, d, a, -b], 1),
+        torch.cat([-d, -c, b, a], 1),
+    ], 0)
+    m = h.shape[0]
+    if not (torch.equal(h.abs(), torch.ones_like(h)) and torch.equal(h @ h.T, m * torch.eye(m, dtype=torch.int64))):
+        raise ValueError(f"Williamson rows of length {m // 4} do not give a Hadamard matrix")
+    return h
+
+
 def split_order(n: int) -> tuple[int, int]:
     """Write ``n = m * 2^k`` with ``m`` = 1 or an :data:`ORDER_TABLE` entry, preferring the smallest ``m``
     (the dense part of the fast transform is then cheapest).  Raises ValueError with the nearest
@@ -190,8 +242,10 @@ def split_order(n: int) -> tuple[int, int]:
             return m * 2**j, k - j
     raise ValueError(
         f"no Hadamard construction for order {n} = {m} * 2^{k}: need a Paley order m * 2^j (j >= 2) in "
-        f"llmquant.rotation.constructions.ORDER_TABLE (Sylvester x Paley I/II); orders such as 92, 116, 156, "
-        f"172 need Williamson matrices, which are not implemented.  Use a dimension of the form "
+        f"llmquant.rotation.constructions.ORDER_TABLE (Sylvester x Paley I/II x Williamson); orders such as "
+        f"172 = 4 * 43 (no Williamson sequences stored yet: run python -m llmquant.rotation.williamson_search "
+        f"--n 43) and 188 = 4 * 47, 236 = 4 * 59 (need Baumert-Hall / Goethals-Seidel arrays) are not built.  "
+        f"Use a dimension of the form "
         f"m * 2^k with m in {sorted(ORDER_TABLE)} or a power of two."
     )
 
@@ -205,6 +259,8 @@ def _order_matrix_cached(m: int) -> torch.Tensor:
             f"no Hadamard construction for order {m}; implemented: powers of two and {sorted(ORDER_TABLE)}"
         )
     kind, q = ORDER_TABLE[m]
+    if kind == "williamson":
+        return williamson_hadamard(williamson_rows(q))
     return paley1(q) if kind == "paley1" else paley2(q)
 
 

@@ -140,8 +140,9 @@ def enumerate_candidates(n: int, chunk: int = 1 << 16):
     return np.concatenate(codes), np.concatenate(sums), np.concatenate(lams)
 
 
-def search(n: int, max_solutions: int = 1, time_limit: float | None = None, pair_chunk: int = 1 << 22,
-           log=None) -> dict:
+def search(
+    n: int, max_solutions: int = 1, time_limit: float | None = None, pair_chunk: int = 1 << 22, log=None
+) -> dict:
     """Find up to ``max_solutions`` Williamson quadruples of odd order n (n >= 3).
 
     Returns a dict with ``solutions`` (list of [A, B, C, D] first rows as "+"/"-" strings, each verified
@@ -179,7 +180,9 @@ def search(n: int, max_solutions: int = 1, time_limit: float | None = None, pair
         for p in perms:
             canon = np.minimum(canon, _apply_perm(a_codes, p))
         a_sel = np.flatnonzero(canon == a_codes)
-        say(f"  decomposition {dec}: A row sum {sa}: {len(a_codes)} candidates, {len(a_sel)} multiplier-canonical")
+        say(
+            f"  decomposition {dec}: A row sum {sa}: {len(a_codes)} candidates, {len(a_sel)} multiplier-canonical"
+        )
         d_table = np.zeros(1 << h, dtype=bool)
         for i in a_sel.tolist():
             if time_limit is not None and time.time() - t0 > time_limit:
@@ -189,7 +192,7 @@ def search(n: int, max_solutions: int = 1, time_limit: float | None = None, pair
             a_code = int(a_codes[i])
             room = 4 * n - a_lams[i] ** 2 + EPS  # [h]
 
-            def fit(s):
+            def fit(s, room=room):
                 c, lam = by_sum[s]
                 return c[((lam * lam) <= room).all(1)]
 
@@ -200,14 +203,18 @@ def search(n: int, max_solutions: int = 1, time_limit: float | None = None, pair
             base = a_code ^ mask
             rows_per = max(1, pair_chunk // len(c_c))
             for st in range(0, len(b_c), rows_per):
-                bb = b_c[st:st + rows_per]
+                bb = b_c[st : st + rows_per]
                 dd = (base ^ bb)[:, None] ^ c_c[None, :]
                 pairs_checked += dd.size
                 hit_b, hit_c = np.nonzero(d_table[dd])
                 if len(hit_b):
                     # float screen on all h eigenvalues before the exact integer check
-                    tot = (a_lams[i] ** 2 + lams[pos[bb[hit_b]]] ** 2 + lams[pos[c_c[hit_c]]] ** 2
-                           + lams[pos[dd[hit_b, hit_c]]] ** 2)
+                    tot = (
+                        a_lams[i] ** 2
+                        + lams[pos[bb[hit_b]]] ** 2
+                        + lams[pos[c_c[hit_c]]] ** 2
+                        + lams[pos[dd[hit_b, hit_c]]] ** 2
+                    )
                     keep = (np.abs(tot - 4 * n) < 1e-6).all(1)
                     hit_b, hit_c = hit_b[keep], hit_c[keep]
                     hits_screened += int(keep.size)
@@ -221,8 +228,10 @@ def search(n: int, max_solutions: int = 1, time_limit: float | None = None, pair
                         continue
                     seen.add(key)
                     solutions.append([row_to_string(r) for r in rows])
-                    say(f"  solution {len(solutions)} after {time.time() - t0:.1f}s: row sums "
-                        f"{[sum(r) for r in rows]}")
+                    say(
+                        f"  solution {len(solutions)} after {time.time() - t0:.1f}s: row sums "
+                        f"{[sum(r) for r in rows]}"
+                    )
                     if len(solutions) >= max_solutions:
                         break
                 if len(solutions) >= max_solutions:
@@ -236,7 +245,7 @@ def search(n: int, max_solutions: int = 1, time_limit: float | None = None, pair
         "n": n,
         "solutions": solutions,
         "stats": {
-            "psd_candidates": int(len(codes)),
+            "psd_candidates": len(codes),
             "decompositions": [list(d) for d in decomps],
             "canonical_A_tried": tried_a,
             "pairs_checked": int(pairs_checked),

@@ -20,8 +20,8 @@ from .gaussian import Method, gaussian_pair, measure
 #: At 2, 3, 4 and 5 bits there are E8 rows at a total rate <= the scalar row's (issue 2: strict
 #: equal-rate comparison): q=3 k=9 (1.985), q=7 k=2 (2.936), q=6 k=9 (2.985), q=12 k=8 (3.964),
 #: q=28 k=2 (4.936), q=24 k=8 (4.964) vs scalar 2.004, 3.004, 4.004, 5.004.
-#: ``shift=True`` rows: E8 q=2 shifted Voronoi code with nearest-codeword encoding (1 bit/entry,
-#: ``llmquant/lattice/data/shifts.json``).
+#: ``shift=True`` rows: E8 q=2 and q=4 shifted Voronoi codes with nearest-codeword encoding (1 and 2
+#: bits/entry, one β; ``llmquant/lattice/data/shifts.json``); q=4 is the 2-bit row at the scalar's rate.
 DEFAULT_METHODS: tuple[tuple[Method, float | None], ...] = (
     (Method("scalar", "Z", 2), 0.5),
     (Method("lattice", "E8", 3, 1), 0.5),
@@ -30,6 +30,7 @@ DEFAULT_METHODS: tuple[tuple[Method, float | None], ...] = (
     (Method("scalar", "Z", 2), None),
     (Method("lattice", "E8", 2, 1, shift=True), None),
     (Method("scalar", "Z", 4), None),
+    (Method("lattice", "E8", 4, 1, shift=True), None),
     (Method("lattice", "E8", 3, 9, "min_error"), None),
     (Method("lattice", "D4", 4, 2), None),
     (Method("lattice", "E8", 3, 4, "min_error"), None),
