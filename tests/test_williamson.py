@@ -1,4 +1,4 @@
-"""Williamson construction: stored sequences, the Williamson array, orders 92/116/156 and the search."""
+"""Williamson construction: stored sequences, the Williamson array, orders 92/116/156/172 and the search."""
 
 import json
 
@@ -28,7 +28,7 @@ def _stored():
 
 def test_stored_sequences_satisfy_williamson_condition():
     data = _stored()
-    assert {"23", "29", "39"} <= set(data)
+    assert {"23", "29", "39", "43"} <= set(data)
     for n_str, entry in data.items():
         n = int(n_str)
         assert entry["solutions"], n
@@ -47,7 +47,7 @@ def test_stored_sequences_satisfy_williamson_condition():
 
 @pytest.mark.parametrize("m", WILLIAMSON_ORDERS)
 def test_williamson_orders_are_hadamard(m):
-    assert m in (92, 116, 156)
+    assert m in (92, 116, 156, 172)
     h = hadamard_order_matrix(m)
     assert h.dtype == torch.int64 and h.shape == (m, m)
     assert torch.equal(h.abs(), torch.ones_like(h))
@@ -65,21 +65,21 @@ def test_williamson_array_rejects_bad_rows():
 
 @pytest.mark.parametrize(
     "n, m",
-    [(156 * 4, 156), (92 * 8, 92), (184, 92), (232, 116), (156 * 2, 156), (116 * 64, 116)],
+    [(156 * 4, 156), (172 * 64, 172), (11008, 172), (92 * 8, 92), (184, 92), (232, 116), (116 * 64, 116)],
 )
 def test_split_order_uses_williamson(n, m):
     base, k = split_order(n)
     assert (base, base * 2**k) == (m, n)
 
 
-@pytest.mark.parametrize("n", [156, 116, 156 * 4, 92 * 2, 116 * 2])
+@pytest.mark.parametrize("n", [156, 172, 116, 156 * 4, 92 * 2, 116 * 2])
 def test_hadamard_matrix_orthonormal(n):
     h = hadamard_matrix(n)
     torch.testing.assert_close(h @ h.T, torch.eye(n, dtype=F64), rtol=0, atol=1e-12)
     assert torch.allclose(h.abs(), torch.full_like(h, n**-0.5), rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("n", [156 * 4, 92 * 8, 92 * 4, 116 * 2])
+@pytest.mark.parametrize("n", [156 * 4, 172 * 8, 92 * 4, 116 * 2])
 def test_fwht_matches_dense_fp64(n):
     g = torch.Generator().manual_seed(n)
     x = torch.randn(3, n, generator=g, dtype=F64)
@@ -88,9 +88,9 @@ def test_fwht_matches_dense_fp64(n):
     torch.testing.assert_close(fwht(x, transpose=True), x @ h.T, rtol=0, atol=1e-12)
 
 
-def test_fwht_156_times_32_dense_and_inverse():
-    """A large Williamson-based order (156 * 32 = 4992) against the dense matrix, and the inverse."""
-    n = 156 * 32
+def test_fwht_172_times_64_dense_and_inverse():
+    """Llama-2-7B intermediate size 11008 = 172 * 64: dense comparison on a small batch."""
+    n = 172 * 64
     x = torch.randn(2, n, generator=torch.Generator().manual_seed(0), dtype=F64)
     h = hadamard_matrix(n)
     assert h.shape == (n, n)
@@ -127,6 +127,14 @@ def test_small_search_finds_valid_sequences(n):
         assert is_williamson(rows)
         h = williamson_hadamard(rows)
         assert torch.equal(h @ h.T, 4 * n * torch.eye(4 * n, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("n", [13, 23])
+def test_reversed_decomposition_order_finds_valid_sequences(n):
+    res = search(n, max_solutions=1, reverse_decompositions=True)
+    assert res["stats"]["decompositions"] == search(n, max_solutions=1)["stats"]["decompositions"][::-1]
+    rows = [string_to_row(s) for s in res["solutions"][0]]
+    assert is_williamson(rows)
 
 
 def test_search_rejects_even_order():

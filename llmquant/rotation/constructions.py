@@ -27,10 +27,9 @@ monic irreducible polynomial of degree e over GF(p), found by trial division whe
   ``H H^T = 4n I``) every time a matrix is built.
 
 Which m uses which construction is the explicit :data:`ORDER_TABLE`.  Multiples of 4 up to 256 with no
-entry there and no factorisation ``m' * 2^j`` with ``m'`` in the table are 172, 188 and 236.  172 = 4 * 43
-has Williamson matrices, but our search did not reach one within the time we gave it (order 39 took
-7 minutes of one core; 43 has a 4x larger candidate space); 188 = 4 * 47 and 236 = 4 * 59 have none
-and would need Baumert-Hall / Goethals-Seidel arrays.  Asking for them raises a ValueError that says so.
+entry there and no factorisation ``m' * 2^j`` with ``m'`` in the table are 188 and 236 (Williamson
+matrices of orders 47 and 59 do not exist; they would need Baumert-Hall / Goethals-Seidel arrays, not
+implemented); asking for them raises a ValueError that says so.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ ORDER_TABLE: dict[int, tuple[str, int]] = {
     180: ("paley1", 179), 192: ("paley1", 191), 196: ("paley2", 97), 200: ("paley1", 199),
     204: ("paley2", 101), 212: ("paley1", 211), 220: ("paley2", 109), 224: ("paley1", 223),
     228: ("paley1", 227), 240: ("paley1", 239), 244: ("paley1", 243), 252: ("paley1", 251),
-    92: ("williamson", 23), 116: ("williamson", 29), 156: ("williamson", 39),
+    92: ("williamson", 23), 116: ("williamson", 29), 156: ("williamson", 39), 172: ("williamson", 43),
 }
 
 WILLIAMSON_DATA = Path(__file__).with_name("data") / "williamson.json"
@@ -243,8 +242,7 @@ def split_order(n: int) -> tuple[int, int]:
     raise ValueError(
         f"no Hadamard construction for order {n} = {m} * 2^{k}: need a Paley order m * 2^j (j >= 2) in "
         f"llmquant.rotation.constructions.ORDER_TABLE (Sylvester x Paley I/II x Williamson); orders such as "
-        f"172 = 4 * 43 (no Williamson sequences stored yet: run python -m llmquant.rotation.williamson_search "
-        f"--n 43) and 188 = 4 * 47, 236 = 4 * 59 (need Baumert-Hall / Goethals-Seidel arrays) are not built.  "
+        f"188 = 4 * 47 and 236 = 4 * 59 need Baumert-Hall / Goethals-Seidel arrays, which are not implemented.  "
         f"Use a dimension of the form "
         f"m * 2^k with m in {sorted(ORDER_TABLE)} or a power of two."
     )
