@@ -67,7 +67,6 @@ class VoronoiCodec:
         self._ginv = torch.linalg.inv(g)
         self._cache: dict = {}
         self.shift = None
-        self._shift2 = None
         if shift is not None:
             a = torch.as_tensor(shift, dtype=torch.float64).flatten()
             if a.numel() != dim:
@@ -76,19 +75,14 @@ class VoronoiCodec:
                 raise ValueError(f"shift entries must be multiples of 1/2 with |a_i| <= 64, got {a.tolist()}")
             if bool((a != 0).any()):
                 self.shift = a
-                self._shift2 = 2 * a
 
     def _mats(self, device: torch.device, dtype: torch.dtype = torch.float64):
+        """``(2G, G^{-1}, 2a or None)`` on ``device`` in ``dtype``, cached per (device, dtype)."""
         key = (str(device), dtype)
         if key not in self._cache:
-            s2 = None if self._shift2 is None else self._shift2.to(device=device, dtype=dtype)
+            s2 = None if self.shift is None else (2 * self.shift).to(device=device, dtype=dtype)
             self._cache[key] = (self._g2.to(device=device, dtype=dtype), self._ginv.to(device=device, dtype=dtype), s2)
-        return self._cache[key][:2]
-
-    def shift2(self, device, dtype=torch.float64):
-        """``2a`` on ``device`` (None when unshifted)."""
-        self._mats(device, dtype)
-        return self._cache[(str(device), dtype)][2]
+        return self._cache[key]
 
     def lattice_point(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest point of ``Λ + a`` to ``z`` (``Q_Λ(z)`` when unshifted); dtype of ``z``."""
@@ -115,9 +109,8 @@ class VoronoiCodec:
         Computed in the float dtype of ``y2`` (float64 for integer input); exact while the
         coordinates stay below the dtype's integer range (G^{-1} has entries in Z/4)."""
         dt = y2.dtype if torch.is_floating_point(y2) else torch.float64
-        _, ginv = self._mats(y2.device, dt)
+        _, ginv, s2 = self._mats(y2.device, dt)
         y2 = y2.to(dt)
-        s2 = self.shift2(y2.device, dt)
         if s2 is not None:
             y2 = y2 - s2
         coords = torch.round((y2 * 0.5) @ ginv).to(torch.int64)
@@ -125,9 +118,8 @@ class VoronoiCodec:
 
     def point2_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """``2 (codes @ G + a)`` as an integer-valued float64 tensor (exact: small integers)."""
-        g2, _ = self._mats(codes.device)
+        g2, _, s2 = self._mats(codes.device)
         p2 = codes.to(torch.float64) @ g2
-        s2 = self.shift2(codes.device)
         return p2 if s2 is None else p2 + s2
 
     # -- public API ---------------------------------------------------------------------
