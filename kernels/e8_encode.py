@@ -28,8 +28,6 @@ float closest-point step sums 8 squares in a different order) — none occur in 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -90,8 +88,10 @@ def _e8_encode_kernel(x_ptr, scale_ptr, betas_ptr, ginvh_ptr, codes_ptr, bidx_pt
 
 
 def overload_radius(betas: torch.Tensor, q: int) -> float:
-    """``q * max(betas) / sqrt(2)``, computed as ``RowQuantizer.overload_radius`` (same float ops)."""
-    return int(q) * float(betas.to(torch.float32).max()) / math.sqrt(2.0)
+    """``q * max(betas) / sqrt(2)``: the reference's :func:`llmquant.quant.activations.overload_radius`."""
+    from llmquant.quant.activations import overload_radius as reference_radius
+
+    return reference_radius(betas, q)
 
 
 def row_scale(x: torch.Tensor, radius: float) -> torch.Tensor:

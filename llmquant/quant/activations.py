@@ -94,9 +94,8 @@ class RowQuantizer(nn.Module):
         return out.to(dtype)
 
     def overload_radius(self) -> float:
-        """``q * max(betas) / sqrt(2)``: radius of the ball inscribed in the Voronoi cell of the coarse
-        lattice ``q * beta_max * E8`` (E8 packing radius ``1/sqrt(2)``); 8-vectors inside it never overload."""
-        return self.q * float(self.betas.max()) / math.sqrt(2.0)
+        """:func:`overload_radius` of this quantizer's ``betas`` and ``q``."""
+        return overload_radius(self.betas, self.q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         memo = self._memo
@@ -116,6 +115,13 @@ class RowQuantizer(nn.Module):
 
     def clear_memo(self) -> None:
         self._memo = None
+
+
+def overload_radius(betas: torch.Tensor, q: int) -> float:
+    """``q * max(betas) / sqrt(2)``: radius of the ball inscribed in the Voronoi cell of the coarse
+    lattice ``q * beta_max * E8`` (E8 packing radius ``1/sqrt(2)``); 8-vectors inside it never overload.
+    One function for the reference and the encode kernel, so both get the same float."""
+    return int(q) * float(betas.to(torch.float32).max()) / math.sqrt(2.0)
 
 
 def row_scale_guarded(x: torch.Tensor, radius: float) -> torch.Tensor:
