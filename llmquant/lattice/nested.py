@@ -179,7 +179,7 @@ class NestedLatticeQuantizer:
             # |y2| <= 2(2q+3) after the clamp, so the exact coarse step can run in x's float dtype
             y2 = 2 * codec.lattice_point(z)
             if self.encoder == "nearest":
-                x2 = codec.nearest_codeword2(x / beta if u is None else x / beta + u)  # unclamped
+                x2 = codec.nearest_codeword2(x / beta if u is None else x / beta + u, point2=y2)  # unclamped
                 ok = (x2 == y2).all(-1)
             else:
                 x2, l2 = codec.reduce2(y2)

@@ -187,7 +187,8 @@ class VoronoiCodec:
             self._cache[key] = v.to(device)
         return self._cache[key]
 
-    def nearest_codeword2(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    def nearest_codeword2(self, z: torch.Tensor, chunk: int | None = None,
+                          point2: torch.Tensor | None = None) -> torch.Tensor:
         """``2c`` for the codeword ``c`` nearest to each ``z`` (..., d) (exhaustive search; ties go to
         the lowest codebook row), in ``z``'s dtype.  Needs ``q^d <= MAX_CODEBOOK``.
 
@@ -195,7 +196,8 @@ class VoronoiCodec:
         distance ``> 1e-9`` inside the Voronoi cell of ``y`` (checked against every Voronoi-relevant
         vector), ``y`` is the unique nearest point of all of ``Λ + a`` by a squared-distance gap far
         above float64 rounding, hence also the exhaustive search's answer; only the remaining rows
-        (overloaded or near a cell boundary) are searched exhaustively."""
+        (overloaded or near a cell boundary) are searched exhaustively.  ``point2``: ``2 Q_{Λ+a}(z)`` when the
+        caller already has it (it is only read where ``|z_i| <= 2q + 2``, where clamping changes nothing)."""
         self._check(z)
         cb = self.codebook().to(device=z.device, dtype=torch.float64)
         flat = z.reshape(-1, self.d).to(torch.float64)
@@ -205,7 +207,8 @@ class VoronoiCodec:
         inside = (flat.abs() <= lim).all(-1)
         if bool(inside.any()):
             zi = flat[inside]
-            y2 = 2 * self.lattice_point(zi)
+            y2 = (2 * self.lattice_point(zi) if point2 is None
+                  else point2.reshape(-1, self.d)[inside].to(torch.float64))
             _, l2 = self.reduce2(y2)
             v = self._relevant(flat.device)
             # distance from z to the facet of the cell of y orthogonal to v: (|v|^2/2 - (z-y).v) / |v|
