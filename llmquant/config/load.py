@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from llmquant.config import schema as S
+from llmquant.errors import LlmquantError
+
+#: ``model.device``: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:<index>``
+_DEVICE_RE = r"auto|cpu|mps|cuda(:[0-9]{1,3})?"
+#: seeds go to ``torch.Generator.manual_seed`` (a 64-bit integer)
+_SEED_MAX = 2**63 - 1
 
 
-class ConfigError(ValueError):
-    """A config value is unknown, mistyped or inconsistent; the message names the key path."""
+class ConfigError(LlmquantError, ValueError):
+    """A config value is unknown, mistyped or inconsistent; the message names the key path
+    (and the file, and for YAML syntax errors the line and column)."""
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -63,7 +70,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path}: {value} is too large for a number") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
@@ -115,7 +125,15 @@ def validate(cfg: S.Config) -> S.Config:
     _check_choice("method", cfg.method, S.METHOD_LABELS)
     _check_choice("model.dtype", cfg.model.dtype, S.DTYPES)
     _check_choice("model.backend", cfg.model.backend, S.BACKENDS)
+    import re
+
+    if not re.fullmatch(_DEVICE_RE, cfg.model.device):
+        raise ConfigError(f"model.device: {cfg.model.device!r} is not a device; use auto, cpu, cuda, cuda:0, ... or mps")
+    for key, seed in (("model.seed", cfg.model.seed), ("rotation.seed", cfg.rotation.seed),
+                      ("calibration.seed", cfg.calibration.seed)):
+        _check_range(key, seed, 0, _SEED_MAX)
     c = cfg.calibration
+    _check_choice("calibration.dataset", c.dataset, ("wikitext2", "c4"))
     _check_range("calibration.n_samples", c.n_samples, 1)
     _check_range("calibration.seq_len", c.seq_len, 8)
     _check_range("calibration.batch_size", c.batch_size, 1)
@@ -188,10 +206,33 @@ def validate_for_model(cfg: S.Config, hidden_size: int, linear_shapes: dict[str,
                 )
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, key: str = "") -> Any:
     import yaml
 
-    return yaml.safe_load(text) if text != "" else ""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({_yaml_problem(exc)}); "
+                          "quote it, e.g. --set name='\"a: b\"'") from None
+
+
+def _yaml_problem(exc) -> str:
+    """One line of a PyYAML error: the problem (and its context), without the source excerpt."""
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    text = "; ".join(str(p) for p in parts if p) or str(exc).splitlines()[0]
+    return " ".join(text.split())
+
+
+def _plain_copy(data: Any, path: str = "") -> Any:
+    """Deep copy of parsed YAML (dicts, lists, scalars); a self-referencing structure (YAML aliases
+    that contain themselves) or a nesting deeper than any config raises ``ConfigError``."""
+    if path.count(".") + path.count("[") > 16:
+        raise ConfigError(f"{path}: nested too deeply (a config is at most two levels of keys)")
+    if isinstance(data, dict):
+        return {k: _plain_copy(v, f"{path}.{k}" if path else str(k)) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain_copy(v, f"{path}[{i}]") for i, v in enumerate(data)]
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
@@ -199,7 +240,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
     Key paths are checked against the schema so a typo fails with a suggestion.
     """
-    data = json.loads(json.dumps(data))  # deep copy of plain data
+    data = _plain_copy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. eval.max_tokens=16384")
@@ -216,7 +257,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if depth == len(parts) - 1:
                 if dataclasses.is_dataclass(tp):
                     raise ConfigError(f"{key}: is a section; set one of its keys, e.g. {key}.{dataclasses.fields(tp)[0].name}=...")
-                node[part] = _parse_value(raw)
+                node[part] = _parse_value(raw, key)
             else:
                 if not dataclasses.is_dataclass(tp):
                     raise ConfigError(f"{'.'.join(parts[:depth + 1])}: is a value, not a section")
@@ -244,7 +285,23 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (see configs/ for the shipped ones)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({' '.join(str(exc).split())}); "
+                          "a config is a UTF-8 YAML text file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        raise ConfigError(f"{path}: unreadable YAML value ({' '.join(str(exc).split())})") from None
+    if data is None:
+        data = {}
     try:
         return config_from_dict(data, overrides)
     except ConfigError as exc:
