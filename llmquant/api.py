@@ -49,9 +49,15 @@ def load_fp(spec: str, dtype: str = "float32", device: str | torch.device | None
         from llmquant.models.tiny import tiny_random_model
 
         return tiny_random_model(spec[len("tiny-random-"):], seed=seed, dtype=tdtype).to(dev).eval(), None
+    from llmquant.errors import LlmquantError, ModelLoadError, one_line
     from llmquant.models.loading import load_model
 
-    model, tokenizer = load_model(spec, dtype=tdtype, device=dev)
+    try:
+        model, tokenizer = load_model(spec, dtype=tdtype, device=dev)
+    except LlmquantError:
+        raise
+    except (OSError, ValueError) as exc:  # not found, offline hub, unrecognized config.json
+        raise ModelLoadError(f"model {spec!r}: {one_line(str(exc))[:400]}") from exc
     return model.eval(), tokenizer
 
 
@@ -127,8 +133,12 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     return report
 
 
-def save(model, tokenizer, out, config=None, rotation_plan: dict | None = None, results: dict | None = None) -> Path:
-    """Write a quantized model (after :func:`quantize`) as an llmquant checkpoint directory."""
+def save(model, tokenizer, out, config=None, rotation_plan: dict | None = None, results: dict | None = None,
+         *, overwrite: bool = False) -> Path:
+    """Write a quantized model (after :func:`quantize`) as an llmquant checkpoint directory.
+
+    ``out`` must be absent, empty or a folder llmquant wrote, unless ``overwrite`` (see
+    :func:`llmquant.quant.checkpoint.check_output_dir`)."""
     from llmquant.config import config_to_dict
     from llmquant.quant.checkpoint import save_checkpoint
 
@@ -139,7 +149,8 @@ def save(model, tokenizer, out, config=None, rotation_plan: dict | None = None, 
     results = dict(results or {})
     results.setdefault("config", config_to_dict(cfg))
     results.setdefault("bits", bits_for_model(cfg, model))
-    return save_checkpoint(out, model, tokenizer, cfg, getattr(model, "llmquant_specs", {}), rotation_plan, results)
+    return save_checkpoint(out, model, tokenizer, cfg, getattr(model, "llmquant_specs", {}), rotation_plan, results,
+                           overwrite=overwrite)
 
 
 def load(path_or_spec, dtype: str = "float32", device: str | torch.device | None = "auto", *,
@@ -209,8 +220,23 @@ def dispatch_with_device_map(model, device_map, max_memory: dict | None = None):
     return model
 
 
+#: longest folder name :func:`safe_dir_name` returns
+_MAX_DIR_NAME = 100
+
+
+def safe_dir_name(name: str) -> str:
+    """``name`` as one safe folder name: characters other than letters, digits, ``.``, ``_``, ``-``
+    become ``-`` (so ``/``, ``\\`` and ``..`` cannot leave the parent), leading dots and dashes are
+    dropped (no hidden folders, no options), at most 100 characters; ``run`` when nothing is left."""
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).lstrip(".-")[:_MAX_DIR_NAME].rstrip(".")
+    return safe or "run"
+
+
 def default_out_dir(cfg) -> Path:
-    return Path("runs") / cfg.name
+    """``runs/<config name>``, the name sanitized by :func:`safe_dir_name` so it stays inside ``runs/``."""
+    return Path("runs") / safe_dir_name(cfg.name)
 
 
 def work_dir_for(out: str | os.PathLike) -> Path:
@@ -218,11 +244,28 @@ def work_dir_for(out: str | os.PathLike) -> Path:
     return out.parent / f"{out.name}.work"
 
 
+def check_outputs(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Before any work: ``out`` and ``<out>.work`` must each be absent, an empty folder or a folder llmquant
+    wrote (:func:`llmquant.quant.checkpoint.check_output_dir`); else ``OutputExistsError`` naming
+    ``--overwrite``.  With ``overwrite`` a ``<out>.work`` that llmquant did not write is deleted now
+    (``out`` itself is replaced only once the new checkpoint is complete)."""
+    from llmquant.quant.checkpoint import check_output_dir, is_owned, remove_path
+
+    out = Path(out)
+    work = work_dir_for(out)
+    check_output_dir(out, overwrite)
+    check_output_dir(work, overwrite, option="--out (its resume folder)")
+    if overwrite and os.path.lexists(work) and not (work.is_dir() and not work.is_symlink() and is_owned(work)):
+        remove_path(work)
+
+
 def quantize_to_checkpoint(cfg, out: str | os.PathLike | None = None, *, progress: bool = True,
-                           on_layer_done=None, log=print, keep_work: bool = False):
+                           on_layer_done=None, log=print, keep_work: bool = False, overwrite: bool = False):
     """Load the FP model of ``cfg``, quantize it (resuming from ``<out>.work``), save to ``out``.
 
-    Returns ``(model, tokenizer, report, out_path)``; the work dir is removed after a successful save.
+    ``out`` and ``<out>.work`` are checked first (:func:`check_outputs`; ``overwrite`` replaces what
+    llmquant did not write).  Returns ``(model, tokenizer, report, out_path)``; the work dir is removed
+    after a successful save.
     """
     import shutil
 
@@ -231,6 +274,7 @@ def quantize_to_checkpoint(cfg, out: str | os.PathLike | None = None, *, progres
     cfg = _as_config(cfg)
     out = Path(out) if out is not None else default_out_dir(cfg)
     work = work_dir_for(out)
+    check_outputs(out, overwrite)
     # offload: the FP model is built in CPU memory; layers visit cfg.model.device one at a time
     model, tokenizer = load_fp(cfg.model.spec, cfg.model.dtype, "cpu" if cfg.model.offload else cfg.model.device,
                                cfg.model.seed)
@@ -242,7 +286,7 @@ def quantize_to_checkpoint(cfg, out: str | os.PathLike | None = None, *, progres
         "layers": report["layers"],
         "quantize_seconds": report["seconds"],
     }
-    save(model, tokenizer, out, cfg, report["rotation_plan"], results)
+    save(model, tokenizer, out, cfg, report["rotation_plan"], results, overwrite=overwrite)
     if not keep_work and work.exists():
         shutil.rmtree(work, ignore_errors=True)
     return model, tokenizer, report, out

@@ -21,6 +21,10 @@ class OutputExistsError(LlmquantError, FileExistsError):
     """An output path holds something llmquant did not write; it is refused unless ``--overwrite``."""
 
 
+class ModelLoadError(LlmquantError, OSError):
+    """A model spec could not be loaded (missing path, hub id not cached offline, unreadable config.json)."""
+
+
 class UnsupportedArchitectureError(LlmquantError, ValueError):
     """The model's architecture has no role map; the message lists the supported ones."""
 

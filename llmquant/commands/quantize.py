@@ -14,6 +14,8 @@ def add_config_arguments(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set eval.max_tokens=16384 (repeatable)")
     parser.add_argument("--out", default=None, help="checkpoint directory (default: runs/<config name>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out (and DIR.work) even when llmquant did not write it (default: refuse)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars; log one line per layer")
 
 
@@ -28,7 +30,8 @@ def main(args) -> int:
     from llmquant.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    _, _, report, out = quantize_to_checkpoint(cfg, args.out, progress=not args.no_progress)
+    _, _, report, out = quantize_to_checkpoint(cfg, args.out, progress=not args.no_progress,
+                                               overwrite=args.overwrite)
     bits = report["bits"]
     print(f"saved {out}  ({cfg.name}: W {bits['weights']:.3f} / A {bits['activations']:.3f} / "
           f"KV {bits['kv']:.3f} bits per entry, {report['seconds']:.0f} s)")

@@ -72,17 +72,18 @@ def format_table(rows: list[dict], datasets: list[str]) -> str:
 def main(args) -> int:
     import torch
 
-    from llmquant.api import bits_for_model, default_out_dir, load_fp, quantize_to_checkpoint
+    from llmquant.api import bits_for_model, check_outputs, default_out_dir, load_fp, quantize_to_checkpoint
     from llmquant.commands.eval import evaluate
     from llmquant.config import config_to_dict, load_config
-    from llmquant.quant.checkpoint import _write_json, update_results
+    from llmquant.quant.checkpoint import _write_json, update_results, write_marker
 
     cfg = load_config(args.config, args.overrides)
     progress = not args.no_progress
     out = Path(args.out) if args.out else default_out_dir(cfg)
     datasets = list(cfg.eval.ppl)
+    check_outputs(out, args.overwrite)  # before any work: never write into a folder llmquant did not make
     if cfg.quantizes_anything:
-        model, tokenizer, report, out = quantize_to_checkpoint(cfg, out, progress=progress)
+        model, tokenizer, report, out = quantize_to_checkpoint(cfg, out, progress=progress, overwrite=args.overwrite)
         bits = report["bits"]
     else:
         model, tokenizer = load_fp(cfg.model.spec, cfg.model.dtype, cfg.model.device, cfg.model.seed)
@@ -94,6 +95,7 @@ def main(args) -> int:
         results = update_results(out, res)
     else:
         out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "results")
         results = {**res, "bits": bits, "config": config_to_dict(cfg)}
         _write_json(out / "results.json", results)
     del model

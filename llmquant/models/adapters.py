@@ -124,7 +124,9 @@ def get_adapter(model_or_config) -> ArchAdapter:
         hint = ""
         if mt == "gemma3":
             hint = " (multimodal Gemma3ForConditionalGeneration: load its text model as Gemma3ForCausalLM)"
-        raise ValueError(
+        from llmquant.errors import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
             f"unsupported architecture {mt!r}{hint}; supported: {', '.join(SUPPORTED_ARCHITECTURES)} "
             f"(model_type {', '.join(ARCHITECTURES)})"
         )

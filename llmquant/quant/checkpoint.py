@@ -10,9 +10,20 @@ Layout of ``DIR``::
     tokenizer files          whatever ``tokenizer.save_pretrained`` writes (absent for token-id-only models)
     results.json             {"ppl": {...}, "bits": {...}, "config": {...}, "layers": [...], ...}
 
+    .llmquant                marker: this folder was written by llmquant (see :func:`is_owned`)
+
 Saving writes everything into a sibling temp dir, then swaps it in with ``os.replace`` (an
 existing checkpoint is moved aside first and removed only after the swap), so an interrupted
-save never leaves a half-written ``DIR``.
+save never leaves a half-written ``DIR``.  Never destroy: ``DIR`` must be absent, an empty folder,
+or a folder llmquant wrote (:func:`check_output_dir`); anything else is refused unless
+``overwrite=True`` (the CLI's ``--overwrite``).
+
+Integrity: ``llmquant_config.json`` carries ``files`` (sha256 of every other file written at save
+time, ``results.json`` excepted: eval updates it) and ``meta_sha256`` (sha256 of its own canonical
+JSON without that key).  Loading checks both, then validates the tensors (:func:`validate_state_file`,
+:func:`validate_loaded_values`), so a truncated, bit-flipped or partially deleted checkpoint fails
+with a :class:`CheckpointError` naming the file instead of loading wrong numbers.  Checkpoints
+written before these keys existed get the structural and range checks only.
 
 Loading builds the model from ``config.json``, re-installs the rotation modules from the saved
 plan, replaces the decoder linears by empty quantized modules from their specs (plus
@@ -21,6 +32,7 @@ activation and KV quantizers from the config), then loads the state dict strictl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,18 +40,111 @@ from pathlib import Path
 
 import torch
 
+from llmquant.errors import LlmquantError, OutputExistsError
+
 CONFIG_FILE = "llmquant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
 HF_CONFIG_FILE = "config.json"
+#: marker file of every folder llmquant writes (checkpoints, ``<out>.work`` resume state, FP run results)
+MARKER_FILE = ".llmquant"
+#: files of a checkpoint that are not in its sha256 manifest
+_UNHASHED = (CONFIG_FILE, RESULTS_FILE, MARKER_FILE)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing a file or has an unsupported format version."""
+class CheckpointError(LlmquantError, RuntimeError):
+    """A checkpoint (or resume state) is missing a file, has an unsupported format version, or is
+    truncated / corrupt; the message names the file and what is wrong."""
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+    """True for a folder llmquant wrote as a checkpoint, even a damaged one (so that loading it reports
+    what is wrong instead of reading it as a floating-point model): it has ``llmquant_config.json``, or
+    a ``checkpoint`` marker, or a ``model.safetensors`` whose header metadata names llmquant."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / CONFIG_FILE).is_file():
+        return True
+    try:
+        if json.loads((path / MARKER_FILE).read_text()).get("kind") == "checkpoint":
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    if (path / WEIGHTS_FILE).is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+                return "llmquant_format_version" in (f.metadata() or {})
+        except _read_errors():
+            return False
+    return False
+
+
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark ``folder`` as written by llmquant (``kind``: ``checkpoint``, ``work`` or ``results``)."""
+    import llmquant
+
+    data = {"owner": "llmquant", "kind": kind, "llmquant_version": llmquant.__version__}
+    (Path(folder) / MARKER_FILE).write_text(json.dumps(data) + "\n")
+
+
+def is_owned(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds llmquant's marker file, or is a checkpoint written before the marker
+    existed (a ``llmquant_config.json`` that parses with ``format_version`` and ``config``)."""
+    folder = Path(folder)
+    if (folder / MARKER_FILE).is_file():
+        return True
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "config" in meta
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "--out") -> None:
+    """Refuse to write to ``path`` unless it does not exist, is an empty folder, or is a folder llmquant
+    wrote (:func:`is_owned`); ``overwrite=True`` accepts anything.  Raises :class:`OutputExistsError`
+    naming the path, ``option`` and ``--overwrite``."""
+    p = Path(path)
+    if overwrite or not os.path.lexists(p):
+        return
+    if p.is_dir() and not p.is_symlink():
+        if not any(p.iterdir()) or is_owned(p):
+            return
+        raise OutputExistsError(
+            f"{option} {p}: the folder exists and was not written by llmquant (no {MARKER_FILE} marker); "
+            f"nothing was changed. Choose another {option}, or pass --overwrite to replace it"
+        )
+    kind = "a symbolic link" if p.is_symlink() else "a file"
+    raise OutputExistsError(
+        f"{option} {p}: {kind} is in the way; nothing was changed. Choose another {option}, "
+        "or pass --overwrite to replace it"
+    )
+
+
+def remove_path(p: str | os.PathLike) -> None:
+    """Delete ``p``: a folder with its contents, or a file / symbolic link (never the link's target)."""
+    p = Path(p)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif os.path.lexists(p):
+        p.unlink()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    """sha256 of the canonical JSON of ``meta`` without its ``meta_sha256`` key."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _write_json(path: Path, data) -> None:
@@ -49,21 +154,31 @@ def _write_json(path: Path, data) -> None:
 
 
 def save_checkpoint(out: str | os.PathLike, model, tokenizer, cfg, specs: dict, rotation_plan: dict | None,
-                    results: dict) -> Path:
-    """Write the checkpoint of a quantized ``model`` to ``out`` atomically (see module docstring)."""
+                    results: dict, *, overwrite: bool = False) -> Path:
+    """Write the checkpoint of a quantized ``model`` to ``out`` atomically (see module docstring).
+
+    ``out`` is checked with :func:`check_output_dir` before anything is written (``overwrite=True``
+    replaces whatever is there)."""
     from safetensors.torch import save_model
 
     import llmquant
     from llmquant.config import config_hash, config_to_dict
 
     out = Path(out)
+    check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if os.path.lexists(tmp):
+        remove_path(tmp)
     tmp.mkdir()
     try:
-        save_model(model, str(tmp / WEIGHTS_FILE))
+        save_model(model, str(tmp / WEIGHTS_FILE),
+                   metadata={"format": "pt", "llmquant_format_version": str(llmquant.FORMAT_VERSION)})
+        model.config.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*"))
+                 if f.is_file() and f.name not in _UNHASHED}
         meta = {
             "format_version": llmquant.FORMAT_VERSION,
             "llmquant_version": llmquant.__version__,
@@ -71,27 +186,46 @@ def save_checkpoint(out: str | os.PathLike, model, tokenizer, cfg, specs: dict, 
             "config_hash": config_hash(cfg),
             "rotation_plan": rotation_plan,
             "quantized": {str(i): s for i, s in specs.items()},
+            "files": files,
         }
+        meta = json.loads(json.dumps(meta, default=float))  # the exact data a reader parses back
+        meta["meta_sha256"] = _meta_digest(meta)
         _write_json(tmp / CONFIG_FILE, meta)
-        model.config.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
         _write_json(tmp / RESULTS_FILE, results)
+        write_marker(tmp, "checkpoint")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     backup = None
-    if out.exists():
+    if os.path.lexists(out):
         backup = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, backup)
     os.replace(tmp, out)
     if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+        try:
+            remove_path(backup)
+        except OSError:
+            pass
     return out
 
 
+def _corrupt(path: Path, name: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path / name}: {what}; the checkpoint is corrupt or incomplete, "
+                           "re-run `llmquant quantize` (or restore it from a copy)")
+
+
+def _read_json_file(path: Path, name: str):
+    try:
+        text = (path / name).read_text(encoding="utf-8")
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _corrupt(path, name, f"unreadable JSON ({' '.join(str(exc).split())[:200]})") from None
+
+
 def read_meta(path: str | os.PathLike) -> dict:
-    """``llmquant_config.json`` of a checkpoint, after checking the files and the format version."""
+    """``llmquant_config.json`` of a checkpoint, after checking: the folder and its required files exist,
+    the JSON parses into a mapping, ``format_version`` is the one this llmquant reads, and ``meta_sha256``
+    matches the content (when present; a manifest without it is corrupt)."""
     import llmquant
 
     path = Path(path)
@@ -100,19 +234,51 @@ def read_meta(path: str | os.PathLike) -> dict:
     for name in (CONFIG_FILE, WEIGHTS_FILE, HF_CONFIG_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: missing {name}; the checkpoint is incomplete, re-run `llmquant quantize`")
-    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta = _read_json_file(path, CONFIG_FILE)
+    if not isinstance(meta, dict):
+        raise _corrupt(path, CONFIG_FILE, f"expected a JSON object, got {type(meta).__name__}")
     version = meta.get("format_version")
-    if version != llmquant.FORMAT_VERSION:
+    if version != llmquant.FORMAT_VERSION:  # first: another format version may hash differently
         raise CheckpointError(
             f"{path}: checkpoint format version {version!r} is not supported by this llmquant "
             f"(reads version {llmquant.FORMAT_VERSION}); re-quantize with this version"
         )
+    if "meta_sha256" in meta:
+        if meta["meta_sha256"] != _meta_digest(meta):
+            raise _corrupt(path, CONFIG_FILE, "content does not match its meta_sha256 (modified or bit-flipped)")
+    elif "files" in meta:
+        raise _corrupt(path, CONFIG_FILE, "has a file manifest but no meta_sha256")
+    for key, kind in (("config", dict), ("quantized", dict), ("files", dict)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise _corrupt(path, CONFIG_FILE, f"{key!r} must be a JSON object, got {type(meta[key]).__name__}")
+    if "config" not in meta:
+        raise _corrupt(path, CONFIG_FILE, "no 'config'")
     return meta
 
 
+def verify_files(path: str | os.PathLike, meta: dict) -> None:
+    """Every file of the sha256 manifest ``meta["files"]`` exists inside ``path`` and has its hash
+    (nothing to check for checkpoints written before the manifest existed)."""
+    path = Path(path)
+    for name, digest in (meta.get("files") or {}).items():
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not isinstance(digest, str):
+            raise _corrupt(path, CONFIG_FILE, f"bad manifest entry {name!r}")
+        if not (path / rel).is_file():
+            raise _corrupt(path, name, "missing")
+        if file_sha256(path / rel) != digest:
+            raise _corrupt(path, name, "sha256 does not match the manifest (truncated, modified or bit-flipped)")
+
+
 def read_results(path: str | os.PathLike) -> dict:
+    """``results.json`` of a run folder ({} when absent); unreadable JSON raises :class:`CheckpointError`."""
     p = Path(path) / RESULTS_FILE
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    res = _read_json_file(Path(path), RESULTS_FILE)
+    if not isinstance(res, dict):
+        raise _corrupt(Path(path), RESULTS_FILE, f"expected a JSON object, got {type(res).__name__}")
+    return res
 
 
 def update_results(path: str | os.PathLike, updates: dict) -> dict:
@@ -127,9 +293,141 @@ def update_results(path: str | os.PathLike, updates: dict) -> dict:
     return results
 
 
+#: safetensors header dtype names -> torch dtypes (what ``save_model`` writes)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions of reading a damaged safetensors file (header JSON, lengths, offsets)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # older safetensors: the class is not exported
+        return (Exception,)
+    return (SafetensorError, OSError, ValueError)
+
+
+def _storage_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Names of ``state`` grouped by shared storage (``save_model`` stores each group once)."""
+    groups: dict[object, list[str]] = {}
+    for name, t in state.items():
+        key = (t.device, t.untyped_storage().data_ptr()) if t.numel() else name
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def validate_state_file(file: str | os.PathLike, expected: dict[str, torch.Tensor]) -> None:
+    """Check a safetensors file against the state dict a freshly built module expects, without reading
+    its data: the header parses and the data is as long as the header says (else: truncated or
+    corrupt), no tensor is unknown, every tensor is present (of tensors sharing storage, one suffices,
+    as ``save_model`` writes them), and each has the expected dtype and shape.  Raises
+    :class:`CheckpointError` naming the file and the first problems."""
+    from safetensors import safe_open
+
+    file = Path(file)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            header = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                header[k] = (sl.get_dtype(), tuple(sl.get_shape()))
+    except _read_errors() as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(exc).split())[:200]}); "
+                              "it is truncated or corrupt, re-run `llmquant quantize`") from None
+    unknown = sorted(set(header) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{file}: unknown tensors {unknown[:5]} (of {len(unknown)}) that the rebuilt model "
+                              "does not have; the checkpoint is corrupt or from another llmquant version")
+    missing = [g[0] for g in _storage_groups(expected) if not any(n in header for n in g)]
+    if missing:
+        raise CheckpointError(f"{file}: missing tensors {missing[:5]} (of {len(missing)}); "
+                              "the checkpoint is incomplete or corrupt, re-run `llmquant quantize`")
+    for name, (dt, shape) in header.items():
+        want = expected[name]
+        if _ST_DTYPES.get(dt) != want.dtype or shape != tuple(want.shape):
+            raise CheckpointError(
+                f"{file}: tensor {name} is {dt} {list(shape)}, expected {want.dtype} {list(want.shape)}; "
+                "the checkpoint is corrupt or from another llmquant version"
+            )
+
+
+def _index_problem(module) -> str | None:
+    """Range check of the integer tensors of one module, by the buffers it holds: nibble-packed lattice
+    ``codes`` (each 4-bit code < ``q``), ``beta_idx`` (< number of ``betas``), scalar ``qweight`` codes
+    (< 2^``bits``) and ``zero`` points (integers in [0, 2^``bits``))."""
+    bufs = dict(module.named_buffers(recurse=False))
+    q, bits = getattr(module, "q", None), getattr(module, "bits", None)
+    codes = bufs.get("codes")
+    if codes is not None and isinstance(q, int) and not codes.is_floating_point():
+        if not 2 <= q <= 16:
+            return f"lattice modulus q={q} is outside [2, 16]"
+        shifts = torch.arange(0, 32, 4, device=codes.device, dtype=torch.int32)
+        nib = (codes.to(torch.int32).unsqueeze(-1) >> shifts) & 0xF
+        if nib.numel() and int(nib.max()) >= q:
+            return f"codes: a code is {int(nib.max())}, expected codes in [0, {q})"
+    bidx, betas = bufs.get("beta_idx"), bufs.get("betas")
+    if bidx is not None and betas is not None and bidx.numel():
+        if int(bidx.max()) >= betas.numel() or int(bidx.min()) < 0:
+            return f"beta_idx: an index is {int(bidx.max())}, expected indices in [0, {betas.numel()})"
+    qweight = bufs.get("qweight")
+    if qweight is not None and isinstance(bits, int) and hasattr(module, "int_codes"):
+        c = module.int_codes()
+        if c.numel() and int(c.max()) >= 2**bits:
+            return f"qweight: a code is {int(c.max())}, expected codes in [0, {2**bits})"
+        zero = bufs.get("zero")
+        if zero is not None and zero.numel() and torch.isfinite(zero).all():
+            if bool(((zero < 0) | (zero > 2**bits - 1) | (zero != zero.round())).any()):
+                return f"zero: a zero point is outside the integers in [0, {2**bits})"
+    return None
+
+
+def validate_loaded_values(model: torch.nn.Module, where: str | os.PathLike) -> None:
+    """After loading: every floating-point parameter / buffer (scales, betas, norms, embeddings) is
+    finite, and every code / beta-index tensor is in range (:func:`_index_problem`), so kernels never see
+    an index outside their tables.  Raises :class:`CheckpointError` naming ``where`` and the tensor."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: tensor {name} has NaN/Inf values; the checkpoint is corrupt, "
+                                  "re-run `llmquant quantize`")
+    for mname, module in model.named_modules():
+        problem = _index_problem(module)
+        if problem is not None:
+            raise CheckpointError(f"{where}: {mname}.{problem}; the checkpoint is corrupt, re-run `llmquant quantize`")
+
+
+def _check_specs(path: Path, quantized: dict, layers, adapter) -> None:
+    """The ``quantized`` section names existing decoder layers and roles, and each module spec has the
+    input / output size of the linear it replaces."""
+    from llmquant.quant.structure import get_linear, present_roles
+
+    for key, layer_specs in quantized.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < len(layers)):
+            raise _corrupt(path, CONFIG_FILE, f"quantized: {key!r} is not a decoder layer index in [0, {len(layers)})")
+        if not isinstance(layer_specs, dict):
+            raise _corrupt(path, CONFIG_FILE, f"quantized.{key}: expected a JSON object")
+        roles = present_roles(layers[int(key)], adapter)
+        for role, spec in layer_specs.items():
+            if role not in roles or not isinstance(spec, dict):
+                raise _corrupt(path, CONFIG_FILE, f"quantized.{key}.{role}: not a linear role ({', '.join(roles)}) "
+                                                  "with a module spec")
+            lin = get_linear(layers[int(key)], adapter, role)
+            for dim in ("in_features", "out_features"):
+                if dim in spec and spec[dim] != getattr(lin, dim):
+                    raise _corrupt(path, CONFIG_FILE, f"quantized.{key}.{role}.{dim}: {spec[dim]!r}, but the "
+                                                      f"model's linear has {getattr(lin, dim)}")
+
+
 @torch.no_grad()
 def load_quantized(path: str | os.PathLike, device: str | torch.device | None = None, backend: str | None = None):
     """Rebuild a quantized model from a checkpoint -> ``(model, tokenizer, config)`` (no re-quantization).
+
+    Validated before any forward (see the module docstring): required files, ``format_version``,
+    ``meta_sha256`` and the sha256 manifest, the saved config, the module specs against the model's
+    linears, the safetensors header against the rebuilt model's state dict (:func:`validate_state_file`),
+    finite floats and in-range codes / β indices (:func:`validate_loaded_values`).  Every failure is a
+    :class:`CheckpointError` naming the file (a config problem: :class:`~llmquant.config.ConfigError`
+    wrapped into it; an unsupported architecture: ``UnsupportedArchitectureError``).
 
     ``device``: where the weights are loaded (None: CPU).  ``backend``: forward backend of every
     ``LatticeLinear`` and online ``HadamardRotation`` (``reference`` | ``triton`` | ``auto``, see
@@ -139,7 +437,7 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from llmquant.config import config_from_dict
+    from llmquant.config import ConfigError, config_from_dict
     from llmquant.config.schema import BACKENDS
     from llmquant.models.adapters import get_adapter
     from llmquant.quant.linear import set_backend
@@ -149,30 +447,57 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
         raise ValueError(f"load_quantized: backend={backend!r} is not one of {', '.join(BACKENDS)}")
     path = Path(path)
     meta = read_meta(path)
-    cfg = config_from_dict(meta["config"])
-    hf_config = AutoConfig.from_pretrained(str(path))
+    verify_files(path, meta)
+    try:
+        cfg = config_from_dict(meta["config"])
+    except ConfigError as exc:
+        raise _corrupt(path, CONFIG_FILE, f"saved config: {exc}") from None
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _corrupt(path, HF_CONFIG_FILE, f"not a usable model config ({' '.join(str(exc).split())[:200]})") from None
+    get_adapter(hf_config)  # unsupported architecture: its own error, before building anything
     dtype = getattr(torch, cfg.model.dtype)
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise _corrupt(path, HF_CONFIG_FILE, f"cannot build the model ({' '.join(str(exc).split())[:200]})") from None
     model.eval()
     if meta.get("rotation_plan") is not None:
         from llmquant.models.rotate import RotationPlan, install_rotation_modules
 
-        install_rotation_modules(model, RotationPlan.from_dict(meta["rotation_plan"]))
+        try:
+            install_rotation_modules(model, RotationPlan.from_dict(meta["rotation_plan"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _corrupt(path, CONFIG_FILE, f"rotation_plan: {' '.join(str(exc).split())[:200]}") from None
     adapter = get_adapter(model)
     quantized = meta.get("quantized", {})
-    for i, layer in enumerate(adapter.layers(model)):
-        build_quantized_shell(layer, adapter, quantized.get(str(i), {}), cfg)
+    layers = adapter.layers(model)
+    _check_specs(path, quantized, layers, adapter)
+    for i, layer in enumerate(layers):
+        try:
+            build_quantized_shell(layer, adapter, quantized.get(str(i), {}), cfg)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(path, CONFIG_FILE, f"quantized.{i}: bad module spec ({exc})") from None
+    validate_state_file(path / WEIGHTS_FILE, model.state_dict())
     if device is not None:
         model.to(device)
-    missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False,
-                                     device=str(device) if device is not None else "cpu")
+    try:
+        missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False,
+                                         device=str(device) if device is not None else "cpu")
+    except _read_errors() as exc:  # data the header check could not see
+        raise _corrupt(path, WEIGHTS_FILE, f"unreadable tensors ({' '.join(str(exc).split())[:200]})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: state dict does not match the rebuilt model (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); the checkpoint is corrupt or from another llmquant"
         )
+    validate_loaded_values(model, path / WEIGHTS_FILE)
     set_backend(model, backend if backend is not None else cfg.model.backend)
     tokenizer = None
     if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _corrupt(path, "tokenizer files", f"unreadable ({' '.join(str(exc).split())[:200]})") from None
     return model, tokenizer, cfg

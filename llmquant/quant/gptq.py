@@ -13,6 +13,13 @@ because the inverse Hessian restricted to the remaining columns is ``U[j:, j:]^T
 ``quant_cols(w_cols [N, width], cols LongTensor[width]) -> q_cols`` quantizes one group
 (``cols`` are the original column indices, useful for per-group scalar parameters) and may
 record codes on the side.  Shapes: ``W [N, K]``, ``H [K, K]``; ``K % width == 0``.
+
+Damping: ``percdamp * mean(diag(H))`` is added to the diagonal.  When the damped Hessian (or its
+inverse) is not numerically positive definite the Cholesky factorization is retried with the
+damping raised tenfold (at least to 1e-3), up to :data:`MAX_DAMP_TRIES` attempts, so one
+ill-conditioned Hessian does not stop a long run; ``stats`` receives the damping used and the
+number of retries.  A Hessian with NaN / Inf, or one that stays indefinite, raises
+:class:`~llmquant.errors.NumericsError`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,37 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from llmquant.errors import NumericsError
+
+#: Cholesky attempts (the first with the configured damping, then tenfold more each time)
+MAX_DAMP_TRIES = 7
+
+
+def damped_inverse_factor(h: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float, int]:
+    """Upper Cholesky factor ``U`` of ``(H + d * mean(diag H) * I)^{-1} = U^T U`` (float64) with the
+    smallest damping ``d`` of ``percdamp, max(10 percdamp, 1e-3), ...`` that factorizes; returns
+    ``(U, d, retries)``.  Raises :class:`NumericsError` for a non-finite ``H`` or after
+    :data:`MAX_DAMP_TRIES` failures."""
+    if not bool(torch.isfinite(h).all()):
+        raise NumericsError("GPTQ: the Hessian has NaN/Inf entries (non-finite calibration activations); "
+                            "check model.dtype (float16 overflows: use float32 or bfloat16) and the model weights")
+    k = h.shape[0]
+    eye = torch.eye(k, dtype=h.dtype, device=h.device)
+    mean = torch.mean(torch.diag(h))
+    d = float(percdamp)
+    for attempt in range(MAX_DAMP_TRIES):
+        chol, info = torch.linalg.cholesky_ex(h + (d * mean) * eye)
+        if int(info) == 0:
+            u, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+            if int(info) == 0 and bool(torch.isfinite(u).all()):
+                return u, d, attempt
+        d = max(10.0 * d, 1e-3)
+    raise NumericsError(
+        f"GPTQ: the Hessian ({k}x{k}) is not positive definite even with damping {d / 10:g} x mean(diag) "
+        f"after {MAX_DAMP_TRIES} attempts; use more calibration data (calibration.n_samples) or "
+        "weights.algorithm: rtn"
+    )
 
 
 def gptq_quantize(
@@ -30,8 +68,11 @@ def gptq_quantize(
     block_size: int = 128,
     percdamp: float = 0.01,
     act_order: bool = False,
+    stats: dict | None = None,
 ) -> torch.Tensor:
-    """Return the dequantized weight ``Q [N, K]`` (float32) chosen with error feedback."""
+    """Return the dequantized weight ``Q [N, K]`` (float32) chosen with error feedback.
+
+    ``stats`` (optional dict) receives ``percdamp`` (the damping used) and ``damping_retries``."""
     k = weight.shape[1]
     if k % width:
         raise ValueError(f"gptq_quantize: {k} input columns are not a multiple of the group width {width}")
@@ -48,11 +89,10 @@ def gptq_quantize(
     if act_order:
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h, cols = w[:, perm], h[perm][:, perm], cols[perm]
-    damp = percdamp * torch.mean(torch.diag(h))
-    h += damp * torch.eye(k, dtype=h.dtype, device=h.device)
-    chol = torch.linalg.cholesky(h)
-    hinv = torch.cholesky_inverse(chol)
-    u = torch.linalg.cholesky(hinv, upper=True).to(torch.float32)
+    u, used, retries = damped_inverse_factor(h, percdamp)
+    u = u.to(torch.float32)
+    if stats is not None:
+        stats.update(percdamp=used, damping_retries=retries)
 
     q = torch.zeros_like(w)
     for i1 in range(0, k, block_size):

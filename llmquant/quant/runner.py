@@ -13,11 +13,16 @@ Algorithm, for decoder layers ``i = 0 .. L-1`` (memory: one layer plus its activ
 4. Quantized pass: run the quantized layer on the same inputs -> ``Y_q``; the per-layer
    relative output error ``||Y_q - Y_fp|| / ||Y_fp||`` is logged; ``Y_q`` become the inputs
    of layer ``i + 1`` (errors propagate as at inference time).
-5. Resume state (``work_dir``): the layer's state dict (``layer_XXX.safetensors``), the
-   propagated activations (``acts.pt``) and ``progress.json`` (config hash, last finished
-   layer, module specs, reports) are written atomically (temp file + ``os.replace``,
+5. Resume state (``work_dir``, marked as llmquant's with the ``.llmquant`` marker file): the
+   layer's state dict (``layer_XXX.safetensors``), the propagated activations
+   (``acts.safetensors``: ``acts.<batch>`` tensors) and ``progress.json`` (config hash, last
+   finished layer, module specs, reports) are written atomically (temp file + ``os.replace``,
    progress last).  A rerun with the same config skips the finished layers: it rebuilds
-   their quantized modules from the saved specs and state, and restarts from ``acts.pt``.
+   their quantized modules from the saved specs and state, and restarts from the saved
+   activations.  Nothing is unpickled: every file is safetensors or JSON, and each is validated
+   before use (names, dtypes and shapes against the rebuilt layer / the captured layer-0
+   inputs, finite values, code and beta-index ranges); a damaged file is a ``CheckpointError``
+   naming it.  A ``acts.pt`` of an older llmquant is never loaded.
 
 Offload (``offload_device``, config ``model.offload``): for models larger than accelerator memory.
 The model lives in CPU memory; :class:`LayerOffloader` moves the non-layer modules (embeddings,
@@ -50,7 +55,9 @@ from llmquant.quant.structure import (
 )
 
 PROGRESS_FILE = "progress.json"
-ACTS_FILE = "acts.pt"
+ACTS_FILE = "acts.safetensors"
+#: activations file of older versions (a pickle): never loaded, only reported
+LEGACY_ACTS_FILE = "acts.pt"
 
 
 class _StopForward(Exception):
@@ -227,9 +234,11 @@ def quantize_layers(
     start = 0
     state = None
     if work is not None and (work / PROGRESS_FILE).is_file():
-        state = json.loads((work / PROGRESS_FILE).read_text())
+        state = _read_progress(work, len(layers))
         if state.get("config_hash") != config_hash:
-            raise RuntimeError(
+            from llmquant.quant.checkpoint import CheckpointError
+
+            raise CheckpointError(
                 f"work dir {work} holds a run of a different config (hash {state.get('config_hash')} != "
                 f"{config_hash}); delete it or choose another --out"
             )
@@ -244,18 +253,13 @@ def quantize_layers(
         offload.release_outer()
     resumed = []
     if state is not None and state["done"] >= 0:
-        from safetensors.torch import load_file
-
         for i in range(state["done"] + 1):
             layer_specs = state["specs"][str(i)]
-            build_quantized_shell(layers[i], adapter, layer_specs, cfg)
-            sd = load_file(str(work / f"layer_{i:03d}.safetensors"), device=str(_device_of(model)))
-            layers[i].load_state_dict(sd, strict=True)
+            _load_layer_state(work, i, layers[i], adapter, layer_specs, cfg, _device_of(model))
             specs[i] = layer_specs
             resumed.append(i)
         reports = state["reports"]
-        saved = torch.load(work / ACTS_FILE, map_location=compute)
-        inps = saved
+        inps = _load_acts(work, inps, compute)
         start = state["done"] + 1
         if log:
             log(f"resuming after layer {state['done']} from {work}")
@@ -266,6 +270,8 @@ def quantize_layers(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(layers), initial=start, desc="quantize layers", unit="layer")
+    if start < len(layers):
+        _check_finite(inps, start, adapter, "input")
     for i in range(start, len(layers)):
         tl = time.perf_counter()
         layer = layers[i]
@@ -292,8 +298,10 @@ def quantize_layers(
         finally:
             for h in handles:
                 h.remove()
+        _check_finite(outs_fp, i, adapter, "output of the floating-point layer")
         layer_specs: dict[str, dict] = {}
         lin_report = {}
+        damping = {}  # roles whose Cholesky needed more damping than weights.percdamp
         if cfg.weights.method != "none":
             for group in INPUT_GROUPS:
                 act_q = row_quantizer_from_config(cfg.activations)
@@ -307,12 +315,19 @@ def quantize_layers(
                     set_linear(layer, adapter, role, qmod)
                     layer_specs[role] = module_spec(qmod)
                     lin_report[role] = info.get("rel_err")
+                    if info.get("damping_retries"):
+                        damping[role] = {"percdamp": info["percdamp"], "retries": info["damping_retries"]}
+                        if log:
+                            log(f"layer {i} {role}: Cholesky retried with damping {info['percdamp']:g}")
         attach_kv_quantizers(layer, adapter, cfg.kv)
         outs_q = _run_layer(layer, inps, kws)
+        _check_finite(outs_q, i, adapter, "output of the quantized layer")
         _clear_memos(layer)
         offload.release_layer(i)
         err = _rel_err(outs_q, outs_fp)
         rep = {"layer": i, "rel_out_err": err, "linear_rel_err": lin_report, "seconds": time.perf_counter() - tl}
+        if damping:
+            rep["cholesky_damping"] = damping
         reports.append(rep)
         specs[i] = layer_specs
         inps = outs_q
@@ -331,13 +346,106 @@ def quantize_layers(
     return {"specs": specs, "layers": reports, "resumed_layers": resumed, "seconds": time.perf_counter() - t0}
 
 
+def _check_finite(tensors: list[torch.Tensor], i: int, adapter, where: str) -> None:
+    """Raise :class:`~llmquant.errors.NumericsError` naming decoder layer ``i`` when a calibration
+    activation of ``tensors`` (one per batch) has NaN / Inf values."""
+    bad = [b for b, t in enumerate(tensors) if not bool(torch.isfinite(t).all())]
+    if bad:
+        from llmquant.errors import NumericsError
+
+        name = f"{adapter.roles.get('layers', 'layers')}.{i}"
+        raise NumericsError(
+            f"NaN/Inf in the calibration activations at the {where} of decoder layer {i} ({name}), "
+            f"calibration batches {bad[:5]}; check model.dtype (float16 overflows: use float32 or bfloat16), "
+            "the model weights, and the quantizer settings"
+        )
+
+
+def _resume_error(work: Path, name: str, what: str):
+    from llmquant.quant.checkpoint import CheckpointError
+
+    return CheckpointError(f"{work / name}: {what}; the resume state is damaged: delete {work} "
+                           "to quantize from the start")
+
+
+def _read_progress(work: Path, n_layers: int) -> dict:
+    """``progress.json``, checked: a JSON object whose ``done`` is a finished layer index in
+    ``[-1, n_layers)``, with a module spec mapping for every finished layer and a list of reports."""
+    try:
+        state = json.loads((work / PROGRESS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _resume_error(work, PROGRESS_FILE, f"unreadable JSON ({' '.join(str(exc).split())[:200]})") from None
+    done = state.get("done") if isinstance(state, dict) else None
+    if not (isinstance(done, int) and not isinstance(done, bool) and -1 <= done < n_layers):
+        raise _resume_error(work, PROGRESS_FILE, f"'done' must be a layer index in [-1, {n_layers}), got {done!r}")
+    specs = state.get("specs")
+    if not isinstance(specs, dict) or not all(isinstance(specs.get(str(i)), dict) for i in range(done + 1)):
+        raise _resume_error(work, PROGRESS_FILE, f"'specs' must hold a module spec mapping for layers 0..{done}")
+    if not isinstance(state.get("reports"), list):
+        raise _resume_error(work, PROGRESS_FILE, "'reports' must be a list")
+    return state
+
+
+def _load_layer_state(work: Path, i: int, layer: nn.Module, adapter, layer_specs: dict, cfg, device) -> None:
+    """Rebuild finished layer ``i`` from its spec and ``layer_XXX.safetensors`` after validating the
+    file against the rebuilt layer (names, dtypes, shapes) and the loaded values (finite, in range)."""
+    from safetensors.torch import load_file
+
+    from llmquant.quant.checkpoint import _read_errors, validate_loaded_values, validate_state_file
+
+    name = f"layer_{i:03d}.safetensors"
+    if not (work / name).is_file():
+        raise _resume_error(work, name, "missing")
+    try:
+        build_quantized_shell(layer, adapter, layer_specs, cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _resume_error(work, PROGRESS_FILE, f"bad module spec of layer {i} ({exc})") from None
+    validate_state_file(work / name, layer.state_dict())
+    try:
+        sd = load_file(str(work / name), device=str(device))
+    except _read_errors() as exc:
+        raise _resume_error(work, name, f"unreadable ({' '.join(str(exc).split())[:200]})") from None
+    layer.load_state_dict(sd, strict=True)
+    validate_loaded_values(layer, work / name)
+
+
+def _load_acts(work: Path, captured: list[torch.Tensor], device) -> list[torch.Tensor]:
+    """The propagated activations of ``acts.safetensors``: one ``acts.<j>`` per calibration batch with
+    the dtype and shape of the freshly captured layer-0 inputs ``captured[j]``, all finite."""
+    from safetensors.torch import load_file
+
+    from llmquant.quant.checkpoint import _read_errors, validate_state_file
+
+    path = work / ACTS_FILE
+    if not path.is_file():
+        if (work / LEGACY_ACTS_FILE).is_file():
+            raise _resume_error(work, LEGACY_ACTS_FILE, "was written by an older llmquant as a pickle, which is "
+                                                        "never loaded")
+        raise _resume_error(work, ACTS_FILE, "missing")
+    validate_state_file(path, {f"acts.{j}": t for j, t in enumerate(captured)})
+    try:
+        acts = load_file(str(path), device=str(device))
+    except _read_errors() as exc:
+        raise _resume_error(work, ACTS_FILE, f"unreadable ({' '.join(str(exc).split())[:200]})") from None
+    out = [acts[f"acts.{j}"] for j in range(len(captured))]
+    for j, t in enumerate(out):
+        if not bool(torch.isfinite(t).all()):
+            raise _resume_error(work, ACTS_FILE, f"acts.{j} has NaN/Inf values")
+    return out
+
+
 def _save_progress(work: Path, layer: nn.Module, i: int, inps, specs, reports, config_hash: str) -> None:
     from safetensors.torch import save_file
 
+    from llmquant.quant.checkpoint import MARKER_FILE, write_marker
+
     work.mkdir(parents=True, exist_ok=True)
+    if not (work / MARKER_FILE).is_file():
+        write_marker(work, "work")
     sd = {k: v.detach().contiguous().clone() for k, v in layer.state_dict().items()}
     _atomic_write_bytes(work / f"layer_{i:03d}.safetensors", lambda p: save_file(sd, str(p)))
-    _atomic_write_bytes(work / ACTS_FILE, lambda p: torch.save(inps, p))
+    acts = {f"acts.{j}": t.detach().contiguous() for j, t in enumerate(inps)}
+    _atomic_write_bytes(work / ACTS_FILE, lambda p: save_file(acts, str(p)))
     state = {
         "config_hash": config_hash,
         "done": i,

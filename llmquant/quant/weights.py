@@ -45,6 +45,7 @@ def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcf
     wn = w / s[:, None]
     codes = torch.zeros(n, k // 8, 8, dtype=torch.uint8, device=w.device)
     bidx = torch.zeros(n, k // 8, dtype=torch.uint8, device=w.device)
+    stats: dict = {}  # GPTQ damping used / Cholesky retries, reported in info
     if wcfg.algorithm == "gptq" and hessian is not None:
         def quant_cols(wg: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
             r = nlq.quantize_full(wg)
@@ -53,14 +54,15 @@ def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcf
             bidx[:, b] = r.beta_idx
             return r.x_hat
 
-        gptq_quantize(wn, hessian, quant_cols, width=8, block_size=wcfg.block_size, percdamp=wcfg.percdamp)
+        gptq_quantize(wn, hessian, quant_cols, width=8, block_size=wcfg.block_size, percdamp=wcfg.percdamp,
+                      stats=stats)
     else:
         r = nlq.quantize_full(wn.reshape(n, k // 8, 8))
         codes, bidx = r.codes, r.beta_idx
     layer = LatticeLinear(k, n, lattice=wcfg.lattice, q=wcfg.q, k=betas.numel(), bias=linear.bias is not None,
                           act_q=act_q)
     layer.set_quantized(codes, bidx, s, betas, _bias(linear))
-    info = {}
+    info = dict(stats)
     if hessian is not None:
         info["rel_err"] = relative_error_from_hessian(w, layer.dequantized_weight(), hessian)
     return layer, info
@@ -73,19 +75,20 @@ def quantize_scalar_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg
     n, k = w.shape
     scale, zero = sq.grouped_params(w, wcfg.bits, wcfg.group_size, wcfg.symmetric, wcfg.clip_search)
     s_full, z_full = sq.expand_groups(scale, k), sq.expand_groups(zero, k)
+    stats: dict = {}  # GPTQ damping used / Cholesky retries, reported in info
     if wcfg.algorithm == "gptq" and hessian is not None:
         def quant_cols(wg: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
             return sq.fake_quant(wg, s_full[:, cols], z_full[:, cols], wcfg.bits)
 
         qw = gptq_quantize(w, hessian, quant_cols, width=1, block_size=wcfg.block_size,
-                           percdamp=wcfg.percdamp, act_order=wcfg.act_order)
+                           percdamp=wcfg.percdamp, act_order=wcfg.act_order, stats=stats)
     else:
         qw = sq.fake_quant(w, s_full, z_full, wcfg.bits)
     # qw lies on the grid: s * (c - z); recover c exactly
     codes = torch.clamp(torch.round(qw / s_full + z_full), 0, 2**wcfg.bits - 1).to(torch.uint8)
     layer = ScalarLinear(k, n, bits=wcfg.bits, group_size=wcfg.group_size, bias=linear.bias is not None, act_q=act_q)
     layer.set_quantized(codes, scale, zero, _bias(linear))
-    info = {}
+    info = dict(stats)
     if hessian is not None:
         info["rel_err"] = relative_error_from_hessian(w, layer.dequantized_weight(), hessian)
     return layer, info
