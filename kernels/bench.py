@@ -17,6 +17,10 @@ End to end (``--checkpoint PATH``, an llmquant checkpoint loaded with ``llmquant
 decode tokens/s at batch 1 of the quantized model (``--backend``, default ``auto``, for its LatticeLinears
 and online Hadamards) vs the floating-point model ``--fp-model`` (fp16 on CUDA, fp32 on CPU).
 
+``--sass [--arch sm_90]``: no timing and no GPU: compile every kernel config for the target and report the
+static SASS cost (instructions per weight in the main loop, registers, spills, shuffles) with a roofline
+prediction of the speedup vs BF16 on H100/H200 (:mod:`.sass`, :mod:`.cost_model`).
+
 ``--backend``: ``auto`` (default) = kernels on CUDA, the reference elsewhere; ``triton`` = kernels, which
 needs CUDA (the interpreter is never timed: exit code 2 otherwise); ``reference`` = time the PyTorch
 reference forward of ``LatticeLinear`` on the chosen device (CUDA included), and run the end-to-end model
@@ -58,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp-model", default="smollm2-135m", help="floating-point baseline spec for end-to-end")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per end-to-end run")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--sass", action="store_true",
+                   help="static cost, no GPU needed: compile every kernel config for --arch, count SASS instructions "
+                        "per weight in the main loop, registers, spills, shuffles, and predict the speedup vs BF16 "
+                        "on H100/H200 from the rooflines in kernels/cost_model.py (see kernels/sass.py)")
+    p.add_argument("--arch", default="sm_90", help="target of --sass (default: %(default)s)")
 
 
 def _time_cpu(fn, repeats: int) -> float:
@@ -202,9 +211,34 @@ def bench_end_to_end(checkpoint: str, fp_spec: str, new_tokens: int, device, bac
             "fp_tokens_per_s": round(f_tps, 2), "speedup": round(q_tps / f_tps, 3)}
 
 
+def main_sass(args) -> int:
+    """``--sass``: the rows of :func:`llmquant.kernels.sass.bench_rows` as a JSON list or a table."""
+    from .sass import bench_rows, sass_tools_available
+
+    reason = sass_tools_available()
+    if reason is not None:
+        print(f"llmquant bench kernels --sass: {reason}")
+        return 2
+    rows = bench_rows(args.arch)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"llmquant bench kernels --sass  arch={args.arch}  (static SASS analysis; speedups are *predicted*, "
+          "no GPU run)")
+    print(f"{'kernel':>8}  {'config':<32} {'instr/weight':>12} {'regs':>5} {'spills':>6} {'shfl/weight':>11} "
+          f"{'H100 x':>7} {'H200 x':>7}")
+    for r in rows:
+        sp = r["predicted_speedup_vs_bf16"]
+        print(f"{r['kernel']:>8}  {r['config']['label']:<32} {r['instructions_per_weight']:>12} {r['registers']:>5} "
+              f"{r['spills']:>6} {r['shuffles']:>11} {sp['H100']:>7} {sp['H200']:>7}")
+    return 0
+
+
 def main(args) -> int:
     from .availability import describe, kernel_device_ok
 
+    if getattr(args, "sass", False):
+        return main_sass(args)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

@@ -10,7 +10,8 @@ import importlib
 #: bench target -> (module, one-line help)
 TARGETS = {
     "gaussian": ("llmquant.theory.gaussian_bench", "lattice codes on iid Gaussian matrix products vs Gamma(R)"),
-    "kernels": ("llmquant.kernels.bench", "lattice GEMM kernels vs torch FP16/BF16 matmul"),
+    "kernels": ("llmquant.kernels.bench",
+                "lattice GEMM kernels vs torch FP16/BF16 matmul (--sass: static SASS cost, no GPU)"),
     "serve": ("llmquant.serve.load_test", "concurrent clients against a running llmquant server"),
 }
 

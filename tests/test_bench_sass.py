@@ -1,0 +1,125 @@
+"""``llmquant bench kernels --sass``: static SASS cost of every kernel config, compiled for sm_90 without a GPU.
+
+Needs triton and the ``cuobjdump`` shipped in its wheel (no GPU, no CUDA toolkit).  Under the CPU test
+session ``TRITON_INTERPRET=1`` is set (tests/conftest.py), so the compile runs in a subprocess without it;
+that path is what these tests exercise.  The first run compiles 8 configs (~2-3 min on 2 cores); Triton's
+cache (~/.triton/cache) makes later runs take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.kernels
+
+ROW_KEYS = {"kernel", "config", "arch", "instructions_per_weight", "registers", "spills", "shuffles",
+            "predicted_speedup_vs_bf16"}
+
+
+@pytest.fixture(scope="module")
+def tools():
+    pytest.importorskip("triton")
+    from llmquant.kernels.sass import sass_tools_available
+
+    reason = sass_tools_available()
+    if reason is not None:
+        pytest.skip(f"static SASS analysis unavailable: {reason}")
+
+
+def test_find_main_loop_innermost_and_whole_kernel():
+    from llmquant.kernels.sass import find_main_loop, parse_sass
+
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FADD R2, R2, R3 ;
+        /*0020*/                   SHFL.BFLY PT, R4, R2, 0x1, 0x1f ;
+        /*0030*/              @!P0 BRA 0x10 ;
+        /*0040*/                   FFMA R2, R2, R3, R4 ;
+        /*0050*/                   FADD R2, R2, R3 ;
+        /*0060*/                   NOP ;
+        /*0070*/               @P1 BRA 0x40 ;
+        /*0080*/              @!P2 BRA 0x10 ;
+        /*0090*/                   EXIT ;
+        /*00a0*/                   BRA 0xa0;
+    """
+    instrs = parse_sass(listing)
+    assert [i.opcode for i in instrs[:4]] == ["MOV", "FADD", "SHFL", "BRA"]
+    # two innermost loops (0x10..0x30: 3 instructions, 0x40..0x70: 3 non-NOP); the outer one is not innermost;
+    # equal size -> the first; the self-branch at 0xa0 is not a loop
+    a, b, kind = find_main_loop(instrs)
+    assert kind == "loop" and (instrs[a].address, instrs[b].address) == (0x10, 0x30)
+    a, b, kind = find_main_loop(parse_sass(listing.replace("@!P0 BRA 0x10", "IADD3 R5, R5, 1, RZ")))
+    assert kind == "loop" and (instrs[a].address, instrs[b].address) == (0x40, 0x70)
+    no_loop = "\n".join(line for line in listing.splitlines() if "BRA" not in line)
+    instrs = parse_sass(no_loop)
+    a, b, kind = find_main_loop(instrs)
+    assert kind == "whole kernel" and a == 0 and instrs[b].opcode == "EXIT"
+
+
+def test_parse_arch():
+    from llmquant.kernels.sass import parse_arch
+
+    assert parse_arch("sm_90") == parse_arch("sm_90a") == parse_arch("90") == 90
+    assert parse_arch("sm_80") == 80
+    with pytest.raises(ValueError, match="sm_90"):
+        parse_arch("hopper")
+
+
+def test_bench_kernels_sass_json(tools, capsys):
+    from llmquant.cli import main
+
+    assert main(["bench", "kernels", "--sass", "--arch", "sm_90", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert isinstance(rows, list)
+    assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard"}
+    assert len(rows) == 8  # w4a16 x 3 tiles, w4a4 x 2 modes, encode, hadamard x 2 sizes
+    for r in rows:
+        assert ROW_KEYS <= set(r), r.keys()
+        assert r["arch"] == "sm_90"
+        assert isinstance(r["config"], dict) and r["config"]["label"]
+        assert r["instructions_per_weight"] > 0 and r["loop_instructions"] > 0
+        assert 0 < r["registers"] <= 255
+        assert r["spills"] >= 0 and r["shuffles"] >= 0
+        sp = r["predicted_speedup_vs_bf16"]
+        assert set(sp) == {"H100", "H200"} and all(v > 0 for v in sp.values())
+        assert r["instructions_per_weight"] == pytest.approx(
+            r["loop_instructions"] * r["threads"] / r["weights_per_iter"], rel=1e-3)
+    w4a16 = [r for r in rows if r["kernel"] == "w4a16"]
+    for r in w4a16:
+        # the K loop of the decode-GEMM: ~180 instructions and ~28 SHFL per weight (issue 9's measurement)
+        assert r["region"] == "loop"
+        assert r["shuffles"] > 0
+        assert 50 < r["instructions_per_weight"] < 1000
+    for r in rows:
+        if r["kernel"] in ("encode", "hadamard"):
+            assert r["region"] == "whole kernel"
+
+
+def test_static_cost_library_function(tools):
+    """The library entry point on a kernel the benchmark does not list (the dequantizer)."""
+    from llmquant.kernels.cost_model import predict_gemm
+    from llmquant.kernels.e8_dequant import _e8_dequant_kernel
+    from llmquant.kernels.sass import static_cost
+
+    row = static_cost(
+        _e8_dequant_kernel,
+        signature={"codes_ptr": "*i32", "bidx_ptr": "*u8", "betas_ptr": "*fp32", "scale_ptr": "*fp32",
+                   "g2_ptr": "*fp32", "out_ptr": "*fp16", "N": "i32", "G_COLS": "i32", "q": "i32"},
+        constexprs={"BLOCK_N": 16, "BLOCK_G": 4, "APPLY_SCALE": True},
+        weights_per_iter=16 * 4 * 8, num_warps=4, divisible_by_16=("N", "G_COLS"))
+    assert row["arch"] == "sm_90" and row["region"] == "whole kernel"
+    assert row["instructions_per_weight"] > 0 and row["registers"] > 0
+    assert row["threads"] == 128 and row["weights_per_iter"] == 512
+    pred = predict_gemm(row["instructions_per_weight"], 0.625, m=1, block_m=16)
+    assert set(pred) == {"H100", "H200"} and all(v > 0 for v in pred.values())
+
+
+def test_signature_errors_name_the_arguments(tools):
+    """A signature that misses arguments fails with their names (in a subprocess under the interpreter)."""
+    from llmquant.kernels.e8_dequant import _e8_dequant_kernel
+    from llmquant.kernels.sass import static_cost
+
+    with pytest.raises((ValueError, RuntimeError), match="missing .*bidx_ptr"):
+        static_cost(_e8_dequant_kernel, {"codes_ptr": "*i32"}, {"BLOCK_N": 16}, weights_per_iter=1)
