@@ -57,7 +57,7 @@ def load_fp(spec: str, dtype: str = "float32", device: str | torch.device | None
     except LlmquantError:
         raise
     except (OSError, ValueError) as exc:  # not found, offline hub, unrecognized config.json
-        raise ModelLoadError(f"model {spec!r}: {one_line(str(exc))[:400]}") from exc
+        raise ModelLoadError(f"model {spec!r}: {one_line(str(exc))}") from exc
     return model.eval(), tokenizer
 
 
