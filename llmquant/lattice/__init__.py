@@ -1,7 +1,10 @@
 """Lattices and nested-lattice (Voronoi) codes: closest points, codecs, multi-β quantizer,
-β-set search, bit packing and rate accounting.  Importing defines names only."""
+deployable box codes and the codec protocol, β-set search, bit packing and rate accounting.
+Importing defines names only."""
 
 from .beta_sets import load_beta_set
+from .box import BoxCodec, E8BoxCodec, load_box_setting
+from .codec import LatticeCodec, VoronoiNibbleCodec, codec_from_dict
 from .closest_point import closest_point, coarse_closest_int, generator_matrix
 from .nested import NestedLatticeQuantizer, NestedQuantResult, load_shift, search_shift, voronoi_dither
 from .packing import (
@@ -19,13 +22,18 @@ from .rate import nested_rate, stream_bits, stream_rate
 from .voronoi import VoronoiCodec
 
 __all__ = [
+    "BoxCodec",
+    "E8BoxCodec",
+    "LatticeCodec",
     "NestedLatticeQuantizer",
     "NestedQuantResult",
     "VoronoiCodec",
     "closest_point",
+    "codec_from_dict",
     "coarse_closest_int",
     "generator_matrix",
     "load_beta_set",
+    "load_box_setting",
     "load_shift",
     "mixed_radix_bits",
     "nested_rate",
@@ -41,4 +49,5 @@ __all__ = [
     "unpack_mixed_radix",
     "unpack_nested_stream",
     "voronoi_dither",
+    "VoronoiNibbleCodec",
 ]
