@@ -37,6 +37,15 @@ def _as_config(config):
     raise TypeError(f"config must be a Config, a dict or a YAML path, got {type(config).__name__}")
 
 
+def _weights_read_errors() -> tuple[type[BaseException], ...]:
+    """The safetensors reader's error class (a damaged weights file), when this safetensors exports it."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return ()
+    return (SafetensorError,)
+
+
 def load_fp(spec: str, dtype: str = "float32", device: str | torch.device | None = "auto", seed: int = 0):
     """Floating-point ``(model, tokenizer)`` for a model spec (see module docstring); tokenizer may be None."""
     dev = resolve_device(device)
@@ -56,7 +65,7 @@ def load_fp(spec: str, dtype: str = "float32", device: str | torch.device | None
         model, tokenizer = load_model(spec, dtype=tdtype, device=dev)
     except LlmquantError:
         raise
-    except (OSError, ValueError) as exc:  # not found, offline hub, unrecognized config.json
+    except (OSError, ValueError, *_weights_read_errors()) as exc:  # not found, offline hub, bad files
         raise ModelLoadError(f"model {spec!r}: {one_line(str(exc))}") from exc
     return model.eval(), tokenizer
 
@@ -96,7 +105,8 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     model is kept on the CPU (moved there first) and each decoder layer visits ``config.model.device``
     only while it is quantized; the model ends on the CPU.  Calibration runs the reference forward; at
     the end every quantized module gets ``config.model.backend``.  Returns a report:
-    ``{"rotation_plan", "specs", "layers", "bits", "seconds", "resumed_layers"}``; the model also
+    ``{"rotation_plan", "specs", "layers", "warnings", "bits", "seconds", "resumed_layers"}`` (``warnings``: the
+    per-layer guard's flags, :mod:`llmquant.quant.guard`); the model also
     gets ``model.llmquant_specs`` and ``model.llmquant_config`` (used by :func:`save`).
     """
     from llmquant.config import config_hash, validate_for_model
@@ -114,7 +124,7 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
 
         r = cfg.rotation
         plan = rotate_model(model, {"seed": r.seed, "online_down": r.online_down, "v_o": r.v_o, "qk": r.qk}).to_dict()
-    report = {"rotation_plan": plan, "specs": {}, "layers": [], "resumed_layers": []}
+    report = {"rotation_plan": plan, "specs": {}, "layers": [], "resumed_layers": [], "warnings": []}
     if cfg.quantizes_anything:
         if calib is None:
             calib = calibration_ids(cfg, tokenizer, int(model.config.vocab_size))
@@ -122,7 +132,8 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
         out = quantize_layers(model, cfg, calib, work_dir=work_dir, config_hash=config_hash(cfg),
                               progress=progress, on_layer_done=on_layer_done, log=log,
                               offload_device=offload_device)
-        report.update(specs=out["specs"], layers=out["layers"], resumed_layers=out["resumed_layers"])
+        report.update(specs=out["specs"], layers=out["layers"], resumed_layers=out["resumed_layers"],
+                      warnings=out["warnings"])
     from llmquant.quant.linear import set_backend
 
     set_backend(model, cfg.model.backend)
@@ -284,6 +295,7 @@ def quantize_to_checkpoint(cfg, out: str | os.PathLike | None = None, *, progres
         "config": config_to_dict(cfg),
         "bits": report["bits"],
         "layers": report["layers"],
+        "warnings": report["warnings"],
         "quantize_seconds": report["seconds"],
     }
     save(model, tokenizer, out, cfg, report["rotation_plan"], results, overwrite=overwrite)
