@@ -17,13 +17,14 @@ from llmquant.config.schema import (
     Config,
     DynamicQuantConfig,
     EvalConfig,
+    GuardConfig,
     ModelConfig,
     RotationConfig,
     WeightConfig,
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "CalibrationConfig", "Config", "ConfigError", "DynamicQuantConfig", "EvalConfig",
+    "SCHEMA_VERSION", "CalibrationConfig", "Config", "ConfigError", "DynamicQuantConfig", "EvalConfig", "GuardConfig",
     "ModelConfig", "RotationConfig", "WeightConfig", "apply_overrides", "config_from_dict", "config_hash",
     "config_to_dict", "dynamic_bits", "load_config", "model_bits", "validate", "validate_for_model",
     "weight_bits",

@@ -180,6 +180,13 @@ def validate(cfg: S.Config) -> S.Config:
         _check_range("eval.max_tokens", e.max_tokens, 1)
     for i, name in enumerate(e.ppl):
         _check_choice(f"eval.ppl[{i}]", name, ("wikitext2", "c4"))
+    g = cfg.guard
+    for key, value in (("guard.max_rel_err", g.max_rel_err), ("guard.max_linear_rel_err", g.max_linear_rel_err)):
+        if not value > 0:
+            raise ConfigError(f"{key}: {value} must be > 0 (a relative error bound)")
+    if not g.ratio > 1:
+        raise ConfigError(f"guard.ratio: {g.ratio} must be > 1 (a multiple of the median of earlier layers)")
+    _check_range("guard.min_history", g.min_history, 1)
     return cfg
 
 
@@ -326,7 +333,7 @@ def config_to_dict(cfg: S.Config) -> dict:
 RUNTIME_MODEL_KEYS = ("backend", "offload")
 
 
-def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "method")) -> str:
+def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "method", "guard")) -> str:
     """Stable hash of the parts of a config that change the quantized model (eval, ``model.backend``
     and ``model.offload`` excluded)."""
     import hashlib

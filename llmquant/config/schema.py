@@ -146,6 +146,21 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """Per-layer guard during quantization (see :mod:`llmquant.quant.guard`): a layer whose output error
+    exceeds ``max_rel_err`` (or ``ratio`` x the median of the earlier layers, after ``min_history`` layers),
+    or a linear whose Hessian-weighted error exceeds ``max_linear_rel_err`` (same ratio rule per role), is
+    reported during the run with its likely cause and recorded in ``results.json`` (``warnings``).  It
+    never changes the quantized model (not part of the config hash)."""
+
+    enabled: bool = True
+    max_rel_err: float = 0.1
+    max_linear_rel_err: float = 0.3
+    ratio: float = 4.0
+    min_history: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     """One run: model, rotation, calibration, weight/activation/KV quantizers, evaluation."""
 
@@ -160,6 +175,7 @@ class Config:
     activations: DynamicQuantConfig = field(default_factory=DynamicQuantConfig)
     kv: DynamicQuantConfig = field(default_factory=DynamicQuantConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     @property
     def quantizes_anything(self) -> bool:

@@ -1,4 +1,5 @@
-"""``load_model(spec)``: the embedded ``smollm2-135m``, a ``.gguf`` file, a local directory or a hub id."""
+"""``load_model(spec)``: an embedded model (``smollm2-135m``, ``gemma3-270m``), a ``.gguf`` file, a local
+directory or a hub id."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from llmquant.models.gguf import embedded_smollm2_path, strip_gguf_quantizer
+from llmquant.models.gguf import EMBEDDED, embedded_gguf_path, strip_gguf_quantizer
 
 #: Names resolved without the hub.
-EMBEDDED_MODELS = ("smollm2-135m",)
+EMBEDDED_MODELS = tuple(EMBEDDED)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -20,7 +21,7 @@ def resolve_spec(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     s = str(spec)
     if s.lower() in EMBEDDED_MODELS:
-        p = embedded_smollm2_path()
+        p = embedded_gguf_path(s.lower())
         return str(p.parent), p.name
     p = Path(s).expanduser()
     if s.endswith(".gguf"):

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmquant.quant.guard import GuardPolicy, check_layer, format_flag
 from llmquant.quant.hessian import HessianAccumulator
 from llmquant.quant.structure import (
     INPUT_GROUPS,
@@ -70,25 +71,60 @@ def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+class _PassThrough(nn.Module):
+    """Stands in for a decoder layer while :func:`capture_layer_inputs` runs: records the keyword
+    arguments the model passes to that layer and returns the hidden states unchanged (no compute).
+    The last one stops the forward."""
+
+    def __init__(self, layer: nn.Module, sink: list, last: bool):
+        super().__init__()
+        self.sink, self.last = sink, last
+        # plain attributes some model loops read from their layers (e.g. ``attention_type``)
+        for name in ("attention_type", "layer_idx", "is_sliding"):
+            if name in vars(layer):
+                setattr(self, name, vars(layer)[name])
+
+    def forward(self, *args, **kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        kw["use_cache"] = False
+        for name in ("past_key_values", "past_key_value", "cache"):
+            if name in kw:
+                kw[name] = None
+        self.sink.append(kw)
+        if self.last:
+            raise _StopForward
+        return hs
+
+
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, adapter, calib: torch.Tensor, batch_size: int,
                          device: torch.device | None = None):
-    """Run the model up to decoder layer 0 -> (list of hidden states per batch, list of kwargs per batch).
+    """Hidden states entering decoder layer 0, and the keyword arguments of *every* decoder layer.
 
+    Returns ``(inps, kws)``: ``inps[b]`` the hidden states of batch ``b`` at layer 0; ``kws[i][b]`` the
+    keyword arguments (position embeddings, attention mask, ...) the model passes to layer ``i``.
+
+    Why per layer: models with mixed attention types give each layer its own arguments (Gemma3: local
+    RoPE (θ = 1e4) and a sliding-window mask for ``sliding_attention`` layers, global RoPE (θ = 1e6) and
+    a full causal mask for ``full_attention`` layers).  Reusing layer 0's arguments for every layer
+    calibrates the full-attention layers with the wrong rotary embedding.  The layers are replaced by
+    :class:`_PassThrough` stand-ins for the capture, so it costs the embedding and the mask/RoPE
+    construction only; identical argument tensors are shared, not copied.
     ``device``: where the token ids go (default: the model's first parameter's device)."""
     layers = adapter.layers(model)
-    inps, kws = [], []
+    inps: list[torch.Tensor] = []
+    kws: list[list[dict]] = [[] for _ in layers]
 
     def hook(_mod, args, kwargs):
-        hs = args[0] if args else kwargs.pop("hidden_states")
-        kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        kw["use_cache"] = False
-        kw["past_key_values"] = None
+        hs = args[0] if args else kwargs["hidden_states"]
         inps.append(hs.detach())
-        kws.append(kw)
-        raise _StopForward
 
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    container = model.get_submodule(adapter.roles["layers"])
+    originals = list(container)
+    for i in range(len(originals)):
+        container[i] = _PassThrough(originals[i], kws[i], last=i == len(originals) - 1)
+    handle = container[0].register_forward_pre_hook(hook, with_kwargs=True)
     device = device if device is not None else _device_of(model)
     try:
         for batch in calib.split(batch_size):
@@ -98,6 +134,12 @@ def capture_layer_inputs(model: nn.Module, adapter, calib: torch.Tensor, batch_s
                 pass
     finally:
         handle.remove()
+        for i, layer in enumerate(originals):
+            container[i] = layer
+    if any(len(k) != len(inps) for k in kws):
+        raise RuntimeError(
+            f"capture_layer_inputs: the model called its decoder layers an unexpected number of times "
+            f"({[len(k) for k in kws]} calls for {len(inps)} batches)")
     return inps, kws
 
 
@@ -264,6 +306,7 @@ def quantize_layers(
         if log:
             log(f"resuming after layer {state['done']} from {work}")
     betas = weight_betas(cfg.weights) if cfg.weights.method == "lattice" else None
+    guard = GuardPolicy.from_config(getattr(cfg, "guard", None))
 
     bar = None
     if progress:
@@ -294,13 +337,14 @@ def quantize_layers(
 
                 handles.append(lin.register_forward_pre_hook(hook))
         try:
-            outs_fp = _run_layer(layer, inps, kws)
+            outs_fp = _run_layer(layer, inps, kws[i])
         finally:
             for h in handles:
                 h.remove()
         _check_finite(outs_fp, i, adapter, "output of the floating-point layer")
         layer_specs: dict[str, dict] = {}
         lin_report = {}
+        lin_diag = {}
         damping = {}  # roles whose Cholesky needed more damping than weights.percdamp
         if cfg.weights.method != "none":
             for group in INPUT_GROUPS:
@@ -315,12 +359,14 @@ def quantize_layers(
                     set_linear(layer, adapter, role, qmod)
                     layer_specs[role] = module_spec(qmod)
                     lin_report[role] = info.get("rel_err")
+                    if "diag" in info:
+                        lin_diag[role] = info["diag"]
                     if info.get("damping_retries"):
                         damping[role] = {"percdamp": info["percdamp"], "retries": info["damping_retries"]}
                         if log:
                             log(f"layer {i} {role}: Cholesky retried with damping {info['percdamp']:g}")
         attach_kv_quantizers(layer, adapter, cfg.kv)
-        outs_q = _run_layer(layer, inps, kws)
+        outs_q = _run_layer(layer, inps, kws[i])
         _check_finite(outs_q, i, adapter, "output of the quantized layer")
         _clear_memos(layer)
         offload.release_layer(i)
@@ -328,6 +374,11 @@ def quantize_layers(
         rep = {"layer": i, "rel_out_err": err, "linear_rel_err": lin_report, "seconds": time.perf_counter() - tl}
         if damping:
             rep["cholesky_damping"] = damping
+        if lin_diag:
+            rep["linear_diag"] = lin_diag
+        rep["guard"] = check_layer(rep, reports, guard)
+        for flag in rep["guard"]:
+            _warn(format_flag(flag), bar, log)
         reports.append(rep)
         specs[i] = layer_specs
         inps = outs_q
@@ -343,7 +394,17 @@ def quantize_layers(
             on_layer_done(i)
     if bar is not None:
         bar.close()
-    return {"specs": specs, "layers": reports, "resumed_layers": resumed, "seconds": time.perf_counter() - t0}
+    warnings = [f for r in reports for f in r.get("guard", [])]
+    return {"specs": specs, "layers": reports, "resumed_layers": resumed, "warnings": warnings,
+            "seconds": time.perf_counter() - t0}
+
+
+def _warn(line: str, bar, log) -> None:
+    """A guard line shown during the run (through tqdm when a bar is active, so the bar is not torn)."""
+    if bar is not None:
+        bar.write(line)
+    elif log:
+        log(line)
 
 
 def _check_finite(tensors: list[torch.Tensor], i: int, adapter, where: str) -> None:

@@ -31,6 +31,26 @@ def weight_betas(wcfg) -> torch.Tensor:
     return load_beta_set(wcfg.lattice, wcfg.q, wcfg.k).to(torch.float32)
 
 
+def weight_diagnostics(wn: torch.Tensor, hessian: torch.Tensor | None, stats: dict,
+                       overload_frac: float | None = None) -> dict:
+    """What the per-layer guard (:mod:`llmquant.quant.guard`) reads to name a likely cause.
+
+    ``wn [N, K]``: the weight divided by its per-row RMS.  Returns ``row_peak`` = max |wn| (a Gaussian
+    row of K entries gives about sqrt(2 ln K) ~ 3.5-4.5; much more means outliers the rotation did not
+    spread), ``hessian_diag_ratio`` = max / median of diag(H) (input-channel outliers), the Cholesky
+    ``damp_retries``, and for lattice codes ``overload_frac``: the fraction of 8-vectors that overload
+    even the chosen β (their error is not bounded by the code's cell)."""
+    d = {"row_peak": float(wn.abs().max()) if wn.numel() else 0.0,
+         "damp_retries": int(stats.get("damping_retries", 0))}
+    if hessian is not None:
+        diag = torch.diagonal(hessian).float()
+        med = float(diag.median())
+        d["hessian_diag_ratio"] = float(diag.max()) / med if med > 0 else float("inf")
+    if overload_frac is not None:
+        d["overload_frac"] = overload_frac
+    return d
+
+
 def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None,
                             betas: torch.Tensor | None = None) -> tuple[LatticeLinear, dict]:
     """E8 weights for ``linear`` (see module docstring); returns the module and ``{"rel_err": ...}``."""
@@ -46,23 +66,26 @@ def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcf
     codes = torch.zeros(n, k // 8, 8, dtype=torch.uint8, device=w.device)
     bidx = torch.zeros(n, k // 8, dtype=torch.uint8, device=w.device)
     stats: dict = {}  # GPTQ damping used / Cholesky retries, reported in info
+    overload = torch.zeros(n, k // 8, dtype=torch.bool, device=w.device)
     if wcfg.algorithm == "gptq" and hessian is not None:
         def quant_cols(wg: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
             r = nlq.quantize_full(wg)
             b = int(cols[0]) // 8
             codes[:, b] = r.codes
             bidx[:, b] = r.beta_idx
+            overload[:, b] = r.overload
             return r.x_hat
 
         gptq_quantize(wn, hessian, quant_cols, width=8, block_size=wcfg.block_size, percdamp=wcfg.percdamp,
                       stats=stats)
     else:
         r = nlq.quantize_full(wn.reshape(n, k // 8, 8))
-        codes, bidx = r.codes, r.beta_idx
+        codes, bidx, overload = r.codes, r.beta_idx, r.overload
     layer = LatticeLinear(k, n, lattice=wcfg.lattice, q=wcfg.q, k=betas.numel(), bias=linear.bias is not None,
                           act_q=act_q)
     layer.set_quantized(codes, bidx, s, betas, _bias(linear))
     info = dict(stats)
+    info["diag"] = weight_diagnostics(wn, hessian, stats, overload_frac=float(overload.float().mean()))
     if hessian is not None:
         info["rel_err"] = relative_error_from_hessian(w, layer.dequantized_weight(), hessian)
     return layer, info
@@ -89,6 +112,7 @@ def quantize_scalar_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg
     layer = ScalarLinear(k, n, bits=wcfg.bits, group_size=wcfg.group_size, bias=linear.bias is not None, act_q=act_q)
     layer.set_quantized(codes, scale, zero, _bias(linear))
     info = dict(stats)
+    info["diag"] = weight_diagnostics(w / w.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-30), hessian, stats)
     if hessian is not None:
         info["rel_err"] = relative_error_from_hessian(w, layer.dequantized_weight(), hessian)
     return layer, info
