@@ -179,6 +179,117 @@ def evaluate_betas(name: str, q: int, betas, n_samples: int, seed: int, choose: 
     return float((nq.fake_quant(x) - x).square().double().mean())
 
 
+#: Box-code search defaults (grid in units of the box half-width: β 2^b in [lo, hi]).
+BOX_DEFAULTS = {"n_samples": 32768, "seed": 0, "grid_size": 96, "lo": 0.4, "hi": 8.0, "max_sweeps": 8}
+#: Largest integer ratio r with (2^(b+1) - 1) r <= 127: β_j (2 x_i) = c r_j (odd integer) fits int8.
+INT8_RMAX = {1: 42, 2: 18, 3: 8}
+#: level companding exponents tried by ``--box`` (1 = the lattice code)
+BOX_GAMMAS = (1.0, 1.2, 1.35)
+
+
+def box_error_tables(b: int, grid: torch.Tensor, x: torch.Tensor, code: str = "hamming",
+                     gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(e, o)`` as :func:`error_tables` for the box code (width ``b``, ``code``, ``gamma``) with one β per
+    grid point (exact nearest codeword, :func:`.box.box_nearest`); no overload flag (``o`` all False)."""
+    from .box import box_nearest
+
+    errs = []
+    for beta in grid.tolist():
+        xh = box_nearest(x, b, torch.tensor([beta]), code, gamma)[3].to(x.dtype)
+        errs.append(torch.stack([(x - xh).square().sum(-1), (x * xh).sum(-1), xh.square().sum(-1)], -1).float())
+    e = torch.stack(errs, 1)
+    return e, torch.zeros(e.shape[:2], dtype=torch.bool)
+
+
+def search_box_betas(b: int, k: int | None = None, code: str = "hamming", gamma: float = 1.0, n_samples: int = BOX_DEFAULTS["n_samples"], seed: int = BOX_DEFAULTS["seed"],
+                     grid_size: int = BOX_DEFAULTS["grid_size"], lo: float = BOX_DEFAULTS["lo"],
+                     hi: float = BOX_DEFAULTS["hi"], max_sweeps: int = BOX_DEFAULTS["max_sweeps"],
+                     integer_rmax: int | None = None, n_c: int = 16) -> dict:
+    """β set of the box code of width ``b`` (:mod:`.box`; ``code``, level companding ``gamma``): ``k``
+    scales (default ``2^K`` of the code: 16 Hamming, 2 parity) minimising the Gaussian MSE per entry after
+    the best gain (module docstring's objective) with the exact min-error encoder.  Grids are in units of
+    the outer level ``λ_max = (2^b - ½)^γ`` (``lo``, ``hi`` apply to ``β λ_max / (1 - 1/2^(b+1))``).
+
+    Free search (``integer_rmax=None``): grid ``β = (lo/2^b) (hi/lo)^(g/(G-1))``, greedy then coordinate
+    descent (:func:`search_betas`).  Integer ratios (``integer_rmax=R``): ``β_j = c r_j`` with distinct
+    integers ``1 <= r_j <= R`` (so ``2 x_i / c = r_j · odd`` is an integer, e.g. int8 when
+    ``R <= INT8_RMAX[b]``); for each of ``n_c`` values ``c`` geometric in ``[2, 8] / (2^b R)`` the same
+    search over the grid ``c·{1..R}`` (``k <= R``), best ``c`` kept.  Returns ``{"betas", "mse",
+    "sweeps"}`` (+ ``"c"``, ``"ratios"`` for integer sets)."""
+    from .box import CODES
+
+    if k is None:
+        k = 1 << CODES[code][1]
+    gen = torch.Generator().manual_seed(int(seed))
+    x = torch.randn(n_samples, 8, generator=gen, dtype=torch.float32)
+    half = float((1 << b) - 0.5) ** float(gamma) / (1 - 0.5 ** (b + 1))
+    if integer_rmax is None:
+        grid = torch.logspace(torch.log10(torch.tensor(lo / half)), torch.log10(torch.tensor(hi / half)), grid_size,
+                              dtype=torch.float64)
+        e, o = box_error_tables(b, grid, x, code, gamma)
+        r = search_betas("E8", 2, k, grid_size=grid.numel(), max_sweeps=max_sweeps, choose="min_error",
+                         tables=(grid, e, o))
+        return {"code": code, "gamma": float(gamma), "betas": r["betas"], "mse": r["mse"], "sweeps": r["sweeps"]}
+    R = int(integer_rmax)
+    if not 1 <= k <= R:
+        raise ValueError(f"k={k} distinct integer ratios need integer_rmax >= k, got {R}")
+    best = None
+    ratios = torch.arange(1, R + 1, dtype=torch.float64)
+    for c in torch.logspace(torch.log10(torch.tensor(2.0 / (half * R))), torch.log10(torch.tensor(8.0 / (half * R))),
+                            n_c, dtype=torch.float64).tolist():
+        grid = c * ratios
+        e, o = box_error_tables(b, grid, x, code, gamma)
+        r = search_betas("E8", 2, k, grid_size=R, max_sweeps=max_sweeps, choose="min_error", tables=(grid, e, o))
+        if best is None or r["mse"] < best["mse"]:
+            rs = [round(bb / c) for bb in r["betas"]]
+            best = {"code": code, "gamma": float(gamma), "betas": [c * q for q in rs], "mse": r["mse"], "sweeps": r["sweeps"], "c": c, "ratios": rs}
+    return best
+
+
+def box_main(args) -> int:
+    """``--box``: search the shipped box-code sets (float and integer ratios) and write the table."""
+    cfg = {k: getattr(args, k) for k in BOX_DEFAULTS}
+    table = {
+        "description": "16 beta scales for the E8 box code (llmquant/lattice/box.py) per width b; objective: "
+                       "Monte-Carlo MSE per entry of unit-variance Gaussian 8-vectors after the best gain, exact "
+                       "nearest-codeword (min-error) encoder; 'float': free grid search, 'int': beta_j = c r_j with "
+                       "distinct integers r_j <= rmax; 'int8': rmax = INT8_RMAX[b] (r_j times the odd value fits int8; "
+                       "at b=3 only 8 ratios exist, so k=8 there: not a 16-beta set, recorded for the comparison)",
+        "command": "python -m llmquant.lattice.beta_search " + " ".join(args.argv),
+        "config": {**cfg, "dtype": "float32", "torch": torch.__version__},
+        "sets": {"lattice": {}, "best": {}, "int": {}, "int8": {}},
+        "candidates": {},
+    }
+    t0 = time.time()
+    for b in (1, 2, 3):
+        kw = dict(n_samples=cfg["n_samples"], seed=cfg["seed"], max_sweeps=cfg["max_sweeps"])
+        fl = dict(grid_size=cfg["grid_size"], lo=cfg["lo"], hi=cfg["hi"])
+        cands = []
+        for code in ("hamming", "parity"):
+            for gamma in BOX_GAMMAS:
+                r = search_box_betas(b, None, code, gamma, **fl, **kw)
+                cands.append(r)
+                print(f"box b={b} {code} gamma={gamma} mse={r['mse']:.6g} ({time.time() - t0:.0f}s)", file=sys.stderr)
+        table["candidates"][str(b)] = [{k: r[k] for k in ("code", "gamma", "mse")} for r in cands]
+        runs = {
+            "lattice": next(r for r in cands if r["code"] == "hamming" and r["gamma"] == 1.0),
+            "best": min(cands, key=lambda r: r["mse"]),
+            "int": search_box_betas(b, 16, integer_rmax=max(INT8_RMAX[b], 24), **kw),
+            "int8": search_box_betas(b, min(16, INT8_RMAX[b]), integer_rmax=INT8_RMAX[b], **kw),
+        }
+        for kind, r in runs.items():
+            r = dict(r, betas=[round(v, 7) for v in r["betas"]])
+            table["sets"][kind][str(b)] = r
+            print(f"box b={b} {kind} {r['code']} gamma={r['gamma']} mse={r['mse']:.6g} betas={r['betas']} "
+                  f"({time.time() - t0:.0f}s)", file=sys.stderr)
+    text = json.dumps(table, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llmquant.lattice.beta_search", description=__doc__.split("\n")[0])
     p.add_argument("--lattice", action="append", help="lattice(s) to search (default: all shipped)")
@@ -188,7 +299,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + key.replace("_", "-"), type=type(val), default=val)
     p.add_argument("--choose", action="append", choices=sorted(SET_KEYS), help="rule(s) (default: both)")
     p.add_argument("--out", help="write the JSON table here (default: print it)")
+    p.add_argument("--box", action="store_true", help="search the E8 box-code sets instead (BOX_DEFAULTS apply)")
+    if argv is not None and "--box" in argv or argv is None and "--box" in sys.argv[1:]:
+        for key, val in BOX_DEFAULTS.items():
+            p.set_defaults(**{key: val})
     args = p.parse_args(argv)
+    if args.box:
+        args.argv = list(argv if argv is not None else sys.argv[1:])
+        return box_main(args)
     lattices = args.lattice or list(SHIPPED)
     cfg = {k: getattr(args, k) for k in DEFAULTS}
     table = {

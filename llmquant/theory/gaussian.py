@@ -14,8 +14,13 @@ rotation would leave every statistic here unchanged).  Optional subtractive dith
 lattice codes (``dither_seed``).
 
 Reported distortion: ``E ||AᵀB - ÂᵀB̂||_F^2 / (n a b)`` measured in float64, against
-``Γ(R_total)`` where ``R_total`` is the exact bits of the packed streams (mixed-radix packer,
-:func:`llmquant.lattice.rate.stream_bits`) plus the fp16 gain, divided by the entries.
+``Γ(R_total)`` where ``R_total`` is the *stored* bits per entry: what a deployable layout writes, fp16
+gain included.  Box codes (``kind="box"``, :class:`llmquant.lattice.box.BoxCodec`): their packed int32
+words; scalar codes with 2^B levels: B bits per entry; Voronoi codes: the layout the current
+``LatticeLinear`` stores (:class:`llmquant.lattice.codec.VoronoiNibbleCodec`: a nibble per coordinate,
+``ceil(log2 q)`` bits for q > 16, plus the β index at ``ceil(log2 k)`` bits per vector, each part in
+whole int32 per column).  ``info_rate`` is the information rate of the exact mixed-radix packer
+(:func:`llmquant.lattice.rate.stream_bits`), which the Voronoi rows used to report as their rate.
 
 Below R* (rate 0.5): a shared Johnson–Lindenstrauss sketch.  ``S (n'×n)`` has orthonormal rows:
 the subsampled randomized Hadamard transform ``S = P H D / sqrt(n)`` (``D`` random signs, ``H``
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from llmquant.lattice.beta_sets import load_beta_set
+from llmquant.lattice.box import BoxCodec, load_box_setting
 from llmquant.lattice.nested import NestedLatticeQuantizer, load_shift
 from llmquant.lattice.rate import scalar_stream_bits, stream_bits
 
@@ -46,7 +52,9 @@ SIDE_BITS = 16
 
 @dataclass(frozen=True)
 class Method:
-    """One quantization method: ``kind`` "lattice" (name, q, k, choose) or "scalar" (levels = q).
+    """One quantization method: ``kind`` "lattice" (name, q, k, choose), "scalar" (levels = q) or "box"
+    (box code of width b = q, shipped setting ``box`` in {"lattice", "best", "int"}:
+    :func:`llmquant.lattice.box.load_box_setting`; ``lattice`` and ``k`` are informational).
     ``shift``: use the shipped shifted code for (lattice, q) (:func:`llmquant.lattice.nested.load_shift`:
     shift vector, nearest-codeword encoder and its β; needs k == 1)."""
 
@@ -57,11 +65,14 @@ class Method:
     choose: str = "first_fit"
     dither_seed: int | None = None
     shift: bool = False
+    box: str | None = None
 
     @property
     def label(self) -> str:
         if self.kind == "scalar":
             return f"scalar-{self.q}lvl"
+        if self.kind == "box":
+            return f"box-b{self.q}-{self.box}"
         rule = "" if self.choose == "first_fit" else "-minerr"
         return f"{self.lattice}-q{self.q}-k{self.k}{rule}" + ("-shift" if self.shift else "")
 
@@ -124,9 +135,30 @@ def _fp16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float16).to(t.dtype)
 
 
-def encode_columns(M: torch.Tensor, method: Method) -> tuple[torch.Tensor, int]:
-    """Encode every column of ``M (n×m)`` separately; returns ``(M_hat, bits)`` with ``bits`` the
-    exact total of all packed streams and side information."""
+def box_codec(method: Method) -> BoxCodec:
+    """The :class:`BoxCodec` of a ``kind="box"`` method (shipped setting ``method.box`` for b = ``method.q``)."""
+    cfg = load_box_setting(method.q, method.box or "lattice")
+    return BoxCodec(method.q, cfg["betas"], cfg["code"], cfg["gamma"])
+
+
+def stored_stream_bits(n: int, method: Method) -> int:
+    """Stored bits of one column of ``n`` entries, fp16 gain included (module docstring)."""
+    if method.kind == "scalar":
+        if method.q & (method.q - 1):
+            return scalar_stream_bits(n, method.q, SIDE_BITS)  # not a power of two: mixed radix
+        return n * (method.q.bit_length() - 1) + SIDE_BITS
+    if method.kind == "box":
+        return 32 * box_codec(method).packed_int32_per_row(n // 8) + SIDE_BITS
+    d = 4 if method.lattice == "D4" else 8
+    nv = n // d
+    cw = 4 if method.q <= 16 else math.ceil(math.log2(method.q))
+    w = 0 if method.k <= 1 else math.ceil(math.log2(method.k))
+    return 32 * math.ceil(n * cw / 32) + 32 * math.ceil(nv * w / 32) + SIDE_BITS
+
+
+def encode_columns(M: torch.Tensor, method: Method) -> tuple[torch.Tensor, int, int]:
+    """Encode every column of ``M (n×m)`` separately; returns ``(M_hat, stored_bits, info_bits)``: the
+    exact totals of all stored columns and of the mixed-radix information (side information included)."""
     n, m = M.shape
     s = M.norm(dim=0) / math.sqrt(n)
     if (s == 0).any():
@@ -134,7 +166,12 @@ def encode_columns(M: torch.Tensor, method: Method) -> tuple[torch.Tensor, int]:
     U = (M / s).to(torch.float32)
     if method.kind == "scalar":
         Xh = scalar_quantize(U, method.q).to(torch.float64)
-        bits = m * scalar_stream_bits(n, method.q, SIDE_BITS)
+        info = m * scalar_stream_bits(n, method.q, SIDE_BITS)
+    elif method.kind == "box":
+        if n % 8:
+            raise ValueError(f"n={n} must be a multiple of 8")
+        Xh = box_codec(method).fake_quant(U.T.reshape(m, n // 8, 8)).reshape(m, n).T.to(torch.float64)
+        info = m * stored_stream_bits(n, method)
     else:
         d = 4 if method.lattice == "D4" else 8
         if n % d:
@@ -152,9 +189,9 @@ def encode_columns(M: torch.Tensor, method: Method) -> tuple[torch.Tensor, int]:
                                     dither_seed=method.dither_seed, d=d if method.lattice == "Z" else None, **extra)
         # column j's entries as n/d consecutive d-vectors
         Xh = nq.fake_quant(U.T.reshape(m, n // d, d)).reshape(m, n).T.to(torch.float64)
-        bits = m * stream_bits(n, method.q, method.k, d, SIDE_BITS)
+        info = m * stream_bits(n, method.q, method.k, d, SIDE_BITS)
     gain = (M * Xh).sum(0) / Xh.square().sum(0).clamp_min(1e-300)
-    return _fp16(gain) * Xh, bits
+    return _fp16(gain) * Xh, m * stored_stream_bits(n, method), info
 
 
 def _fwht_rows(x: torch.Tensor) -> torch.Tensor:
@@ -189,6 +226,7 @@ class Measurement:
     rate: float
     mse: float
     sketch: int | None = None  # n' when a JL sketch was used
+    info_rate: float | None = None  # mixed-radix information rate (``rate`` is the stored one)
 
 
 def measure(A: torch.Tensor, B: torch.Tensor, method: Method, target_rate: float | None = None,
@@ -206,15 +244,17 @@ def measure(A: torch.Tensor, B: torch.Tensor, method: Method, target_rate: float
             raise ValueError(f"target rate {target_rate} is too low for n={n} with a base rate of {base_rate:.3f}")
         A = jl_sketch_apply(A, n_keep, sketch_seed)
         B = jl_sketch_apply(B, n_keep, sketch_seed)
-    Ah, bits_a = encode_columns(A, method)
-    Bh, bits_b = encode_columns(B, method)
+    Ah, bits_a, info_a = encode_columns(A, method)
+    Bh, bits_b, info_b = encode_columns(B, method)
     mse = float((exact - Ah.T @ Bh).square().sum()) / (n * a * b)
     rate = (bits_a + bits_b) / (n * (a + b))
-    return Measurement(method, rate, mse, n_keep)
+    return Measurement(method, rate, mse, n_keep, (info_a + info_b) / (n * (a + b)))
 
 
 def _method_rate(method: Method, n: int) -> float:
-    if method.kind == "scalar":
-        return scalar_stream_bits(n, method.q, SIDE_BITS) / n
-    d = 4 if method.lattice == "D4" else 8
-    return stream_bits(n, method.q, method.k, d, SIDE_BITS) / n
+    """Rate of one column of ``n`` entries that sizes the JL sketch: the stored rate, except for the
+    (non-deployable) Voronoi rows, which keep their information-rate design (``info_rate ≈ target``)."""
+    if method.kind == "lattice":
+        d = 4 if method.lattice == "D4" else 8
+        return stream_bits(n, method.q, method.k, d, SIDE_BITS) / n
+    return stored_stream_bits(n, method) / n

@@ -1,8 +1,13 @@
 """``llmquant bench gaussian``: lattice and scalar codes on iid Gaussian matrix products vs Γ(R).
 
 Every row is one method at one rate (see :mod:`.gaussian` for the encoding and the exact
-rate accounting); ``ratio = mse / Γ(rate)`` and ``gap_db = 10 log10(ratio)``.  A ratio below
-1 would mean the rate accounting misses bits.
+rate accounting); ``rate`` is the *stored* bits per entry (fp16 gain included), ``ratio = mse / Γ(rate)``
+and ``gap_db = 10 log10(ratio)``.  A ratio below 1 would mean the rate accounting misses bits.
+``deployable``: the stored layout is what a kernel reads with shifts, masks and a table (scalar and
+box codes); the Voronoi rows are not (their decoder needs the ``mod qΛ`` reduction, and the current
+``LatticeLinear`` stores a whole uint8 β index and an fp32 scale, more than their ``rate`` counts).
+``info_rate`` / ``info_ratio``: the mixed-radix information rate and ``mse / Γ(info_rate)`` (what the
+Voronoi rows reported as ``rate`` before stored bits were counted).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import sys
 import time
 
 from .gamma import gamma
-from .gaussian import Method, gaussian_pair, measure
+from .gaussian import Method, box_codec, gaussian_pair, measure
 
 #: (method, target rate for a JL sketch or None).  Rates near 0.5 (sketch), 1, 2, 3, 4, 5.
 #: At 2, 3, 4 and 5 bits there are E8 rows at a total rate <= the scalar row's (issue 2: strict
@@ -56,6 +61,15 @@ DEFAULT_METHODS: tuple[tuple[Method, float | None], ...] = (
     (Method("lattice", "E8", 24, 8, "min_error"), None),
     (Method("lattice", "E8", 32, 1), None),
     (Method("lattice", "E8", 32, 2, "min_error"), None),
+    # deployable box codes (stored bits = counted bits): b + 1 bits per entry + the fp16 gain
+    (Method("box", "E8", 1, 16, box="lattice"), None),
+    (Method("box", "E8", 1, 16, box="best"), None),
+    (Method("box", "E8", 2, 16, box="lattice"), None),
+    (Method("box", "E8", 2, 16, box="best"), None),
+    (Method("box", "E8", 3, 16, box="lattice"), None),
+    (Method("box", "E8", 3, 16, box="best"), None),
+    (Method("box", "E8", 3, 16, box="int"), None),
+    (Method("box", "E8", 1, 16, box="best"), 0.5),
 )
 
 
@@ -68,22 +82,33 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
     rows = []
     for method, target in methods:
         if dither_seed is not None and method.kind == "lattice":
-            method = Method(method.kind, method.lattice, method.q, method.k, method.choose, dither_seed, method.shift)
+            method = Method(method.kind, method.lattice, method.q, method.k, method.choose, dither_seed, method.shift,
+                            method.box)
         t0 = time.perf_counter()
         m = measure(A, B, method, target_rate=target, sketch_seed=seed + 1)
         g = gamma(m.rate)
+        lattice, num_betas, choose = method.lattice, method.k if method.kind == "lattice" else 0, None
+        if method.kind == "lattice":
+            choose = method.choose
+        elif method.kind == "box":
+            codec = box_codec(method)
+            lattice = "E8" if codec.code == "hamming" else "D8"
+            num_betas, choose = int(codec.betas.numel()), f"{method.box} g={codec.gamma:g}"
         row = {
-            "method": ("scalar" if method.kind == "scalar" else "nested") + ("+jl" if target is not None else ""),
-            "lattice": method.lattice,
+            "method": {"scalar": "scalar", "box": "box"}.get(method.kind, "nested") + ("+jl" if target is not None else ""),
+            "lattice": lattice,
             "q": method.q,
-            "num_betas": method.k if method.kind == "lattice" else 0,
-            "choose": method.choose if method.kind == "lattice" else None,
+            "num_betas": num_betas,
+            "choose": choose,
             "shift": bool(method.shift),
+            "deployable": method.kind in ("scalar", "box"),
             "rate": m.rate,
             "mse": m.mse,
             "gamma": g,
             "ratio": m.mse / g,
             "gap_db": 10 * math.log10(m.mse / g),
+            "info_rate": m.info_rate,
+            "info_ratio": m.mse / gamma(m.info_rate),
             "sketch_rows": m.sketch,
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -94,12 +119,14 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<10}{'lattice':<8}{'q':>4}{'k':>3} {'choose':<13}{'rate':>8}{'mse':>11}{'gamma':>11}{'ratio':>7}{'gap dB':>8}"
+    head = (f"{'method':<10}{'lattice':<8}{'q/b':>4}{'k':>3} {'choose':<18}{'dep':>4}{'rate':>8}{'mse':>11}{'gamma':>11}"
+            f"{'ratio':>7}{'gap dB':>8}{'info':>8}{'iratio':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['method']:<10}{r['lattice']:<8}{r['q']:>4}{r['num_betas']:>3} {(r['choose'] or '-') + ('+sh' if r.get('shift') else ''):<13}"
-            f"{r['rate']:>8.4f}{r['mse']:>11.4g}{r['gamma']:>11.4g}{r['ratio']:>7.3f}{r['gap_db']:>8.2f}"
+            f"{r['method']:<10}{r['lattice']:<8}{r['q']:>4}{r['num_betas']:>3} {(r['choose'] or '-') + ('+sh' if r.get('shift') else ''):<18}"
+            f"{'yes' if r.get('deployable') else 'no':>4}{r['rate']:>8.4f}{r['mse']:>11.4g}{r['gamma']:>11.4g}{r['ratio']:>7.3f}"
+            f"{r['gap_db']:>8.2f}{r.get('info_rate', r['rate']):>8.4f}{r.get('info_ratio', r['ratio']):>7.3f}"
         )
     return "\n".join(lines)
 
