@@ -44,6 +44,16 @@ _USER_ERROR_NAMES = frozenset({
 _USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``llmquant: error: <message> (see `<prog> --help`)``, exit 2
+    (subcommand parsers inherit the class)."""
+
+    def error(self, message: str):
+        from llmquant.errors import one_line
+
+        self.exit(2, f"llmquant: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def _add_debug_flag(parser: argparse.ArgumentParser, top: bool) -> None:
     """``--debug`` on ``parser`` and, recursively, on every subcommand parser below it (so it works
     before or after the subcommand); only the top-level one has a default."""
@@ -82,7 +92,7 @@ def _debug_requested(args) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     from llmquant import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmquant",
         description="Nested-lattice quantization of Hugging Face causal LMs.",
     )

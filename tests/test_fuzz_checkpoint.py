@@ -21,7 +21,7 @@ from llmquant import api
 from llmquant.cli import user_error_message
 from llmquant.quant.checkpoint import validate_loaded_values
 
-FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

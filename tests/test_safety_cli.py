@@ -115,3 +115,10 @@ def test_bugs_keep_their_traceback(capsys, monkeypatch):
         cli.main(["theory"])
     assert cli.user_error_message(ZeroDivisionError("x")) is None
     assert cli.user_error_message(CheckpointError("a\n  b")) == "a b"
+
+
+def test_usage_errors_are_one_line_too(capsys):
+    rc, _, err = run_cli(["quantize"], capsys)
+    assert rc == 2
+    assert _one_error_line(err) == ("llmquant: error: the following arguments are required: config "
+                                    "(see `llmquant quantize --help`)")
