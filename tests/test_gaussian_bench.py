@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from llmquant.cli import main as cli_main
-from llmquant.lattice import BoxCodec, NestedLatticeQuantizer, load_beta_set, load_box_setting, pack_nested_stream
+from llmquant.lattice import (
+    BoxCodec,
+    NestedLatticeQuantizer,
+    load_beta_set,
+    load_box_setting,
+    pack_nested_stream,
+)
 from llmquant.lattice.codec import VoronoiNibbleCodec, packed_bits
 from llmquant.theory.gamma import gamma
 from llmquant.theory.gaussian import (
@@ -60,7 +66,7 @@ def test_box_rows_store_exactly_their_rate(b):
     for variant in ("lattice", "best"):
         m = measure(A, B, Method("box", "E8", b, 16, box=variant))
         s = load_box_setting(b, variant)
-        codec = BoxCodec(b, s["betas"], s["code"], s["gamma"])
+        codec = BoxCodec(b, s["betas"], s["code"], s.get("gamma"), s.get("levels"))
         u = (A[:, 0] / (A[:, 0].norm() / math.sqrt(n))).float().reshape(-1, 8)
         stored = packed_bits(codec.pack(codec.encode(u)))
         assert stored == n * (b + 1)

@@ -192,11 +192,11 @@ def test_decode_rows_and_serialisation():
         BoxCodec(2, torch.ones(4), "hamming")
 
 
-@pytest.mark.parametrize("variant", ["lattice", "best", "int"])
+@pytest.mark.parametrize("variant", ["lattice", "best", "int", "table"])
 @pytest.mark.parametrize("b", [1, 2, 3])
 def test_shipped_settings_load_and_build(variant, b):
     s = load_box_setting(b, variant)
-    codec = BoxCodec(b, s["betas"], s["code"], s["gamma"])
+    codec = BoxCodec(b, s["betas"], s["code"], s.get("gamma"), s.get("levels"))
     assert codec.stored_bits_per_entry() == b + 1
     x = torch.randn(4096, 8, generator=torch.Generator().manual_seed(b))
     xh = codec.fake_quant(x).double()
@@ -206,6 +206,9 @@ def test_shipped_settings_load_and_build(variant, b):
     if variant == "lattice":
         assert s["code"] == "hamming" and s["gamma"] == 1.0
         assert torch.equal(BoxCodec(b).betas, codec.betas)
+    if variant == "table":
+        assert codec.gamma is None and len(s["levels"]) == 2**b
+        assert torch.equal(codec_from_dict(codec.to_dict()).levels, codec.levels)
     if variant == "int":
         r = torch.tensor(s["ratios"], dtype=torch.float64)
         assert torch.allclose(codec.betas.double(), s["c"] * r, rtol=1e-6)

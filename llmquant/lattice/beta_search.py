@@ -188,23 +188,23 @@ BOX_GAMMAS = (1.0, 1.2, 1.35)
 
 
 def box_error_tables(b: int, grid: torch.Tensor, x: torch.Tensor, code: str = "hamming",
-                     gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                     gamma: float | None = 1.0, levels=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(e, o)`` as :func:`error_tables` for the box code (width ``b``, ``code``, ``gamma``) with one β per
     grid point (exact nearest codeword, :func:`.box.box_nearest`); no overload flag (``o`` all False)."""
     from .box import box_nearest
 
     errs = []
     for beta in grid.tolist():
-        xh = box_nearest(x, b, torch.tensor([beta]), code, gamma)[3].to(x.dtype)
+        xh = box_nearest(x, b, torch.tensor([beta]), code, gamma, levels=levels)[3].to(x.dtype)
         errs.append(torch.stack([(x - xh).square().sum(-1), (x * xh).sum(-1), xh.square().sum(-1)], -1).float())
     e = torch.stack(errs, 1)
     return e, torch.zeros(e.shape[:2], dtype=torch.bool)
 
 
-def search_box_betas(b: int, k: int | None = None, code: str = "hamming", gamma: float = 1.0, n_samples: int = BOX_DEFAULTS["n_samples"], seed: int = BOX_DEFAULTS["seed"],
+def search_box_betas(b: int, k: int | None = None, code: str = "hamming", gamma: float | None = 1.0, n_samples: int = BOX_DEFAULTS["n_samples"], seed: int = BOX_DEFAULTS["seed"],
                      grid_size: int = BOX_DEFAULTS["grid_size"], lo: float = BOX_DEFAULTS["lo"],
                      hi: float = BOX_DEFAULTS["hi"], max_sweeps: int = BOX_DEFAULTS["max_sweeps"],
-                     integer_rmax: int | None = None, n_c: int = 16) -> dict:
+                     integer_rmax: int | None = None, n_c: int = 16, levels=None) -> dict:
     """β set of the box code of width ``b`` (:mod:`.box`; ``code``, level companding ``gamma``): ``k``
     scales (default ``2^K`` of the code: 16 Hamming, 2 parity) minimising the Gaussian MSE per entry after
     the best gain (module docstring's objective) with the exact min-error encoder.  Grids are in units of
@@ -222,14 +222,19 @@ def search_box_betas(b: int, k: int | None = None, code: str = "hamming", gamma:
         k = 1 << CODES[code][1]
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.randn(n_samples, 8, generator=gen, dtype=torch.float32)
-    half = float((1 << b) - 0.5) ** float(gamma) / (1 - 0.5 ** (b + 1))
+    top = float(levels[-1]) if levels is not None else float((1 << b) - 0.5) ** float(gamma)
+    half = top / (1 - 0.5 ** (b + 1))
     if integer_rmax is None:
         grid = torch.logspace(torch.log10(torch.tensor(lo / half)), torch.log10(torch.tensor(hi / half)), grid_size,
                               dtype=torch.float64)
-        e, o = box_error_tables(b, grid, x, code, gamma)
+        e, o = box_error_tables(b, grid, x, code, gamma, levels)
         r = search_betas("E8", 2, k, grid_size=grid.numel(), max_sweeps=max_sweeps, choose="min_error",
                          tables=(grid, e, o))
-        return {"code": code, "gamma": float(gamma), "betas": r["betas"], "mse": r["mse"], "sweeps": r["sweeps"]}
+        out = {"code": code, "gamma": None if levels is not None else float(gamma), "betas": r["betas"], "mse": r["mse"],
+               "sweeps": r["sweeps"]}
+        if levels is not None:
+            out["levels"] = [float(v) for v in levels]
+        return out
     R = int(integer_rmax)
     if not 1 <= k <= R:
         raise ValueError(f"k={k} distinct integer ratios need integer_rmax >= k, got {R}")
@@ -244,6 +249,85 @@ def search_box_betas(b: int, k: int | None = None, code: str = "hamming", gamma:
             rs = [round(bb / c) for bb in r["betas"]]
             best = {"code": code, "gamma": float(gamma), "betas": [c * q for q in rs], "mse": r["mse"], "sweeps": r["sweeps"], "c": c, "ratios": rs}
     return best
+
+
+def _gain_mse(x: torch.Tensor, xh: torch.Tensor) -> float:
+    x, xh = x.double(), xh.double()
+    g = (x * xh).sum() / xh.square().sum()
+    return float((x - g * xh).square().mean())
+
+
+def search_box_levels(b: int, code: str, betas, levels0, n_samples: int = BOX_DEFAULTS["n_samples"],
+                      seed: int = BOX_DEFAULTS["seed"], sweeps: int = 4,
+                      steps=(0.95, 1.05, 0.98, 1.02, 0.99, 1.01)) -> dict:
+    """Free level table of the box code: coordinate descent on the 2^b positive levels (antisymmetric
+    table, :func:`.box.box_levels`), each level in turn multiplied by every factor in ``steps`` (kept when
+    the gain-optimised Gaussian MSE drops and the order holds), ``betas`` fixed.  Returns
+    ``{"levels", "mse", "sweeps"}``."""
+    from .box import box_nearest
+
+    gen = torch.Generator().manual_seed(int(seed))
+    x = torch.randn(n_samples, 8, generator=gen, dtype=torch.float32)
+    betas = torch.as_tensor(betas, dtype=torch.float32)
+
+    def f(pos):
+        return _gain_mse(x, box_nearest(x, b, betas, code, None, levels=pos)[3])
+
+    pos = torch.as_tensor(levels0, dtype=torch.float64).clone()
+    cur, done = f(pos), 0
+    for done in range(1, sweeps + 1):
+        changed = False
+        for i in range(pos.numel()):
+            for step in steps:
+                p2 = pos.clone()
+                p2[i] *= step
+                if (p2.diff() <= 0).any():
+                    continue
+                v = f(p2)
+                if v < cur - 1e-12:
+                    cur, pos, changed = v, p2, True
+        if not changed:
+            break
+    return {"levels": [round(float(v), 6) for v in pos], "mse": cur, "sweeps": done}
+
+
+def box_levels_main(args) -> int:
+    """``--box-levels FILE``: add the ``"table"`` variant (free level table, alternating level descent and
+    β search, started from the best γ of the Hamming code for b = 3 and of the overall ``best`` for b = 1, 2)
+    to an existing box table (written by ``--box``) in place."""
+    from .box import box_levels
+
+    path = Path(args.box_levels)
+    table = json.loads(path.read_text())
+    kw = {"n_samples": args.n_samples, "seed": args.seed}
+    t0 = time.time()
+    for b in (1, 2, 3):
+        if b == 3:
+            cands = [c for c in table["candidates"][str(b)] if c["code"] == "hamming"]
+            start = min(cands, key=lambda c: c["mse"])
+            start = search_box_betas(b, None, "hamming", start["gamma"], grid_size=args.grid_size,
+                                     max_sweeps=args.max_sweeps, **kw)
+        else:
+            start = table["sets"]["best"][str(b)]
+        code, betas = start["code"], start["betas"]
+        pos = box_levels(b, start["gamma"])[1 << b:].tolist()
+        r = None
+        for _ in range(2):
+            lv = search_box_levels(b, code, betas, pos, **kw)
+            pos = lv["levels"]
+            r = search_box_betas(b, None, code, None, grid_size=args.grid_size, max_sweeps=args.max_sweeps,
+                                 levels=pos, **kw)
+            betas = r["betas"]
+            print(f"box b={b} table {code} levels={pos} mse={r['mse']:.6g} ({time.time() - t0:.0f}s)", file=sys.stderr)
+        r = dict(r, betas=[round(v, 7) for v in r["betas"]], start_gamma=start["gamma"])
+        table["sets"].setdefault("table", {})[str(b)] = r
+    cmd = "python -m llmquant.lattice.beta_search " + " ".join(args.argv)
+    table.setdefault("added_commands", []).append(cmd)
+    table["table_note"] = ("'table': free antisymmetric level table (search_box_levels: coordinate descent on the 2^b "
+                           "positive levels, factors 0.95..1.05) alternated twice with the beta search, started from the "
+                           "best gamma of the Hamming code (b=3) or from 'best' (b=1, 2); same samples (n_samples, seed)")
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return 0
 
 
 def box_main(args) -> int:
@@ -262,8 +346,8 @@ def box_main(args) -> int:
     }
     t0 = time.time()
     for b in (1, 2, 3):
-        kw = dict(n_samples=cfg["n_samples"], seed=cfg["seed"], max_sweeps=cfg["max_sweeps"])
-        fl = dict(grid_size=cfg["grid_size"], lo=cfg["lo"], hi=cfg["hi"])
+        kw = {"n_samples": cfg["n_samples"], "seed": cfg["seed"], "max_sweeps": cfg["max_sweeps"]}
+        fl = {"grid_size": cfg["grid_size"], "lo": cfg["lo"], "hi": cfg["hi"]}
         cands = []
         for code in ("hamming", "parity"):
             for gamma in BOX_GAMMAS:
@@ -300,13 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--choose", action="append", choices=sorted(SET_KEYS), help="rule(s) (default: both)")
     p.add_argument("--out", help="write the JSON table here (default: print it)")
     p.add_argument("--box", action="store_true", help="search the E8 box-code sets instead (BOX_DEFAULTS apply)")
-    if argv is not None and "--box" in argv or argv is None and "--box" in sys.argv[1:]:
+    p.add_argument("--box-levels", metavar="FILE", help="add the free-level-table box variant to FILE (from --box)")
+    raw = argv if argv is not None else sys.argv[1:]
+    if "--box" in raw or "--box-levels" in raw:
         for key, val in BOX_DEFAULTS.items():
             p.set_defaults(**{key: val})
     args = p.parse_args(argv)
-    if args.box:
-        args.argv = list(argv if argv is not None else sys.argv[1:])
-        return box_main(args)
+    if args.box or args.box_levels:
+        args.argv = list(raw)
+        return box_levels_main(args) if args.box_levels else box_main(args)
     lattices = args.lattice or list(SHIPPED)
     cfg = {k: getattr(args, k) for k in DEFAULTS}
     table = {

@@ -27,7 +27,8 @@ the integers ``h + 2z`` of one coordinate are ``[-2^b, 2^b - 1]`` (even ones for
 for ``h_i = 1``), centred at -½; ½ centres them, and since ``1 ∈ C`` the point set is then
 symmetric under ``x -> -x`` (``-(h + 2z + ½) = (1 - h) + 2(-z - 1) + ½``).  ``γ > 1`` companding
 (finer levels near 0, for a Gaussian source) keeps the parity structure and the separable
-encoder but is no longer a lattice; the decoder reads ``λ`` from a 2^(b+1)-entry table.
+encoder but is no longer a lattice; the decoder reads ``λ`` from a 2^(b+1)-entry table.  A free
+antisymmetric table (``levels=``: the 2^b positive levels, found by search) generalises γ.
 
 Exact nearest-codeword encoder.  For fixed ``(h, β)`` the squared error ``Σ_i (y_i - β λ[2u_i + h_i])^2``
 is separable in ``u_i``: ``u_i`` = nearest entry of the ascending parity-``h_i`` levels
@@ -98,8 +99,14 @@ def construction_a_points(radius2: int, code: str = "hamming") -> torch.Tensor:
     return grid[torch.isin(par, keys)]
 
 
-def box_levels(b: int, gamma: float = 1.0) -> torch.Tensor:
-    """``λ (2^(b+1),)`` float32 ascending: ``sgn(c)|c|^γ``, ``c = ℓ - 2^b + ½``."""
+def box_levels(b: int, gamma: float | None = 1.0, levels=None) -> torch.Tensor:
+    """``λ (2^(b+1),)`` float32 ascending: ``sgn(c)|c|^γ``, ``c = ℓ - 2^b + ½``; or, with ``levels`` (the
+    2^b positive levels, ascending), the antisymmetric table ``(-levels reversed, levels)``."""
+    if levels is not None:
+        pos = torch.as_tensor(levels, dtype=torch.float64).flatten()
+        if pos.numel() != 1 << b or not torch.isfinite(pos).all() or (pos <= 0).any() or (pos.diff() <= 0).any():
+            raise ValueError(f"levels must be {1 << b} positive ascending values, got {pos.tolist()}")
+        return torch.cat([-pos.flip(0), pos]).float()
     c = torch.arange(1 << (b + 1), dtype=torch.float64) - (1 << b) + 0.5
     return (c.sign() * c.abs() ** float(gamma)).float()
 
@@ -145,12 +152,13 @@ class BoxCodec:
     kind = "box"
     dim = 8
 
-    def __init__(self, b: int = 3, betas=None, code: str = "hamming", gamma: float = 1.0):
+    def __init__(self, b: int = 3, betas=None, code: str = "hamming", gamma: float | None = 1.0, levels=None):
         self.b = _check_width(b)
         self.m_bits, self.k_bits = _check_code(code)
         self.code = code
-        self.gamma = float(gamma)
-        if not (0.25 <= self.gamma <= 4.0):
+        self.level_table = None if levels is None else box_levels(self.b, levels=levels)[1 << self.b:]
+        self.gamma = None if levels is not None else float(gamma)
+        if self.gamma is not None and not (0.25 <= self.gamma <= 4.0):
             raise ValueError(f"gamma must lie in [0.25, 4], got {gamma}")
         if betas is None:
             betas = _default_betas(self.b, code, self.gamma)
@@ -161,7 +169,7 @@ class BoxCodec:
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas[1:] <= betas[:-1]).any():
             raise ValueError(f"betas must be finite, positive and strictly ascending, got {betas.tolist()}")
         self.betas = betas
-        self.levels = box_levels(self.b, self.gamma)
+        self.levels = box_levels(self.b, self.gamma, self.level_table)
 
     # ------------------------------------------------------------------ sizes and layout
     @property
@@ -199,14 +207,14 @@ class BoxCodec:
             "value": "x_i = scale * betas[j] * levels[2 u_i + h_i]",
             "levels": self.levels.tolist(),
             "lattice": self.gamma == 1.0,
-            "odd_int": "gamma == 1: 2 levels[l] = 2 l - 2^(b+1) + 1" if self.gamma == 1.0 else None,
+            "odd_int": "2 levels[l] = 2 l - 2^(b+1) + 1" if self.gamma == 1.0 else None,
             "betas": self.betas.tolist(),
             "scale": "fp16 per row",
         }
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "version": FORMAT_VERSION, "b": self.b, "code": self.code, "gamma": self.gamma,
-                "betas": self.betas.tolist()}
+                "levels": None if self.level_table is None else self.level_table.tolist(), "betas": self.betas.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> BoxCodec:
@@ -214,16 +222,16 @@ class BoxCodec:
             raise ValueError(f"not a {cls.kind!r} codec: {d.get('kind')!r}")
         if d.get("version") != FORMAT_VERSION:
             raise ValueError(f"{cls.kind} codec format version {d.get('version')} is not the supported {FORMAT_VERSION}")
-        return cls(int(d["b"]), torch.tensor(d["betas"], dtype=torch.float32), d["code"], float(d["gamma"]))
+        return cls(int(d["b"]), torch.tensor(d["betas"], dtype=torch.float32), d["code"], d.get("gamma"), d.get("levels"))
 
     def __repr__(self) -> str:
-        return (f"BoxCodec(b={self.b}, code={self.code!r}, gamma={self.gamma:g}, "
+        return (f"BoxCodec(b={self.b}, code={self.code!r}, gamma={self.gamma}, "
                 f"betas=[{self.betas[0]:.4g} .. {self.betas[-1]:.4g}])")
 
     # ------------------------------------------------------------------ encoder
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(words int32 (...), x_hat (..., 8))``: the nearest codeword of ``x (..., 8)`` and its words."""
-        j, m, u, x_hat = box_nearest(x, self.b, self.betas, self.code, self.gamma)
+        j, m, u, x_hat = box_nearest(x, self.b, self.betas, self.code, self.gamma, levels=self.level_table)
         b = self.b
         w = (u << (b * torch.arange(8, device=u.device))).sum(-1) | (m << (8 * b)) | (j << (8 * b + self.m_bits))
         return _to_int32(w), x_hat
@@ -282,7 +290,7 @@ def _default_betas(b: int, code: str, gamma: float) -> torch.Tensor:
             s = load_box_setting(b, variant)
         except (KeyError, FileNotFoundError):
             continue
-        if s["code"] == code and float(s["gamma"]) == gamma:
+        if s["code"] == code and s.get("gamma") == gamma and s.get("levels") is None:
             return torch.tensor(s["betas"], dtype=torch.float32)
     raise KeyError(f"no shipped betas for box b={b}, code={code!r}, gamma={gamma}: pass betas "
                    f"(llmquant.lattice.beta_search.search_box_betas)")
@@ -311,11 +319,11 @@ def _argmin_rows(E: torch.Tensor) -> torch.Tensor:
     return key.amin(0).to(torch.int64)
 
 
-def _nearest_in_class(t: torch.Tensor, p: int, b: int, levels: torch.Tensor, gamma: float) -> torch.Tensor:
+def _nearest_in_class(t: torch.Tensor, p: int, b: int, levels: torch.Tensor, uniform: bool) -> torch.Tensor:
     """Index ``u ∈ [0, 2^b)`` of the nearest parity-``p`` level ``levels[2u + p]`` to every element of ``t``
     (int64, shape of ``t``).  γ = 1: ``clamp(round((t - p + 2^b - ½) / 2))``; otherwise the number of
     class midpoints below ``t`` (2^b - 1 comparisons; ties between two levels go to the lower one)."""
-    if gamma == 1.0:
+    if uniform:
         return torch.round((t - (p - (1 << b) + 0.5)) * 0.5).clamp_(0, (1 << b) - 1).to(torch.int64)
     lv = levels[p::2]
     mids = (0.5 * (lv[1:] + lv[:-1])).tolist()
@@ -326,12 +334,12 @@ def _nearest_in_class(t: torch.Tensor, p: int, b: int, levels: torch.Tensor, gam
 
 
 def _search(yt: torch.Tensor, betas: torch.Tensor, code: str, b: int, levels: torch.Tensor,
-            gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+            uniform: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact search for a chunk ``yt (8, n)`` (coordinate-major): ``(j (n,), m (n,))`` int64 of the
     least squared error over all ``k`` β × ``|C|`` codewords (ties: smallest ``|C| j + m``)."""
     t = yt[None] / betas[:, None, None]  # (k, 8, n)
-    e1 = (t - levels[2 * _nearest_in_class(t, 1, b, levels, gamma) + 1]).square_()
-    e0 = (t - levels[2 * _nearest_in_class(t, 0, b, levels, gamma)]).square_()
+    e1 = (t - levels[2 * _nearest_in_class(t, 1, b, levels, uniform) + 1]).square_()
+    e0 = (t - levels[2 * _nearest_in_class(t, 0, b, levels, uniform)]).square_()
     # E[j, m] = sum_i (h_i ? e1 : e0)[j, i] = [H, 1-H] (|C|, 16) @ [e1; e0] (k, 16, n); all terms >= 0
     E = torch.matmul(_select_matrix(code, yt.device), torch.cat([e1, e0], 1))
     E *= betas.square()[:, None, None]
@@ -340,7 +348,8 @@ def _search(yt: torch.Tensor, betas: torch.Tensor, code: str, b: int, levels: to
     return idx // nc, idx % nc
 
 
-def box_nearest(x: torch.Tensor, b: int, betas, code: str = "hamming", gamma: float = 1.0, chunk: int = 4096):
+def box_nearest(x: torch.Tensor, b: int, betas, code: str = "hamming", gamma: float | None = 1.0, chunk: int = 4096,
+                levels=None):
     """Nearest point of the box code (any number ``k`` of scales) to each ``x (..., 8)``:
     ``(j (...), m (...), u (..., 8), x_hat (..., 8))``; ``j, m, u`` int64, ``x_hat`` in x's dtype.
     fp32 arithmetic, chunks of ``chunk`` vectors (module docstring: exact per (h, β), argmin over all)."""
@@ -352,18 +361,18 @@ def box_nearest(x: torch.Tensor, b: int, betas, code: str = "hamming", gamma: fl
         raise ValueError(f"expected (..., 8) vectors, got {tuple(x.shape)}")
     check_finite(x)
     betas = torch.as_tensor(betas, dtype=torch.float32).flatten().to(x.device)
-    gamma = float(gamma)
-    levels = box_levels(b, gamma).to(x.device)
+    uniform = levels is None and float(gamma) == 1.0
+    levels = box_levels(b, gamma, levels).to(x.device)
     y = x.float().reshape(-1, 8)
     n = y.shape[0]
     bj = torch.empty(n, dtype=torch.int64, device=y.device)
     bm = torch.empty(n, dtype=torch.int64, device=y.device)
     for s in range(0, n, chunk):
-        bj[s:s + chunk], bm[s:s + chunk] = _search(y[s:s + chunk].T, betas, code, b, levels, gamma)
+        bj[s:s + chunk], bm[s:s + chunk] = _search(y[s:s + chunk].T, betas, code, b, levels, uniform)
     beta = betas[bj][:, None]
     h = codewords(code).to(y.device)[bm]
     t = y / beta
-    u = torch.where(h == 1, _nearest_in_class(t, 1, b, levels, gamma), _nearest_in_class(t, 0, b, levels, gamma))
+    u = torch.where(h == 1, _nearest_in_class(t, 1, b, levels, uniform), _nearest_in_class(t, 0, b, levels, uniform))
     x_hat = (beta * levels[2 * u + h]).to(x.dtype).reshape(x.shape)
     lead = x.shape[:-1]
     return bj.reshape(lead), bm.reshape(lead), u.reshape(x.shape), x_hat

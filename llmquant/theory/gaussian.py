@@ -53,7 +53,7 @@ SIDE_BITS = 16
 @dataclass(frozen=True)
 class Method:
     """One quantization method: ``kind`` "lattice" (name, q, k, choose), "scalar" (levels = q) or "box"
-    (box code of width b = q, shipped setting ``box`` in {"lattice", "best", "int"}:
+    (box code of width b = q, shipped setting ``box`` in {"lattice", "best", "int", "table"}:
     :func:`llmquant.lattice.box.load_box_setting`; ``lattice`` and ``k`` are informational).
     ``shift``: use the shipped shifted code for (lattice, q) (:func:`llmquant.lattice.nested.load_shift`:
     shift vector, nearest-codeword encoder and its β; needs k == 1)."""
@@ -138,7 +138,7 @@ def _fp16(t: torch.Tensor) -> torch.Tensor:
 def box_codec(method: Method) -> BoxCodec:
     """The :class:`BoxCodec` of a ``kind="box"`` method (shipped setting ``method.box`` for b = ``method.q``)."""
     cfg = load_box_setting(method.q, method.box or "lattice")
-    return BoxCodec(method.q, cfg["betas"], cfg["code"], cfg["gamma"])
+    return BoxCodec(method.q, cfg["betas"], cfg["code"], cfg.get("gamma"), cfg.get("levels"))
 
 
 def stored_stream_bits(n: int, method: Method) -> int:

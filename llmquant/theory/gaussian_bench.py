@@ -69,6 +69,8 @@ DEFAULT_METHODS: tuple[tuple[Method, float | None], ...] = (
     (Method("box", "E8", 3, 16, box="lattice"), None),
     (Method("box", "E8", 3, 16, box="best"), None),
     (Method("box", "E8", 3, 16, box="int"), None),
+    (Method("box", "E8", 2, 16, box="table"), None),
+    (Method("box", "E8", 3, 16, box="table"), None),
     (Method("box", "E8", 1, 16, box="best"), 0.5),
 )
 
@@ -93,7 +95,8 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
         elif method.kind == "box":
             codec = box_codec(method)
             lattice = "E8" if codec.code == "hamming" else "D8"
-            num_betas, choose = int(codec.betas.numel()), f"{method.box} g={codec.gamma:g}"
+            num_betas = int(codec.betas.numel())
+            choose = method.box + (" table" if codec.gamma is None else f" g={codec.gamma:g}")
         row = {
             "method": {"scalar": "scalar", "box": "box"}.get(method.kind, "nested") + ("+jl" if target is not None else ""),
             "lattice": lattice,
