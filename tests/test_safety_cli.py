@@ -115,6 +115,10 @@ def test_bugs_keep_their_traceback(capsys, monkeypatch):
         cli.main(["theory"])
     assert cli.user_error_message(ZeroDivisionError("x")) is None
     assert cli.user_error_message(CheckpointError("a\n  b")) == "a b"
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    assert cli.user_error_message(oom("CUDA out of memory")).startswith("out of accelerator memory; lower")
 
 
 def test_usage_errors_are_one_line_too(capsys):
