@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -122,10 +123,10 @@ yaml_texts = st.one_of(st.text(max_size=200), mutations.map(lambda ops: _mutate(
 
 
 def _write(text: str, raw: bytes | None = None) -> Path:
-    f = tempfile.NamedTemporaryFile("wb", suffix=".yaml", delete=False)
-    f.write(raw if raw is not None else text.encode("utf-8", "surrogatepass"))
-    f.close()
-    return Path(f.name)
+    fd, name = tempfile.mkstemp(suffix=".yaml")
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw if raw is not None else text.encode("utf-8", "surrogatepass"))
+    return Path(name)
 
 
 @FUZZ
@@ -148,7 +149,7 @@ def test_random_yaml_files_give_a_config_or_a_config_error(text, as_latin1):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(yaml_texts, overrides)
 def test_cli_answers_random_configs_with_success_or_one_error_line(capsys, monkeypatch, text, sets):
-    import llmquant.api as api
+    from llmquant import api
 
     def fake_quantize(cfg, out, **kw):  # the config is what is fuzzed, not the quantizer
         return None, None, {"bits": {"weights": 4.0, "activations": 16.0, "kv": 16.0}, "layers": [],

@@ -101,7 +101,7 @@ def test_debug_flag_and_environment_show_the_traceback(capsys, monkeypatch):
 
 
 def test_bugs_keep_their_traceback(capsys, monkeypatch):
-    import llmquant.cli as cli
+    from llmquant import cli
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

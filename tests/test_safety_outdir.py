@@ -59,7 +59,7 @@ def test_file_symlink_and_foreign_work_folder_are_refused(tmp_path, monkeypatch)
 
 
 def test_api_save_refuses_a_foreign_folder(tmp_path):
-    model, ckpt = make_checkpoint(tmp_path / "ckpt")
+    model, _ = make_checkpoint(tmp_path / "ckpt")
     out = _foreign(tmp_path / "mine")
     with pytest.raises(OutputExistsError):
         api.save(model, None, out)
@@ -69,11 +69,11 @@ def test_api_save_refuses_a_foreign_folder(tmp_path):
 def test_empty_and_owned_folders_are_reused_and_marked(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    model, out = make_checkpoint(empty)
+    _, out = make_checkpoint(empty)
     marker = json.loads((out / MARKER_FILE).read_text())
     assert marker["owner"] == "llmquant" and marker["kind"] == "checkpoint"
     assert is_owned(out)
-    model2, out2 = make_checkpoint(out, "weights.q=8")  # an llmquant checkpoint is replaced without --overwrite
+    _, out2 = make_checkpoint(out, "weights.q=8")  # an llmquant checkpoint is replaced without --overwrite
     loaded, _ = api.load(out2)
     assert loaded.model.layers[0].self_attn.q_proj.q == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no .old / .tmp / .work left behind

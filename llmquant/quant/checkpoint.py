@@ -329,7 +329,7 @@ def validate_state_file(file: str | os.PathLike, expected: dict[str, torch.Tenso
     try:
         with safe_open(str(file), framework="pt") as f:
             header = {}
-            for k in f.keys():
+            for k in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 sl = f.get_slice(k)
                 header[k] = (sl.get_dtype(), tuple(sl.get_shape()))
     except _read_errors() as exc:
@@ -367,18 +367,18 @@ def _index_problem(module) -> str | None:
         if nib.numel() and int(nib.max()) >= q:
             return f"codes: a code is {int(nib.max())}, expected codes in [0, {q})"
     bidx, betas = bufs.get("beta_idx"), bufs.get("betas")
-    if bidx is not None and betas is not None and bidx.numel():
-        if int(bidx.max()) >= betas.numel() or int(bidx.min()) < 0:
-            return f"beta_idx: an index is {int(bidx.max())}, expected indices in [0, {betas.numel()})"
+    if (bidx is not None and betas is not None and bidx.numel()
+            and (int(bidx.max()) >= betas.numel() or int(bidx.min()) < 0)):
+        return f"beta_idx: an index is {int(bidx.max())}, expected indices in [0, {betas.numel()})"
     qweight = bufs.get("qweight")
     if qweight is not None and isinstance(bits, int) and hasattr(module, "int_codes"):
         c = module.int_codes()
         if c.numel() and int(c.max()) >= 2**bits:
             return f"qweight: a code is {int(c.max())}, expected codes in [0, {2**bits})"
         zero = bufs.get("zero")
-        if zero is not None and zero.numel() and torch.isfinite(zero).all():
-            if bool(((zero < 0) | (zero > 2**bits - 1) | (zero != zero.round())).any()):
-                return f"zero: a zero point is outside the integers in [0, {2**bits})"
+        if (zero is not None and zero.numel() and bool(torch.isfinite(zero).all())
+                and bool(((zero < 0) | (zero > 2**bits - 1) | (zero != zero.round())).any())):
+            return f"zero: a zero point is outside the integers in [0, {2**bits})"
     return None
 
 
