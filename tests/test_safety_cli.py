@@ -126,3 +126,15 @@ def test_usage_errors_are_one_line_too(capsys):
     assert rc == 2
     assert _one_error_line(err) == ("llmquant: error: the following arguments are required: config "
                                     "(see `llmquant quantize --help`)")
+
+
+def test_user_errors_defined_outside_llmquant_errors_are_recognized():
+    from llmquant.eval.report import ReportError
+    from llmquant.eval.tasks.base import TaskDataMissing
+
+    from llmquant.cli import user_error_message
+    from llmquant.data.text import DataNotFoundError
+
+    for cls in (DataNotFoundError, TaskDataMissing, ReportError, FileNotFoundError):
+        assert user_error_message(cls("first\n  second")) == "first second"
+    assert user_error_message(ValueError("could be a bug")) is None
