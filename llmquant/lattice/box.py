@@ -32,8 +32,8 @@ antisymmetric table (``levels=``: the 2^b positive levels, found by search) gene
 
 Exact nearest-codeword encoder.  For fixed ``(h, β)`` the squared error ``Σ_i (y_i - β λ[2u_i + h_i])^2``
 is separable in ``u_i``: ``u_i`` = nearest entry of the ascending parity-``h_i`` levels
-``λ[h_i], λ[2 + h_i], ...`` to ``y_i/β`` (bucketize on their midpoints; for ``γ = 1`` that is
-``clamp(round((y_i/β - ½ - h_i)/2))``).  Per β and coordinate we get the best error for parity 0 and 1
+``λ[h_i], λ[2 + h_i], ...`` to ``y_i/β`` (the number of their midpoints below ``y_i/β``; for ``γ = 1``
+``u_i - 2^(b-1) = clamp(round((y_i/β - ½ - h_i)/2))``).  Per β and coordinate we get the best error for parity 0 and 1
 (``e0_i, e1_i``); codeword ``h`` costs ``Σ_i (h_i ? e1_i : e0_i)`` (a matrix product with the code's
 (|C|, 16) selector), and the encoder takes the argmin over all ``|C| · k`` pairs ``(h, β)`` (256 for both
 codes), ties to the smallest ``|C| j + m``.  No loop over vectors; chunks of 4096.
@@ -52,7 +52,8 @@ little-endian bit stream of one row's words, word ``v`` at stream bits ``[W v, W
 int32 (stream bit ``t`` = bit ``t % 32`` of int32 ``t // 32``), one stream per row (no cross-row
 packing), last int32 zero-padded.  ``b = 3``: one int32 per 8-vector; ``b = 1``: bytewise an int16
 array; ``b = 2``: four words per three int32.  A GPU thread decodes word ``v`` from the int64
-``(s[t+1] << 32 | s[t]) >> o``, ``t = W v // 32``, ``o = W v % 32``, masked to W bits.  The row scale is
+``(s[t+1] << 32 | s[t]) >> o``, ``t = W v // 32``, ``o = W v % 32``, masked to W bits (``s[t+1]`` only
+when ``o + W > 32``; it is then inside the row).  The row scale is
 one fp16 per row, counted in :meth:`BoxCodec.stored_bits_per_entry`.
 """
 
