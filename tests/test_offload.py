@@ -71,10 +71,9 @@ def test_offload_moves_one_layer_at_a_time(monkeypatch):
     assert off.moves == [("all", "cpu"), ("outer", "cpu"), ("outer", "cpu"),
                          ("layer.0", "cpu"), ("layer.0", "cpu"), ("layer.1", "cpu"), ("layer.1", "cpu")]
     # every forward of layer i (FP pass with Hessian hooks, quantized pass; batch_size 2 -> 2 batches each)
-    # happens with exactly that layer resident; the capture forwards (2 batches) stop at layer 0's pre-hook
-    # with only the outer modules (embeddings, rotary, norm, lm_head) resident
-    assert seen[:2] == [(0, ["outer"])] * 2
-    assert seen[2:] == [(0, ["layer.0"])] * 4 + [(1, ["layer.1"])] * 4
+    # happens with exactly that layer resident; the capture forwards run no decoder layer at all (stand-ins
+    # record each layer's kwargs, see runner.capture_layer_inputs) with only the outer modules resident
+    assert seen == [(0, ["layer.0"])] * 4 + [(1, ["layer.1"])] * 4
     assert done == [[], []]  # nothing left on the device after each layer
 
 

@@ -6,7 +6,8 @@ Weights (per quantized linear with ``in_features = K``):
   ``16/K`` for the fp16 per-row scale;
 * scalar: ``bits`` plus ``16/G`` for the fp16 scale and, asymmetric, ``16/G`` for the zero
   point, with ``G = group_size`` (``K`` when per channel);
-* none: 16 (fp16/bf16 storage).
+* none: 16 (fp16/bf16 storage);
+* plus ``32/K`` with ``weights.bias_correction`` (a float32 bias per output row).
 
 The model figure is the parameter-weighted mean over all quantized linears.  Activations
 (per token, row of length ``K``) and KV (per token per head, ``head_dim`` entries) use the
@@ -22,17 +23,20 @@ from llmquant.config.schema import Config, DynamicQuantConfig, WeightConfig
 
 FP_BITS = 16.0
 SCALE_BITS = 16.0
+BIAS_BITS = 32.0
 
 
 def weight_bits(w: WeightConfig, in_features: int) -> float:
     """Bits per weight entry of one linear with ``in_features`` inputs."""
     if w.method == "none":
         return FP_BITS
+    # bias correction stores one float32 bias per output row
+    bias = BIAS_BITS / in_features if w.bias_correction and w.algorithm == "gptq" else 0.0
     if w.method == "lattice":
-        return math.log2(w.q) + math.log2(w.k) / 8 + SCALE_BITS / in_features
+        return math.log2(w.q) + math.log2(w.k) / 8 + SCALE_BITS / in_features + bias
     group = w.group_size or in_features
     side = SCALE_BITS * (1 if w.symmetric else 2)
-    return w.bits + side / group
+    return w.bits + side / group + bias
 
 
 def dynamic_bits(d: DynamicQuantConfig, row: int) -> float:

@@ -112,6 +112,10 @@ class WeightConfig:
     act_order: bool = False
     #: lazy-batch width of GPTQ (columns), a multiple of 8
     block_size: int = 128
+    #: with ``algorithm: gptq``: each quantized linear gets a bias ``b + (W - Q) mu`` (``mu`` = mean calibration
+    #: input) and GPTQ/LDLQ minimize the error on the centred inputs (covariance instead of second moment).
+    #: Costs one float32 per output row (counted in the bits); see :func:`llmquant.quant.weights.quantize_linear`.
+    bias_correction: bool = True
 
 
 @dataclass(frozen=True)

@@ -354,7 +354,8 @@ def quantize_layers(
                         continue
                     lin = get_linear(layer, adapter, role)
                     h = accs[role].hessian() if role in accs else None
-                    qmod, info = quantize_linear(lin, h, cfg.weights, act_q=act_q, betas=betas)
+                    mu = accs[role].mean() if role in accs and cfg.weights.bias_correction else None
+                    qmod, info = quantize_linear(lin, h, cfg.weights, act_q=act_q, betas=betas, mean=mu)
                     qmod.to(_device_of(lin))
                     set_linear(layer, adapter, role, qmod)
                     layer_specs[role] = module_spec(qmod)

@@ -52,7 +52,7 @@ def weight_diagnostics(wn: torch.Tensor, hessian: torch.Tensor | None, stats: di
 
 
 def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None,
-                            betas: torch.Tensor | None = None) -> tuple[LatticeLinear, dict]:
+                            betas: torch.Tensor | None = None, with_bias: bool = False) -> tuple[LatticeLinear, dict]:
     """E8 weights for ``linear`` (see module docstring); returns the module and ``{"rel_err": ...}``."""
     from llmquant.lattice.nested import NestedLatticeQuantizer
 
@@ -81,8 +81,8 @@ def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcf
     else:
         r = nlq.quantize_full(wn.reshape(n, k // 8, 8))
         codes, bidx, overload = r.codes, r.beta_idx, r.overload
-    layer = LatticeLinear(k, n, lattice=wcfg.lattice, q=wcfg.q, k=betas.numel(), bias=linear.bias is not None,
-                          act_q=act_q)
+    layer = LatticeLinear(k, n, lattice=wcfg.lattice, q=wcfg.q, k=betas.numel(),
+                          bias=linear.bias is not None or with_bias, act_q=act_q)
     layer.set_quantized(codes, bidx, s, betas, _bias(linear))
     info = dict(stats)
     info["diag"] = weight_diagnostics(wn, hessian, stats, overload_frac=float(overload.float().mean()))
@@ -91,8 +91,8 @@ def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcf
     return layer, info
 
 
-def quantize_scalar_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None
-                           ) -> tuple[ScalarLinear, dict]:
+def quantize_scalar_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None,
+                           with_bias: bool = False) -> tuple[ScalarLinear, dict]:
     """INT-b weights for ``linear`` (see module docstring); returns the module and ``{"rel_err": ...}``."""
     w = linear.weight.detach().to(torch.float32)
     n, k = w.shape
@@ -109,7 +109,8 @@ def quantize_scalar_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg
         qw = sq.fake_quant(w, s_full, z_full, wcfg.bits)
     # qw lies on the grid: s * (c - z); recover c exactly
     codes = torch.clamp(torch.round(qw / s_full + z_full), 0, 2**wcfg.bits - 1).to(torch.uint8)
-    layer = ScalarLinear(k, n, bits=wcfg.bits, group_size=wcfg.group_size, bias=linear.bias is not None, act_q=act_q)
+    layer = ScalarLinear(k, n, bits=wcfg.bits, group_size=wcfg.group_size, bias=linear.bias is not None or with_bias,
+                         act_q=act_q)
     layer.set_quantized(codes, scale, zero, _bias(linear))
     info = dict(stats)
     info["diag"] = weight_diagnostics(w / w.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-30), hessian, stats)
@@ -118,13 +119,41 @@ def quantize_scalar_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg
     return layer, info
 
 
-def quantize_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None, betas=None):
-    """Dispatch on ``wcfg.method`` ("lattice" or "scalar")."""
+def quantize_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None, betas=None,
+                    mean: torch.Tensor | None = None):
+    """Dispatch on ``wcfg.method`` ("lattice" or "scalar"), with bias correction when ``mean`` is given.
+
+    Bias correction (``weights.bias_correction``; ``mean = mu``, the mean calibration input ``[K]``): the
+    layer's bias absorbs the mean output error, ``b' = b + (W - Q) mu``, so the output error on an input
+    ``x`` is ``(W - Q)(x - mu)`` and the quantizer minimizes ``tr(E C E^T)`` with the covariance
+    ``C = H - mu mu^T`` instead of ``tr(E H E^T)``.  Never worse on the calibration data (the optimal bias for
+    any ``Q``), and decisive when the inputs carry a large constant component that ``W`` nearly annihilates:
+    the inputs of Gemma-3-270M's q/k/v and gate/up (its normalized residual stream) hold 95-99% of their
+    energy in their mean, so an uncorrected code's error on that one direction dominates the layer output
+    (Hessian-weighted errors 0.2-0.6 with, 0.1-0.2 without it).  Layers without a bias gain one (``[N]``
+    float32, counted in the weight bits).  ``info["rel_err"]`` is the corrected output error relative to
+    ``tr(W H W^T)``.
+    """
+    objective = hessian
+    if mean is not None and hessian is not None:
+        objective = hessian - torch.outer(mean, mean).to(hessian)
+        objective = (objective + objective.T) / 2
+    correct = mean is not None
     if wcfg.method == "lattice":
-        return quantize_lattice_linear(linear, hessian, wcfg, act_q=act_q, betas=betas)
-    if wcfg.method == "scalar":
-        return quantize_scalar_linear(linear, hessian, wcfg, act_q=act_q)
-    raise ValueError(f"weights.method: {wcfg.method!r} does not quantize weights")
+        layer, info = quantize_lattice_linear(linear, objective, wcfg, act_q=act_q, betas=betas, with_bias=correct)
+    elif wcfg.method == "scalar":
+        layer, info = quantize_scalar_linear(linear, objective, wcfg, act_q=act_q, with_bias=correct)
+    else:
+        raise ValueError(f"weights.method: {wcfg.method!r} does not quantize weights")
+    if correct:
+        w = linear.weight.detach().to(torch.float32)
+        err = w - layer.dequantized_weight().to(w.device)
+        base = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if linear.bias is None else _bias(linear)
+        layer.bias.copy_(base + err @ mean.to(w))
+        if hessian is not None:
+            info["rel_err"] = relative_error_from_hessian(w, w - err, hessian, h_error=objective)
+        info["bias_correction"] = True
+    return layer, info
 
 
 def empty_like_spec(spec: dict) -> nn.Module:
