@@ -59,6 +59,8 @@ def unsupported_reason(layer, x: torch.Tensor) -> str | None:
     backend = getattr(layer, "backend", "reference")
     if backend not in ("triton", "auto"):
         return f"backend {backend!r}"
+    if getattr(layer, "code", "voronoi") != "voronoi":
+        return f"code {layer.code!r} (these kernels read the Voronoi nibble layout)"
     if getattr(layer, "lattice", None) != "E8":
         return f"lattice {getattr(layer, 'lattice', None)!r} (kernels implement E8)"
     if not 2 <= int(layer.q) <= 16:

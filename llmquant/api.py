@@ -87,12 +87,22 @@ def _head_dim(model) -> int:
     return int(getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads)
 
 
-def bits_for_model(cfg, model) -> dict:
+def bits_for_model(cfg, model, specs: dict | None = None) -> dict:
+    """Bits per entry (:func:`llmquant.config.model_bits`, from the config); for lattice weights
+    ``"weights"`` is the stored figure instead: the bytes of the quantized linears' tensors
+    (:mod:`llmquant.quant.stored_bits`, the same count :func:`~llmquant.quant.stored_bits.checkpoint_weight_bits`
+    reads from ``model.safetensors``).  ``specs``: the module specs (default ``model.llmquant_specs``)."""
     from llmquant.config import model_bits
     from llmquant.models.adapters import get_adapter
     from llmquant.quant.structure import linear_shapes
 
-    return model_bits(cfg, linear_shapes(model, get_adapter(model)), _head_dim(model))
+    bits = model_bits(cfg, linear_shapes(model, get_adapter(model)), _head_dim(model))
+    specs = specs if specs is not None else getattr(model, "llmquant_specs", None)
+    if cfg.weights.method == "lattice" and specs:
+        from llmquant.quant.stored_bits import model_weight_bits
+
+        bits["weights"] = model_weight_bits(model, specs)
+    return bits
 
 
 @torch.no_grad()
@@ -137,7 +147,7 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     from llmquant.quant.linear import set_backend
 
     set_backend(model, cfg.model.backend)
-    report["bits"] = bits_for_model(cfg, model)
+    report["bits"] = bits_for_model(cfg, model, report["specs"])
     report["seconds"] = time.perf_counter() - t0
     model.llmquant_specs = report["specs"]
     model.llmquant_config = cfg

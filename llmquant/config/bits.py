@@ -3,7 +3,9 @@
 Weights (per quantized linear with ``in_features = K``):
 
 * lattice: ``log2(q) + log2(k)/8`` for the code and the beta index of each 8-vector, plus
-  ``16/K`` for the fp16 per-row scale;
+  ``16/K`` for the fp16 per-row scale (the information rate; what ``LatticeLinear`` stores is more:
+  results report the stored figure, :mod:`llmquant.quant.stored_bits`); ``code: box``: the packed
+  words, ``b + 1`` bits per entry, + ``16/K`` (stored = counted);
 * scalar: ``bits`` plus ``16/G`` for the fp16 scale and, asymmetric, ``16/G`` for the zero
   point, with ``G = group_size`` (``K`` when per channel);
 * none: 16 (fp16/bf16 storage);
@@ -32,11 +34,20 @@ def weight_bits(w: WeightConfig, in_features: int) -> float:
         return FP_BITS
     # bias correction stores one float32 bias per output row
     bias = BIAS_BITS / in_features if w.bias_correction and w.algorithm == "gptq" else 0.0
+    if w.method == "lattice" and w.code == "box":
+        return box_weight_bits(w.box_bits, in_features) + bias
     if w.method == "lattice":
         return math.log2(w.q) + math.log2(w.k) / 8 + SCALE_BITS / in_features + bias
     group = w.group_size or in_features
     side = SCALE_BITS * (1 if w.symmetric else 2)
     return w.bits + side / group + bias
+
+
+def box_weight_bits(b: int, in_features: int) -> float:
+    """Stored bits per entry of one box-coded row (:class:`llmquant.lattice.box.BoxCodec`): its
+    ``in_features / 8`` words of ``8b + 8`` bits as an int32 stream (last int32 zero-padded) + the fp16 scale."""
+    n_int32 = -(-(8 * b + 8) * (in_features // 8) // 32)
+    return (32 * n_int32 + SCALE_BITS) / in_features
 
 
 def dynamic_bits(d: DynamicQuantConfig, row: int) -> float:

@@ -152,6 +152,10 @@ def validate(cfg: S.Config) -> S.Config:
         _check_range("weights.q", w.q, 2)
         _check_range("weights.k", w.k, 1, 256)
         _check_choice("weights.choose", w.choose, S.CHOOSE_RULES)
+        _check_choice("weights.code", w.code, S.WEIGHT_CODES)
+        if w.code == "box":
+            _check_range("weights.box_bits", w.box_bits, 1, 3)
+            _check_choice("weights.box_variant", w.box_variant, S.BOX_VARIANTS)
         if w.act_order:
             raise ConfigError(
                 "weights.act_order: not supported with lattice weights (8-column blocks must stay "
@@ -331,6 +335,8 @@ def config_to_dict(cfg: S.Config) -> dict:
 #: keys of the ``model`` section that do not change the quantized model (where and how it runs); left
 #: out of :func:`config_hash`, so resume state and checkpoints made before they existed still match.
 RUNTIME_MODEL_KEYS = ("backend", "offload")
+#: ``weights`` keys of the box code; left out of :func:`config_hash` for the Voronoi code (the default)
+BOX_WEIGHT_KEYS = ("code", "box_bits", "box_variant")
 
 
 def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "method", "guard")) -> str:
@@ -343,4 +349,7 @@ def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "metho
         d.pop(k, None)
     for k in RUNTIME_MODEL_KEYS:
         d.get("model", {}).pop(k, None)
+    if d.get("weights", {}).get("code", "voronoi") == "voronoi":  # hashes of configs made before box codes
+        for k in BOX_WEIGHT_KEYS:
+            d["weights"].pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -25,6 +25,10 @@ WEIGHT_ALGORITHMS = ("rtn", "gptq")
 DYNAMIC_METHODS = ("none", "scalar", "lattice")
 LATTICES = ("E8",)
 CHOOSE_RULES = ("min_error", "first_fit")
+#: weight codes of ``weights.method: lattice``: the NestQuant Voronoi code (q, k) or the deployable box code
+WEIGHT_CODES = ("voronoi", "box")
+#: shipped box-code settings (``llmquant/lattice/data/box_beta_sets.json``; :func:`llmquant.lattice.box.load_box_setting`)
+BOX_VARIANTS = ("lattice", "best", "int", "int8", "table")
 METHOD_LABELS = ("fp", "rtn", "quarot", "e8", "custom")
 #: forward backends of LatticeLinear and the online Hadamard rotations (see ``ModelConfig.backend``)
 BACKENDS = ("reference", "triton", "auto")
@@ -116,6 +120,14 @@ class WeightConfig:
     #: input) and GPTQ/LDLQ minimize the error on the centred inputs (covariance instead of second moment).
     #: Costs one float32 per output row (counted in the bits); see :func:`llmquant.quant.weights.quantize_linear`.
     bias_correction: bool = True
+    #: lattice only: ``voronoi`` (E8 Voronoi code with modulus ``q`` and ``k`` betas, the NestQuant scheme) or
+    #: ``box`` (:class:`llmquant.lattice.box.BoxCodec`: one (8 ``box_bits`` + 8)-bit word per 8-vector, stored
+    #: bits = counted bits; ``q``/``k``/``lattice``/``choose`` are not used)
+    code: str = "voronoi"
+    #: box code width ``b`` (1, 2, 3): ``b + 1`` stored bits per weight (+ fp16 row scale)
+    box_bits: int = 3
+    #: shipped box setting (:func:`llmquant.lattice.box.load_box_setting`): lattice | best | int | int8 | table
+    box_variant: str = "table"
 
 
 @dataclass(frozen=True)

@@ -354,7 +354,8 @@ def validate_state_file(file: str | os.PathLike, expected: dict[str, torch.Tenso
 
 def _index_problem(module) -> str | None:
     """Range check of the integer tensors of one module, by the buffers it holds: nibble-packed lattice
-    ``codes`` (each 4-bit code < ``q``), ``beta_idx`` (< number of ``betas``), scalar ``qweight`` codes
+    ``codes`` (each 4-bit code < ``q``), ``beta_idx`` (< number of ``betas``), box-code ``words`` (row length
+    and zero padding), scalar ``qweight`` codes
     (< 2^``bits``) and ``zero`` points (integers in [0, 2^``bits``))."""
     bufs = dict(module.named_buffers(recurse=False))
     q, bits = getattr(module, "q", None), getattr(module, "bits", None)
@@ -370,6 +371,16 @@ def _index_problem(module) -> str | None:
     if (bidx is not None and betas is not None and bidx.numel()
             and (int(bidx.max()) >= betas.numel() or int(bidx.min()) < 0)):
         return f"beta_idx: an index is {int(bidx.max())}, expected indices in [0, {betas.numel()})"
+    words, codec = bufs.get("words"), getattr(module, "codec", None)
+    if words is not None and hasattr(codec, "word_bits") and words.numel():
+        # box words: every field of a word is in range by construction; the zero padding after the last word
+        # of each row must be zero (a flipped bit there means the stream is not what was written)
+        used = codec.word_bits * (module.in_features // 8)
+        pad = 32 * words.shape[-1] - used
+        if pad < 0 or pad >= 32:
+            return f"words: {words.shape[-1]} int32 per row, expected {-(-used // 32)}"
+        if pad and bool(((words[..., -1].to(torch.int64) & 0xFFFFFFFF) >> (32 - pad)).any()):
+            return "words: nonzero padding bits after the last word of a row"
     qweight = bufs.get("qweight")
     if qweight is not None and isinstance(bits, int) and hasattr(module, "int_codes"):
         c = module.int_codes()

@@ -61,6 +61,13 @@ class LatticeLinear(_CachedDecode):
     ``W[n, 8b:8b+8] = row_scale[n] * betas[beta_idx[n, b]] * decode(codes[n, b])`` with
     ``decode`` the Voronoi decoder of ``lattice`` modulo ``q`` (:class:`llmquant.lattice.VoronoiCodec`).
 
+    ``codec=`` (a :class:`llmquant.lattice.codec.LatticeCodec`): a ``VoronoiNibbleCodec`` gives the layout
+    above (``code = "voronoi"``); any other codec (``code = codec.kind``, e.g. a
+    :class:`llmquant.lattice.box.BoxCodec`) stores its packed tensors instead (``words`` int32
+    ``[N, ceil((8b+8) K/8 / 32)]`` for the box code), ``row_scale`` float16 ``[N]`` and the optional bias, and
+    decodes with ``codec.decode_rows`` (see :meth:`_init_packed`, :meth:`set_words`).  Kernels that do not
+    know ``code`` fall back to the reference.
+
     Activation quantizer (optional, ``act_q``): fake-quantizes the input per token before the
     matmul; a fused kernel reads ``act_q.kind`` ("lattice"/"scalar"), ``act_lattice``,
     ``act_q_modulus``, ``act_betas`` (see the properties).  ``backend`` != "reference" asks
@@ -81,10 +88,18 @@ class LatticeLinear(_CachedDecode):
         bias: bool = False,
         backend: str = "reference",
         act_q: nn.Module | None = None,
+        codec=None,
     ):
         super().__init__()
         if in_features % 8:
             raise ValueError(f"LatticeLinear: in_features {in_features} is not divisible by 8")
+        if codec is not None and getattr(codec, "kind", None) == "voronoi":  # the legacy layout, from the codec
+            lattice, q, k = codec.nq.name, codec.nq.q, int(codec.nq.betas.numel())
+        elif codec is not None:
+            self._init_packed(in_features, out_features, codec, bias, backend, act_q)
+            return
+        self.code = "voronoi"
+        self.codec = codec  # None when built from lattice/q/k (the betas arrive with set_quantized)
         if q > 16:
             raise ValueError(f"LatticeLinear: q={q} does not fit the 4-bit code packing (q <= 16)")
         if backend not in BACKENDS:
@@ -106,11 +121,63 @@ class LatticeLinear(_CachedDecode):
         self.act_q = act_q
         self._codec = None
 
+    def _init_packed(self, in_features, out_features, codec, bias, backend, act_q) -> None:
+        """Codec layout (``code = codec.kind``, e.g. "box"): buffers = the codec's packed tensors of each row
+        (``codec.pack`` of ``[N, K/8]`` words: one row's words contiguous, no cross-row packing), ``row_scale``
+        float16 ``[N]`` and the optional float32 ``bias``; the codec (β set, levels) is rebuilt from the
+        module spec (``codec.to_dict()``).  ``W = codec.decode_rows(words, row_scale)``."""
+        if backend not in BACKENDS:
+            raise ValueError(f"LatticeLinear: backend {backend!r} must be one of {BACKENDS}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.codec = codec
+        self.code = codec.kind
+        self.lattice = ("E8" if getattr(codec, "code", None) == "hamming" else "D8") if codec.kind == "box" else None
+        self.q = None
+        self.backend = backend
+        nb = in_features // 8
+        packed = codec.pack(torch.zeros(out_features, nb, dtype=torch.int32))
+        for name, t in packed.items():
+            self.register_buffer(name, t)
+        self._packed_names = tuple(packed)
+        self.register_buffer("row_scale", torch.ones(out_features, dtype=torch.float16))
+        self._buffer_names = (*self._packed_names, "row_scale")
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
+        else:
+            self.bias = None
+        self.act_q = act_q
+        self._codec = None
+
     def extra_repr(self) -> str:
+        if self.code != "voronoi":
+            return (f"in_features={self.in_features}, out_features={self.out_features}, codec={self.codec!r}, "
+                    f"bias={self.bias is not None}, backend={self.backend}")
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, lattice={self.lattice}, "
             f"q={self.q}, k={self.betas.numel()}, bias={self.bias is not None}, backend={self.backend}"
         )
+
+    def unpacked_words(self) -> torch.Tensor:
+        """Codec layout: the unpacked words ``[N, K/8]`` (int32)."""
+        return self.codec.unpack({n: getattr(self, n) for n in self._packed_names}, self.in_features // 8)
+
+    def set_words(self, words: torch.Tensor, row_scale: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> LatticeLinear:
+        """Codec layout: fill the buffers from words ``[N, K/8]`` and the row scales ``[N]`` (stored as fp16)."""
+        n, nb = self.out_features, self.in_features // 8
+        if self.code == "voronoi":
+            raise TypeError("LatticeLinear.set_words: a Voronoi-coded layer is filled with set_quantized")
+        if tuple(words.shape) != (n, nb):
+            raise ValueError(f"LatticeLinear.set_words: words {tuple(words.shape)} do not match [{n}, {nb}]")
+        for name, t in self.codec.pack(words).items():
+            getattr(self, name).copy_(t)
+        self.row_scale.copy_(row_scale.to(torch.float16))
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError("LatticeLinear.set_words: a bias was given but the layer was built with bias=False")
+            self.bias.copy_(bias.to(torch.float32))
+        return self
 
     @property
     def act_lattice(self) -> str | None:
@@ -155,6 +222,8 @@ class LatticeLinear(_CachedDecode):
     def decode_weight(self) -> torch.Tensor:
         from llmquant.lattice.packing import unpack_codes
 
+        if self.code != "voronoi":
+            return self.codec.decode_rows(self.unpacked_words(), self.row_scale)
         codes = unpack_codes(self.codes).to(torch.int64)  # [N, K/8, 8]
         v = self._voronoi().decode(codes).to(torch.float32)
         beta = self.betas[self.beta_idx.long()].unsqueeze(-1)  # [N, K/8, 1]

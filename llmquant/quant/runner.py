@@ -305,7 +305,8 @@ def quantize_layers(
         start = state["done"] + 1
         if log:
             log(f"resuming after layer {state['done']} from {work}")
-    betas = weight_betas(cfg.weights) if cfg.weights.method == "lattice" else None
+    betas = (weight_betas(cfg.weights) if cfg.weights.method == "lattice" and cfg.weights.code == "voronoi"
+             else None)
     guard = GuardPolicy.from_config(getattr(cfg, "guard", None))
 
     bar = None

@@ -31,6 +31,44 @@ def weight_betas(wcfg) -> torch.Tensor:
     return load_beta_set(wcfg.lattice, wcfg.q, wcfg.k).to(torch.float32)
 
 
+def weight_codec(wcfg):
+    """The box codec of ``weights.code: box`` (shipped setting ``load_box_setting(box_bits, box_variant)``)."""
+    from llmquant.lattice.box import BoxCodec, load_box_setting
+
+    st = load_box_setting(wcfg.box_bits, wcfg.box_variant)
+    return BoxCodec(wcfg.box_bits, st["betas"], st["code"], st.get("gamma", 1.0), st.get("levels"))
+
+
+def quantize_codec_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, codec, act_q=None,
+                          with_bias: bool = False) -> tuple[LatticeLinear, dict]:
+    """Weights of ``linear`` coded by ``codec`` (e.g. the box code): per-row RMS scale rounded to fp16,
+    ``codec.quantize`` on the 8-vectors of ``W / s``, LDLQ (``gptq_quantize`` width 8) with ``algorithm: gptq``."""
+    w = linear.weight.detach().to(torch.float32)
+    n, k = w.shape
+    s = w.pow(2).mean(dim=1).sqrt()
+    s = torch.where(s > 0, s, torch.ones_like(s)).half().float()
+    wn = w / s[:, None]
+    words = torch.zeros(n, k // 8, dtype=torch.int32, device=w.device)
+    stats: dict = {}
+    if wcfg.algorithm == "gptq" and hessian is not None:
+        def quant_cols(wg: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            wd, x_hat = codec.quantize(wg)
+            words[:, int(cols[0]) // 8] = wd
+            return x_hat
+
+        gptq_quantize(wn, hessian, quant_cols, width=8, block_size=wcfg.block_size, percdamp=wcfg.percdamp,
+                      stats=stats)
+    else:
+        words = codec.encode(wn.reshape(n, k // 8, 8))
+    layer = LatticeLinear(k, n, codec=codec, bias=linear.bias is not None or with_bias, act_q=act_q)
+    layer.set_words(words, s, _bias(linear))
+    info = dict(stats)
+    info["diag"] = weight_diagnostics(wn, hessian, stats)
+    if hessian is not None:
+        info["rel_err"] = relative_error_from_hessian(w, layer.dequantized_weight(), hessian)
+    return layer, info
+
+
 def weight_diagnostics(wn: torch.Tensor, hessian: torch.Tensor | None, stats: dict,
                        overload_frac: float | None = None) -> dict:
     """What the per-layer guard (:mod:`llmquant.quant.guard`) reads to name a likely cause.
@@ -53,8 +91,12 @@ def weight_diagnostics(wn: torch.Tensor, hessian: torch.Tensor | None, stats: di
 
 def quantize_lattice_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q=None,
                             betas: torch.Tensor | None = None, with_bias: bool = False) -> tuple[LatticeLinear, dict]:
-    """E8 weights for ``linear`` (see module docstring); returns the module and ``{"rel_err": ...}``."""
+    """E8 weights for ``linear`` (see module docstring); returns the module and ``{"rel_err": ...}``.
+    ``weights.code: box``: :func:`quantize_codec_linear` with :func:`weight_codec`."""
     from llmquant.lattice.nested import NestedLatticeQuantizer
+
+    if getattr(wcfg, "code", "voronoi") != "voronoi":
+        return quantize_codec_linear(linear, hessian, wcfg, weight_codec(wcfg), act_q=act_q, with_bias=with_bias)
 
     w = linear.weight.detach().to(torch.float32)
     n, k = w.shape
@@ -158,6 +200,13 @@ def quantize_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q
 
 def empty_like_spec(spec: dict) -> nn.Module:
     """An empty quantized module (buffers to be filled by ``load_state_dict``) from its saved spec."""
+    if spec["type"] == "lattice" and spec.get("code", "voronoi") != "voronoi":
+        from llmquant.lattice.codec import codec_from_dict
+
+        codec = codec_from_dict(spec["codec"])
+        if codec.kind != spec["code"]:
+            raise ValueError(f"module spec code {spec['code']!r} does not match its codec kind {codec.kind!r}")
+        return LatticeLinear(spec["in_features"], spec["out_features"], codec=codec, bias=spec["bias"])
     if spec["type"] == "lattice":
         return LatticeLinear(spec["in_features"], spec["out_features"], lattice=spec["lattice"], q=spec["q"],
                              k=spec["k"], bias=spec["bias"])
@@ -169,6 +218,9 @@ def empty_like_spec(spec: dict) -> nn.Module:
 
 def module_spec(layer: nn.Module) -> dict:
     """JSON-able description of a quantized module, enough to rebuild it empty (see :func:`empty_like_spec`)."""
+    if isinstance(layer, LatticeLinear) and layer.code != "voronoi":
+        return {"type": "lattice", "in_features": layer.in_features, "out_features": layer.out_features,
+                "code": layer.code, "codec": layer.codec.to_dict(), "bias": layer.bias is not None}
     if isinstance(layer, LatticeLinear):
         return {"type": "lattice", "in_features": layer.in_features, "out_features": layer.out_features,
                 "lattice": layer.lattice, "q": layer.q, "k": int(layer.betas.numel()), "bias": layer.bias is not None}
