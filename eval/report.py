@@ -58,22 +58,31 @@ def load_run(path: str | os.PathLike) -> dict:
     }
     cfg = run["config"]
     run["method"] = data.get("method") or cfg.get("method") or cfg.get("name") or name
-    run["setting"] = data.get("setting") or setting_from_config(cfg) or setting_from_bits(run["bits"])
+    run["setting"] = data.get("setting") or setting_from_config(cfg, run["bits"]) or setting_from_bits(run["bits"])
     return run
 
 
-def setting_from_config(cfg: dict) -> str | None:
+def setting_from_config(cfg: dict, measured: dict | None = None) -> str | None:
     """Nominal ``W4A4KV4`` label from a run config's ``weights``/``activations``/``kv`` sections
-    (their ``bits``; a section whose ``method`` is none/fp counts as 16 bits, KV then omitted)."""
+    (their ``bits``; a section whose ``method`` is none/fp counts as 16 bits, KV then omitted).  Lattice
+    sections ignore ``bits`` (their rate comes from ``q``/``k`` or the box width): they are labelled with
+    the run's measured bits (``measured``, results.json ``bits``: stored bits for weights) rounded to an
+    integer, so E8 W3/W2 runs are not called W4; without a measured figure, ``bits`` as before."""
     if not all(isinstance(cfg.get(k), dict) for k in ("weights", "activations", "kv")):
         return None
+    measured = measured or {}
 
-    def nominal(section):
-        if str(section.get("method", "none")).lower() in ("none", "fp", "null", "") or section.get("bits") is None:
+    def nominal(key):
+        section = cfg[key]
+        if str(section.get("method", "none")).lower() in ("none", "fp", "null", ""):
+            return None
+        if str(section.get("method")).lower() == "lattice" and isinstance(measured.get(key), (int, float)):
+            return float(round(measured[key]))
+        if section.get("bits") is None:
             return None
         return float(section["bits"])
 
-    return setting_from_bits({k: nominal(cfg[k]) for k in ("weights", "activations", "kv")})
+    return setting_from_bits({k: nominal(k) for k in ("weights", "activations", "kv")})
 
 
 def setting_from_bits(bits: dict) -> str:

@@ -175,3 +175,41 @@ def test_box_padding_bits_are_checked():
     assert layer.words.shape == (4, 3) and _index_problem(layer) is None
     layer.words[1, -1] = 1 << 30
     assert "padding" in _index_problem(layer)
+
+
+def test_weight_betas_follow_choose_and_shipped_configs_keep_their_betas():
+    from llmquant.lattice.beta_sets import load_beta_set
+    from llmquant.quant.weights import weight_betas
+
+    configs = sorted(TINY.parent.glob("*.yaml"))
+    seen = 0
+    for path in configs:
+        w = load_config(path).weights
+        if w.method == "lattice" and w.code == "voronoi":
+            # what the runs behind the published tables loaded (the first-fit set) is what they load now
+            assert torch.equal(weight_betas(w), load_beta_set(w.lattice, w.q, w.k)), path.name
+            seen += 1
+    assert seen >= 5
+    w = load_config(TINY, ["weights.k=4"]).weights
+    assert w.choose == "min_error"
+    assert torch.equal(weight_betas(w), load_beta_set("E8", 14, 4, choose="min_error"))
+    assert not torch.equal(weight_betas(w), load_beta_set("E8", 14, 4))
+
+
+def test_report_labels_lattice_runs_by_their_bits():
+    from llmquant.eval.report import setting_from_config
+
+    cfg = {"weights": {"method": "lattice", "bits": 4, "q": 8}, "activations": {"method": "none"},
+           "kv": {"method": "none"}}
+    assert setting_from_config(cfg, {"weights": 3.15, "activations": None, "kv": None}) == "W3A16"
+    assert setting_from_config(cfg, {"weights": 2.0234, "activations": None, "kv": None}) == "W2A16"
+    assert setting_from_config(cfg) == "W4A16"  # no measured bits: the section's bits, as before
+    cfg["weights"] = {"method": "scalar", "bits": 4}
+    assert setting_from_config(cfg, {"weights": 4.11}) == "W4A16"
+
+
+@pytest.mark.parametrize("w", [4, 3, 2])
+def test_e8box_configs(w):
+    cfg = load_config(TINY.parent / f"smollm2-135m-e8box-w{w}a16.yaml")
+    assert cfg.weights.code == "box" and cfg.weights.box_bits == w - 1
+    assert w < weight_bits(cfg.weights, 576) < w + 0.03

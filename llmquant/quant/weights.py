@@ -26,9 +26,11 @@ def _bias(linear: nn.Linear):
 
 
 def weight_betas(wcfg) -> torch.Tensor:
+    """The shipped β set optimised for ``weights.choose`` (``sets_min_error`` for min_error; before issue 9
+    the first-fit set was loaded for both rules -- identical for every shipped config: k = 2 for q = 4, 8, 14)."""
     from llmquant.lattice.beta_search import load_beta_set
 
-    return load_beta_set(wcfg.lattice, wcfg.q, wcfg.k).to(torch.float32)
+    return load_beta_set(wcfg.lattice, wcfg.q, wcfg.k, choose=wcfg.choose).to(torch.float32)
 
 
 def weight_codec(wcfg):
@@ -75,7 +77,8 @@ def weight_diagnostics(wn: torch.Tensor, hessian: torch.Tensor | None, stats: di
 
     ``wn [N, K]``: the weight divided by its per-row RMS.  Returns ``row_peak`` = max |wn| (a Gaussian
     row of K entries gives about sqrt(2 ln K) ~ 3.5-4.5; much more means outliers the rotation did not
-    spread), ``hessian_diag_ratio`` = max / median of diag(H) (input-channel outliers), the Cholesky
+    spread), ``hessian_diag_ratio`` = max / median of diag(H) (input-channel outliers), ``misalignment`` =
+    ``(||wn||^2 tr(H) / K) / tr(wn H wn^T)`` (weight energy in directions the inputs barely use), the Cholesky
     ``damp_retries``, and for lattice codes ``overload_frac``: the fraction of 8-vectors that overload
     even the chosen β (their error is not bounded by the code's cell)."""
     d = {"row_peak": float(wn.abs().max()) if wn.numel() else 0.0,
@@ -84,6 +87,12 @@ def weight_diagnostics(wn: torch.Tensor, hessian: torch.Tensor | None, stats: di
         diag = torch.diagonal(hessian).float()
         med = float(diag.median())
         d["hessian_diag_ratio"] = float(diag.max()) / med if med > 0 else float("inf")
+        # (||W||_F^2 tr(H)/K) / tr(W H W^T): 1 when the weight's energy sits where the inputs' does; a code's
+        # (near-isotropic) error is amplified by its square root relative to the signal
+        h = hessian.float()
+        signal = float(((wn @ h) * wn).sum())
+        d["misalignment"] = (float(wn.pow(2).sum()) * float(h.trace()) / h.shape[0] / signal
+                             if signal > 0 else float("inf"))
     if overload_frac is not None:
         d["overload_frac"] = overload_frac
     return d
