@@ -69,3 +69,13 @@ def test_bias_bits_are_counted():
     assert not off.bias_correction
     assert weight_bits(on, 640) - weight_bits(off, 640) == pytest.approx(32 / 640)
     assert weight_bits(off, 576) == pytest.approx(math.log2(14) + 1 / 8 + 16 / 576)
+
+
+def test_misalignment_diagnostic():
+    """W u = 0 with inputs dominated by a * u: huge misalignment under H, about 1 under the covariance."""
+    cfg = load_config(CONFIGS / "smollm2-135m-e8-w4a16.yaml").weights
+    lin, _x, acc = _case()
+    _, plain = quantize_linear(lin, acc.hessian(), cfg)
+    _, corr = quantize_linear(lin, acc.hessian(), cfg, mean=acc.mean())
+    assert plain["diag"]["misalignment"] > 100
+    assert corr["diag"]["misalignment"] < 2

@@ -86,3 +86,9 @@ def test_likely_cause_phrases():
     assert "heavy-tailed" in likely_cause({"row_peak": 20.0})
     assert "damping" in likely_cause({"damp_retries": 2})
     assert "no single cause" in likely_cause({"row_peak": 4.0, "overload_frac": 0.0, "damp_retries": 0})
+
+
+def test_likely_cause_names_mean_and_misalignment():
+    assert "bias_correction" in likely_cause({"mean_energy_frac": 0.95, "bias_correction": False})
+    assert "bias_correction" not in likely_cause({"mean_energy_frac": 0.95, "bias_correction": True})
+    assert "misalignment 300" in likely_cause({"misalignment": 300.0})

@@ -54,6 +54,15 @@ def likely_cause(diag: dict | None) -> str:
     retries = diag.get("damp_retries", 0)
     if retries:
         reasons.append(f"ill-conditioned Hessian (Cholesky needed {retries} damping increase(s))")
+    mean_frac = diag.get("mean_energy_frac")
+    if mean_frac is not None and mean_frac > 0.5 and not diag.get("bias_correction"):
+        reasons.append(f"{100 * mean_frac:.0f}% of the input energy is its mean (a constant component): set "
+                       "weights.bias_correction: true")
+    mis = diag.get("misalignment")
+    if mis is not None and mis > 50:
+        reasons.append(f"the weight's energy sits where the inputs have little (misalignment {mis:.0f}; ~1 is "
+                       f"typical): any code's error is amplified ~{mis ** 0.5:.0f}x relative to the output "
+                       "(folded norm gains with a large range / input outliers); more bits or finer scales help")
     cond = diag.get("hessian_diag_ratio")
     if cond is not None and cond > 1e4:
         reasons.append(f"input outliers (max/median diag(H) = {cond:.3g})")

@@ -363,6 +363,11 @@ def quantize_layers(
                     lin_report[role] = info.get("rel_err")
                     if "diag" in info:
                         lin_diag[role] = info["diag"]
+                        if role in accs:
+                            hm = accs[role]
+                            lin_diag[role]["mean_energy_frac"] = float(hm.mean().double().pow(2).sum()
+                                                                       / h.double().trace().clamp_min(1e-30))
+                            lin_diag[role]["bias_correction"] = mu is not None
                     if info.get("damping_retries"):
                         damping[role] = {"percdamp": info["percdamp"], "retries": info["damping_retries"]}
                         if log:
