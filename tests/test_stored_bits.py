@@ -213,3 +213,22 @@ def test_e8box_configs(w):
     cfg = load_config(TINY.parent / f"smollm2-135m-e8box-w{w}a16.yaml")
     assert cfg.weights.code == "box" and cfg.weights.box_bits == w - 1
     assert w < weight_bits(cfg.weights, 576) < w + 0.03
+
+
+def test_box_resume_matches_uninterrupted_run(tmp_path):
+    cfg = load_config(TINY, [*BOX, "model.spec=tiny-random-llama", "activations.method=none", "kv.method=none",
+                             "calibration.n_samples=4", "calibration.seq_len=32"])
+    ids = torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(5))
+    ref, _, _, _ = api.quantize_to_checkpoint(cfg, tmp_path / "ref", progress=False, log=None)
+
+    def crash(i):
+        raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        api.quantize_to_checkpoint(cfg, tmp_path / "ckpt", progress=False, log=None, on_layer_done=crash)
+    model, _, report, out = api.quantize_to_checkpoint(cfg, tmp_path / "ckpt", progress=False, log=None)
+    assert report["resumed_layers"] == [0]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+    assert json.loads((out / "results.json").read_text())["bits"]["weights"] == checkpoint_weight_bits(out)
+    assert checkpoint_weight_bits(out) == checkpoint_weight_bits(tmp_path / "ref")
