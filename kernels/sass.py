@@ -295,7 +295,7 @@ def kernel_specs() -> list[dict]:
     """Every Triton kernel config of this package with the launch's signature and constexprs.
 
     Configs are the GPU defaults of the launchers (``choose_config`` of the W4A16 GEMM for small / medium /
-    large M, ``e8_w4a4_gemm``'s CUDA tile in both modes, ``e8_encode``'s ``block_r``, the Hadamard tile
+    large M, the box-code W4A16 GEMV's ``GPU_CONFIG`` with fp16 and bf16 x, ``e8_w4a4_gemm``'s CUDA tile in both modes, ``e8_encode``'s ``block_r``, the Hadamard tile
     sizes of n = 4096 and 14336), with BF16 activations for the GEMMs (the comparison is against BF16).
     """
     w4a16 = "llmquant.kernels.e8_decode_gemm:_e8_decode_gemm_kernel"
@@ -316,6 +316,22 @@ def kernel_specs() -> list[dict]:
             "num_warps": warps, "weights_per_iter": bn * bk, "divisible_by_16": w4a16_div,
             "model": {"type": "gemm", "m": m, "block_m": bm, "stored_bytes_per_weight": W4_STORED_BYTES,
                       "tensor_flops_per_mac": 2.0, "int8": False},
+        })
+    # the box-code (b=3) W4A16 decode GEMV (kernels/box_w4a16.py): one int32 word per 8 weights + fp16 row scale
+    box_sig = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "bias_ptr": "*fp32",
+               "out_ptr": "*fp16", "part_ptr": "*fp32", "M": "i32", "N": "i32", "KW": "i32", "stride_xm": "i32",
+               "stride_om": "i32", "KW_PER_SPLIT": "i32"}
+    for xname, x_mode in (("fp16", 0), ("bf16", 1)):
+        specs.append({
+            "kernel": "w4a16", "label": f"box b=3, decode GEMV (M=1), {xname} x",
+            "kernel_ref": "llmquant.kernels.box_w4a16:_box_w4a16_kernel",
+            "signature": dict(box_sig, out_ptr=f"*{xname}"),
+            "constexprs": {"HAS_BIAS": False, "SPLIT_K": 4, "USE_ASM": True, "X_MODE": x_mode, "EVEN_N": True,
+                           "EVEN_G": True, "BLOCK_N": 1024, "BLOCK_G": 4},
+            "num_warps": 4, "weights_per_iter": 1024 * 4 * 8,
+            "divisible_by_16": ("N", "KW", "stride_xm", "stride_om", "KW_PER_SPLIT"),
+            "model": {"type": "gemm", "m": M_SMALL, "block_m": 1, "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K,
+                      "tensor_flops_per_mac": 0.0, "int8": False},
         })
     w4a4_sig = {"xc_ptr": "*i32", "xb_ptr": "*u8", "xs_ptr": "*fp32", "xbetas_ptr": "*fp32", "wc_ptr": "*i32",
                 "wb_ptr": "*u8", "ws_ptr": "*fp32", "wbetas_ptr": "*fp32", "bias_ptr": "*fp32", "gx2_ptr": "*fp32",

@@ -2,7 +2,7 @@
 
 Needs triton and the ``cuobjdump`` shipped in its wheel (no GPU, no CUDA toolkit).  Under the CPU test
 session ``TRITON_INTERPRET=1`` is set (tests/conftest.py), so the compile runs in a subprocess without it;
-that path is what these tests exercise.  The first run compiles 8 configs (~2-3 min on 2 cores); Triton's
+that path is what these tests exercise.  The first run compiles 10 configs (~2-3 min on 2 cores); Triton's
 cache (~/.triton/cache) makes later runs take seconds.
 """
 
@@ -74,7 +74,7 @@ def test_bench_kernels_sass_json(tools, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list)
     assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard"}
-    assert len(rows) == 8  # w4a16 x 3 tiles, w4a4 x 2 modes, encode, hadamard x 2 sizes
+    assert len(rows) == 10  # w4a16 x 3 tiles + box GEMV x 2 dtypes, w4a4 x 2 modes, encode, hadamard x 2 sizes
     for r in rows:
         assert ROW_KEYS <= set(r), r.keys()
         assert r["arch"] == "sm_90"
@@ -86,12 +86,19 @@ def test_bench_kernels_sass_json(tools, capsys):
         assert set(sp) == {"H100", "H200"} and all(v > 0 for v in sp.values())
         assert r["instructions_per_weight"] == pytest.approx(
             r["loop_instructions"] * r["threads"] / r["weights_per_iter"], rel=1e-3)
-    w4a16 = [r for r in rows if r["kernel"] == "w4a16"]
+    w4a16 = [r for r in rows if r["kernel"] == "w4a16" and not r["config"]["label"].startswith("box")]
+    assert len(w4a16) == 3
     for r in w4a16:
         # the K loop of the decode-GEMM: ~180 instructions and ~28 SHFL per weight (issue 9's measurement)
         assert r["region"] == "loop"
         assert r["shuffles"] > 0
         assert 50 < r["instructions_per_weight"] < 1000
+    box = [r for r in rows if r["config"]["label"].startswith("box b=3")]
+    assert len(box) == 2
+    for r in box:
+        # the box-code GEMV (kernels/box_w4a16.py): no cross-lane work, no spills, ~4 instructions per weight
+        assert r["region"] == "loop" and r["shuffles"] == 0 and r["spills"] == 0
+        assert r["instructions_per_weight"] < 5
     for r in rows:
         if r["kernel"] in ("encode", "hadamard"):
             assert r["region"] == "whole kernel"

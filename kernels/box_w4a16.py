@@ -1,0 +1,496 @@
+"""W4A16 decode-GEMM for the b=3 √2E8 **box** code: ``y = x @ W^T (+ bias)``, weights as one int32 per 8-vector.
+
+Spec (the truth is :mod:`llmquant.lattice.box`, ``BoxCodec(b=3, code="hamming", gamma=1)`` = ``E8BoxCodec(3)``)
+----------------------------------------------------------------------------------------------------------
+
+Shapes: ``x [M, K]`` (fp16 / bf16 / fp32, ``K % 8 == 0``), ``words`` int32 ``[N, K/8]`` (row ``n``'s words
+contiguous: ``BoxCodec.encode`` of the row's 8-vectors, = ``BoxCodec.pack(...)["words"]`` for b=3),
+``row_scale`` fp16 ``[N]``, ``betas`` fp32 ``[16]``, optional ``bias`` fp32 ``[N]``; returns ``[M, N]`` in x's
+dtype.  Word ``w = words[n, v]`` (bits of the uint32):
+
+    bits [3i, 3i+3)   u_i = z_i + 4        (i = 0..7)
+    bits [24, 28)     m                    (Hamming message, m_i = bit i of m)
+    bits [28, 32)     j                    (β index)
+
+codeword ``h_i = m_i`` (i < 4), ``h_{4+i} = m_i ^ P`` with ``P = popcount(m) & 1``; level ``ℓ_i = 2 u_i + h_i``;
+
+    W[n, 8v + i] = row_scale[n] · betas[j] · (ℓ_i − 7.5)        (= β (h_i + 2 z_i + ½))
+
+exactly :meth:`BoxCodec.decode_rows` (reference: :func:`box_w4a16_reference`).
+
+Kernel design (one int32 word = 8 weights per thread, no cross-lane work in the K loop)
+--------------------------------------------------------------------------------------
+
+* The decode of a word is packed fp16 arithmetic on the coordinate pairs ``(p, p+4)``, ``p = 0..3`` (lanes
+  lo / hi of a half2).  Pairs ``(p, p+4)`` are 12 bits apart in the word, so **one shift** of the word puts
+  ``u_p`` at lane bits [6, 9) and ``u_{p+4}`` at bits [18, 21) (hi-lane bits [2, 5)); the h bit goes right
+  below each (bits 5 and 17), so ``lane = (s & 0x001E01E0) ^ (0x54004400 | P << 17)`` is the half2
+  ``(4 + ℓ_p/8, 64 + ℓ_{p+4}/8)`` exactly (Marlin-style "OR into the mantissa"; the XOR with the parity
+  ``P`` at bit 17 turns ``m_p`` into ``h_{p+4} = m_p ^ P``).  The m bits are written into two copies of
+  the word beforehand, ``D_even`` (pairs 0, 2) and ``D_odd`` (pairs 1, 3), in place of the top bits of
+  the *other* pairs' u fields, by a mux with ``m`` spread by multiplies: ``mw = w & 0x0F000000``,
+  ``{x31, ie} = mw * 0x880880`` (64-bit: ``m_0`` at bit 31 of the low word, ``m_2 -> 5, 17``,
+  ``m_0 -> 11`` in the high word), ``io = mulhi(mw, 0x2202200) = m * 0x22022`` (``m_1 -> 2, 14``,
+  ``m_3 -> 8, 20``), ``P = popc(mw) & 1``.  Pair 2 needs no shift, pairs 1, 3 a shift by 3, pair 0 a
+  funnel shift of ``(D_even : x31)`` by 6.  Then 4 HADD2 (``lane − (4.9375, 64.9375) = (ℓ − 7.5)/8``,
+  exact), 4 HFMA2 with the x pairs ``(x_p, x_{p+4})``, one HADD2 of the two lanes, one conversion to fp32
+  and ``acc += β_j · partial`` in fp32 (β gathered from the 16-entry table, address ``base + 4 (w >> 28)``
+  in the low word only: betas is 64-byte aligned).  Weights are decoded as ``(ℓ − 7.5)/8`` (the 8 is
+  folded into the epilogue) so that the fp16 lane sums of 4 products cannot overflow for ``|x| ≲ 17000``.
+* SASS of the main loop on sm_90 (``kernels/sass.py``, :data:`GPU_CONFIG`: 4 warps, ``BLOCK_N = 1024``,
+  ``BLOCK_G = 4``, i.e. 8 rows x 4 words per thread): **3.94 instructions per weight, 0 shuffles, 0 spills,
+  96 registers** with fp16 activations (4.14 with bf16 activations: 8 shift/mask + 4 ``cvt.rn.f16x2.f32``
+  per 8 activations instead of 4 PRMT, shared by the 8 rows of a thread).  About 20 of the ~31 instructions per word are integer ops (LOP3 / SHF / IMAD /
+  POPC), which Hopper issues at half the FP32 rate: the integer pipe, not issue, is the tighter static
+  bound (not in the cost model).  **Not timed on a GPU.**
+* On CUDA the word decode + 8-MAC + β-FMA is one ``tl.inline_asm_elementwise`` PTX block (:data:`_WORD_PTX`);
+  under ``TRITON_INTERPRET=1`` (CPU tests) the same bit operations run as Triton integer ops
+  (:func:`_word_lanes`, checked bit for bit against ``BoxCodec``), and the PTX text itself is checked by a
+  small PTX emulator in the tests (``tests/test_kernels_box.py``).
+* x is read as fp16 (bf16 / fp32 are converted in the kernel: exact for bf16 values in fp16's normal
+  range; |x| ≤ 65504), per 8-block one 16-byte load and 4 PRMTs into the half2 pairs ``(x_p, x_{p+4})``,
+  shared by the rows a thread owns.  Accumulation: 4 products per fp16 lane, the two lanes summed in
+  fp16, β and everything after in fp32 (error ≈ fp16 rounding of 8-term partial sums).
+* Grid ``(cdiv(N, BLOCK_N), SPLIT_K, M)``: one activation row per program (decode GEMV; for ``M > 1``
+  the word tile is re-read from L2 per row — meant for decode, ``M ≲ 16``), split-K partials in fp32
+  ``[SPLIT_K, M, N]`` reduced by one ``sum`` (deterministic, no atomics); ``SPLIT_K = 1`` fuses row
+  scale, bias and the cast.  No host sync, no per-call host work beyond allocating the output
+  (constants are literals in the kernel; the SM count is cached per device): CUDA-graph friendly.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+#: u fields of the pairs (0, 4), (2, 6) / (1, 5), (3, 7): kept from the word in D_even / D_odd.
+MASK_EVEN = 0x001C71C7
+MASK_ODD = 0x00E38E38
+#: lane bits (h + u) of a pair register, and the fp16 exponents: lo lane 4.0 (0x4400), hi lane 64.0 (0x5400).
+LANE_MASK = 0x001E01E0
+LANE_BASE = 0x54004400
+#: -(4 + 7.5/8) lo, -(64 + 7.5/8) hi as fp16 bits: lane + this = (l - 7.5) / 8 exactly.
+LANE_OFFSET = 0xD40FC4F0
+#: decoded weights are (l - 7.5) / 8: the epilogue multiplies by this.
+DECODE_SCALE = 8.0
+
+
+def _i32(v: int) -> int:
+    """A uint32 bit pattern as the int32 Triton literal with the same bits."""
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+# the same constants as Triton constexprs (int32 bit patterns) for the jit functions
+_MASK_EVEN = tl.constexpr(MASK_EVEN)
+_NOT_MASK_EVEN = tl.constexpr(_i32(~MASK_EVEN & 0xFFFFFFFF))
+_MASK_ODD = tl.constexpr(MASK_ODD)
+_NOT_MASK_ODD = tl.constexpr(_i32(~MASK_ODD & 0xFFFFFFFF))
+_LANE_MASK = tl.constexpr(LANE_MASK)
+_LANE_BASE = tl.constexpr(LANE_BASE)
+_DECODE_SCALE = tl.constexpr(DECODE_SCALE)
+
+
+# PTX of one word: $0 (out, f32 bits) = $7 + betas[j] * sum_i ((l_i - 7.5)/8) * x_i for the word $1, the x pairs
+# $2..$5 (half2 (x_p, x_{p+4})), the address $6 of betas (u64) and the accumulator $7 (f32 bits).  The β address
+# is formed in 32 bits (low word + 4 j, high word unchanged): the launcher guarantees betas is 64-byte aligned,
+# so the low word cannot carry.
+_WORD_PTX = f"""
+{{
+.reg .b32 mw, x31, pc, lbp, ie, io, de, dd, s0, s1, s3, r0, r1, r2, r3, v0, v1, v2, v3, a, j, blo, bhi, alo;
+.reg .b32 kme, kmo, klm, klb, koff;
+.reg .b16 lo, hi, hs;
+.reg .f32 fs, beta, accin, accout;
+.reg .b64 addr, prod;
+mov.b32 kme, {MASK_EVEN};
+mov.b32 kmo, {MASK_ODD};
+mov.b32 klm, {LANE_MASK};
+mov.b32 klb, {LANE_BASE};
+mov.b32 koff, {_i32(LANE_OFFSET)};
+mov.b64 {{blo, bhi}}, $6;
+shr.u32 j, $1, 28;
+mad.lo.u32 alo, j, 4, blo;
+mov.b64 addr, {{alo, bhi}};
+ld.global.nc.f32 beta, [addr];
+and.b32 mw, $1, 0x0F000000;
+popc.b32 pc, mw;
+shl.b32 pc, pc, 17;
+lop3.b32 lbp, pc, 0x20000, klb, 0xEA;
+mul.wide.u32 prod, mw, 0x880880;
+mov.b64 {{x31, ie}}, prod;
+mul.hi.u32 io, mw, 0x2202200;
+lop3.b32 de, $1, kme, ie, 0xE2;
+lop3.b32 dd, $1, kmo, io, 0xE2;
+shf.l.wrap.b32 s0, x31, de, 6;
+shl.b32 s1, dd, 3;
+shr.u32 s3, dd, 3;
+lop3.b32 r0, s0, klm, lbp, 0x6A;
+lop3.b32 r1, s1, klm, lbp, 0x6A;
+lop3.b32 r2, de, klm, lbp, 0x6A;
+lop3.b32 r3, s3, klm, lbp, 0x6A;
+add.rn.f16x2 v0, r0, koff;
+add.rn.f16x2 v1, r1, koff;
+add.rn.f16x2 v2, r2, koff;
+add.rn.f16x2 v3, r3, koff;
+mul.rn.f16x2 a, v0, $2;
+fma.rn.f16x2 a, v1, $3, a;
+fma.rn.f16x2 a, v2, $4, a;
+fma.rn.f16x2 a, v3, $5, a;
+mov.b32 {{lo, hi}}, a;
+add.rn.f16 hs, lo, hi;
+cvt.f32.f16 fs, hs;
+mov.b32 accin, $7;
+fma.rn.f32 accout, beta, fs, accin;
+mov.b32 $0, accout;
+}}
+"""
+_WORD_ASM = tl.constexpr(_WORD_PTX)
+
+# two bf16 pairs (a = (a0, a1), b = (b0, b1)) -> half2 (a0, b0) / (a1, b1), rounded to nearest
+_BF16_LO_PAIR = tl.constexpr("""
+{
+.reg .b32 a, b;
+shl.b32 a, $1, 16;
+shl.b32 b, $2, 16;
+cvt.rn.f16x2.f32 $0, b, a;
+}
+""")
+_BF16_HI_PAIR = tl.constexpr("""
+{
+.reg .b32 a, b;
+and.b32 a, $1, -65536;
+and.b32 b, $2, -65536;
+cvt.rn.f16x2.f32 $0, b, a;
+}
+""")
+
+
+@triton.jit
+def _word_lanes(w):
+    """The four half2 lane registers (int32 bits) of words ``w``: pair p = (4 + l_p/8, 64 + l_{p+4}/8).
+
+    Same operations as :data:`_WORD_PTX` (integer part), in Triton; also used by the dequant kernel.
+    """
+    m = (w >> 24) & 15
+    # parity P of m (the PTX uses popc); lbp = lane base with P at bit 17 (flips the hi-lane h bits)
+    pc = (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1) + ((m >> 3) & 1)
+    lbp = ((pc << 17) & 0x20000) | _LANE_BASE
+    # PTX: {x31, ie} = (w & 0x0F000000) * 0x880880 (64-bit), io = its high word for 0x2202200
+    x31 = m << 31  # m_0 at bit 31 (low word of the 64-bit product)
+    ie = m * 0x8808 + (m >> 1)  # m_2 -> 5, 17; m_0 -> 11 (copies at 3, 11, 15; m >> 1 lands in u_0's bits)
+    io = m * 0x22022  # m_1 -> 2, 14; m_3 -> 8, 20 (copies at 1, 5, 13, 17)
+    de = (w & _MASK_EVEN) | (ie & _NOT_MASK_EVEN)
+    dd = (w & _MASK_ODD) | (io & _NOT_MASK_ODD)
+    s0 = (de << 6) | ((x31 >> 26) & 63)  # funnel shift of (de : x31) left by 6
+    s1 = dd << 3
+    s3 = (dd >> 3) & 0x1FFFFFFF
+    r0 = (s0 & _LANE_MASK) ^ lbp
+    r1 = (s1 & _LANE_MASK) ^ lbp
+    r2 = (de & _LANE_MASK) ^ lbp
+    r3 = (s3 & _LANE_MASK) ^ lbp
+    return r0, r1, r2, r3
+
+
+@triton.jit
+def _lane_values(r):
+    """(lo, hi) fp32 values (l - 7.5)/8 of a lane register ``r`` (exact; the fp16 subtraction is exact)."""
+    lo = (r & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) - 4.9375
+    hi = ((r >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) - 64.9375
+    return lo, hi
+
+
+@triton.jit
+def _half_bits(x):
+    """fp16 bits of ``x`` (any float dtype) in the low 16 bits of an int32."""
+    return x.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+
+
+@triton.jit
+def _bf16_pair_to_half(v):
+    """int32 holding two bf16 (lo, hi) -> (fp16 bits of lo, fp16 bits of hi) as int32 in the low 16 bits."""
+    lo = (v << 16).to(tl.float32, bitcast=True)
+    hi = (v & -65536).to(tl.float32, bitcast=True)
+    return _half_bits(lo), _half_bits(hi)
+
+
+@triton.jit
+def _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: tl.constexpr,
+             USE_ASM: tl.constexpr):
+    """The half2 pairs (x_p, x_{p+4}) of the 8-blocks ``offs_g`` of activation row ``row`` as int32 [BLOCK_G].
+
+    X_MODE 0: x_ptr is fp16 viewed as int32 (stride in int32); 1: bf16 viewed as int32; 2: any float (8 loads).
+    """
+    if X_MODE == 2:
+        xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g * 8
+        if EVEN_G:
+            x0 = tl.load(xb + 0)
+            x1 = tl.load(xb + 1)
+            x2 = tl.load(xb + 2)
+            x3 = tl.load(xb + 3)
+            x4 = tl.load(xb + 4)
+            x5 = tl.load(xb + 5)
+            x6 = tl.load(xb + 6)
+            x7 = tl.load(xb + 7)
+        else:
+            x0 = tl.load(xb + 0, mask=g_ok, other=0.0)
+            x1 = tl.load(xb + 1, mask=g_ok, other=0.0)
+            x2 = tl.load(xb + 2, mask=g_ok, other=0.0)
+            x3 = tl.load(xb + 3, mask=g_ok, other=0.0)
+            x4 = tl.load(xb + 4, mask=g_ok, other=0.0)
+            x5 = tl.load(xb + 5, mask=g_ok, other=0.0)
+            x6 = tl.load(xb + 6, mask=g_ok, other=0.0)
+            x7 = tl.load(xb + 7, mask=g_ok, other=0.0)
+        p0 = _half_bits(x0) | (_half_bits(x4) << 16)
+        p1 = _half_bits(x1) | (_half_bits(x5) << 16)
+        p2 = _half_bits(x2) | (_half_bits(x6) << 16)
+        p3 = _half_bits(x3) | (_half_bits(x7) << 16)
+    else:
+        xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g[:, None] * 4 + tl.arange(0, 4)[None, :]
+        if EVEN_G:
+            q = tl.load(xb)
+        else:
+            q = tl.load(xb, mask=g_ok[:, None], other=0)
+        qa, qb = tl.split(tl.reshape(q, (q.shape[0], 2, 2)))  # q[4g + 2a + b]: qa = b=0, qb = b=1
+        q0, q2 = tl.split(qa)
+        q1, q3 = tl.split(qb)
+        if X_MODE == 0 and USE_ASM:  # one PRMT per pair
+            p0 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [q0, q2], dtype=tl.int32,
+                                           is_pure=True, pack=1)
+            p1 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [q0, q2], dtype=tl.int32,
+                                           is_pure=True, pack=1)
+            p2 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [q1, q3], dtype=tl.int32,
+                                           is_pure=True, pack=1)
+            p3 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [q1, q3], dtype=tl.int32,
+                                           is_pure=True, pack=1)
+        elif X_MODE == 1 and USE_ASM:  # bf16 -> f32 (a shift or a mask), two f32 -> f16x2 in one cvt
+            p0 = tl.inline_asm_elementwise(_BF16_LO_PAIR, "=r,r,r", [q0, q2], dtype=tl.int32, is_pure=True, pack=1)
+            p1 = tl.inline_asm_elementwise(_BF16_HI_PAIR, "=r,r,r", [q0, q2], dtype=tl.int32, is_pure=True, pack=1)
+            p2 = tl.inline_asm_elementwise(_BF16_LO_PAIR, "=r,r,r", [q1, q3], dtype=tl.int32, is_pure=True, pack=1)
+            p3 = tl.inline_asm_elementwise(_BF16_HI_PAIR, "=r,r,r", [q1, q3], dtype=tl.int32, is_pure=True, pack=1)
+        elif X_MODE == 0:  # q0 = (x0, x1), q1 = (x2, x3), q2 = (x4, x5), q3 = (x6, x7)
+            p0 = (q0 & 0xFFFF) | (q2 << 16)
+            p1 = ((q0 >> 16) & 0xFFFF) | (q2 & -65536)
+            p2 = (q1 & 0xFFFF) | (q3 << 16)
+            p3 = ((q1 >> 16) & 0xFFFF) | (q3 & -65536)
+        else:
+            h0, h1 = _bf16_pair_to_half(q0)
+            h2, h3 = _bf16_pair_to_half(q1)
+            h4, h5 = _bf16_pair_to_half(q2)
+            h6, h7 = _bf16_pair_to_half(q3)
+            p0 = h0 | (h4 << 16)
+            p1 = h1 | (h5 << 16)
+            p2 = h2 | (h6 << 16)
+            p3 = h3 | (h7 << 16)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _pair_dot(r, p):
+    """fp32 sum of the two lane products of lane register ``r`` and x pair ``p`` (interpreter path)."""
+    a, b = _lane_values(r)
+    xa = (p & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    xb = ((p >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return a * xa + b * xb
+
+
+@triton.jit
+def _box_w4a16_kernel(
+    x_ptr, w_ptr, scale_ptr, betas_ptr, bias_ptr, out_ptr, part_ptr,
+    M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_MODE: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    row = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * KW
+    acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    g_begin = pid_k * KW_PER_SPLIT
+    for g0 in range(g_begin, g_begin + KW_PER_SPLIT, BLOCK_G):
+        offs_g = g0 + tl.arange(0, BLOCK_G)
+        g_ok = offs_g < KW
+        if EVEN_N and EVEN_G:
+            words = tl.load(w_rows + offs_g[None, :])
+        else:
+            words = tl.load(w_rows + offs_g[None, :], mask=n_ok[:, None] & g_ok[None, :], other=0)
+        p0, p1, p2, p3 = _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G, USE_ASM)
+        if USE_ASM:
+            acc = tl.inline_asm_elementwise(
+                _WORD_ASM, "=r,r,r,r,r,r,l,r",
+                [words, tl.broadcast_to(p0[None, :], words.shape), tl.broadcast_to(p1[None, :], words.shape),
+                 tl.broadcast_to(p2[None, :], words.shape), tl.broadcast_to(p3[None, :], words.shape),
+                 tl.zeros(words.shape, tl.int64) + betas_ptr.to(tl.int64), acc.to(tl.int32, bitcast=True)],
+                dtype=tl.int32, is_pure=True, pack=1).to(tl.float32, bitcast=True)
+        else:
+            # interpreter: the same lanes; products and sums in fp32 of the fp16 x
+            beta = tl.load(betas_ptr + ((words >> 28) & 15))
+            r0, r1, r2, r3 = _word_lanes(words)
+            part = (_pair_dot(r0, p0[None, :]) + _pair_dot(r1, p1[None, :]) + _pair_dot(r2, p2[None, :])
+                    + _pair_dot(r3, p3[None, :]))
+            acc += beta * part
+
+    y = tl.sum(acc, axis=1) * _DECODE_SCALE
+    y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+    else:
+        tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, y, mask=n_ok)
+
+
+@triton.jit
+def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, out_ptr, N, KW,
+                        BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """``W [N, K]`` fp32 from the words with the kernel's lane decode (for the bit-exact tests)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    mask = (offs_n[:, None] < N) & (offs_g[None, :] < KW)
+    words = tl.load(w_ptr + offs_n[:, None] * KW + offs_g[None, :], mask=mask, other=0)
+    r0, r1, r2, r3 = _word_lanes(words)
+    a0, b0 = _lane_values(r0)
+    a1, b1 = _lane_values(r1)
+    a2, b2 = _lane_values(r2)
+    a3, b3 = _lane_values(r3)
+    b = tl.load(betas_ptr + ((words >> 28) & 15))
+    s = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
+    base = out_ptr + offs_n[:, None] * (KW * 8) + offs_g[None, :] * 8
+    # (l - 7.5)/8 * 8 is exact; then the reference's order: scale * (beta * level)
+    tl.store(base + 0, s * (b * (a0 * 8.0)), mask=mask)
+    tl.store(base + 1, s * (b * (a1 * 8.0)), mask=mask)
+    tl.store(base + 2, s * (b * (a2 * 8.0)), mask=mask)
+    tl.store(base + 3, s * (b * (a3 * 8.0)), mask=mask)
+    tl.store(base + 4, s * (b * (b0 * 8.0)), mask=mask)
+    tl.store(base + 5, s * (b * (b1 * 8.0)), mask=mask)
+    tl.store(base + 6, s * (b * (b2 * 8.0)), mask=mask)
+    tl.store(base + 7, s * (b * (b3 * 8.0)), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------- host side
+
+#: GPU default config (also the SASS benchmark's): 4 warps, 8 rows x 4 words (one 16-byte load) per thread.
+#: Chosen on the static SASS count only (no GPU timing yet).
+GPU_CONFIG = {"BLOCK_N": 1024, "BLOCK_G": 4, "num_warps": 4}
+
+
+def _check(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor, bias) -> None:
+    if words.dtype != torch.int32 or words.dim() != 2:
+        raise ValueError(f"words must be int32 [N, K/8], got {words.dtype} {tuple(words.shape)}")
+    n = words.shape[0]
+    if row_scale.shape != (n,):
+        raise ValueError(f"row_scale must be [N] = [{n}], got {tuple(row_scale.shape)}")
+    if betas.numel() != 16:
+        raise ValueError(f"betas must hold the 16 box-code scales, got {betas.numel()}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias must be [N] = [{n}], got {tuple(bias.shape)}")
+
+
+def choose_config(m: int, n: int, kw: int, *, on_gpu: bool, sm_count: int = 132) -> dict:
+    """Tile config: fixed small tiles in the interpreter; on GPU ``GPU_CONFIG`` and a split-K that puts
+    about two CTAs per SM (``sm_count``) while keeping >= 4 K iterations per split."""
+    if not on_gpu:
+        bg = 16 if kw >= 16 else 8
+        return {"BLOCK_N": 32 if n > 16 else 16, "BLOCK_G": bg, "SPLIT_K": 1}
+    cfg = dict(GPU_CONFIG)
+    tiles = triton.cdiv(n, cfg["BLOCK_N"]) * max(1, m)
+    split = 1
+    while tiles * split < 2 * sm_count and kw // (cfg["BLOCK_G"] * split * 2) >= 4:
+        split *= 2
+    cfg["SPLIT_K"] = split
+    return cfg
+
+
+_SM_COUNT: dict = {}
+
+
+def _sm_count(dev: torch.device) -> int:
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor,
+                     bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """``x @ W^T (+ bias)`` with ``W = BoxCodec(3, betas).decode_rows(words, row_scale)`` (module docstring).
+
+    ``x [..., K]`` fp16 / bf16 / fp32 (read as fp16 in the kernel), ``words`` int32 ``[N, K/8]``, ``row_scale``
+    ``[N]`` (fp16), ``betas`` fp32 ``[16]``, ``bias`` ``[N]`` or None; returns ``[..., N]`` in ``x.dtype``.
+    All tensors on the same device (CUDA, or CPU under ``TRITON_INTERPRET=1``).  ``config`` overrides
+    ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``.
+    """
+    _check(words, row_scale, betas, bias)
+    n, kw = words.shape
+    k = 8 * kw
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features but the words describe K = 8 * {kw} = {k}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    dev = x.device
+    on_gpu = dev.type == "cuda"
+    cfg = dict(config) if config is not None else choose_config(
+        m, n, kw, on_gpu=on_gpu, sm_count=_sm_count(dev) if on_gpu else 132)
+    split = int(cfg.get("SPLIT_K", 1))
+    bg = int(cfg["BLOCK_G"])
+    if betas.dtype != torch.float32 or not betas.is_contiguous() or betas.data_ptr() % 64:
+        # the kernel forms the β address in 32 bits: betas must be fp32, contiguous and 64-byte aligned
+        # (every fresh torch allocation is; a slice of another tensor may not be)
+        betas = betas.to(torch.float32).contiguous().clone()
+    kw_per_split = triton.cdiv(triton.cdiv(kw, split), bg) * bg
+    out = torch.empty((m, n), device=dev, dtype=x.dtype)
+    if m == 0 or n == 0:
+        return out.reshape(*lead, n)
+    part = torch.empty((split, m, n), device=dev, dtype=torch.float32) if split > 1 else out
+    words = words if words.is_contiguous() else words.contiguous()
+    if x2.dtype in (torch.float16, torch.bfloat16):
+        x_mode = 0 if x2.dtype == torch.float16 else 1
+        if x2.stride(0) % 2 or x2.storage_offset() % 2:
+            x2 = x2.contiguous()
+        x_arg, x_stride = x2.view(torch.int32), x2.stride(0) // 2
+    else:
+        x_mode, x_arg, x_stride = 2, x2, x2.stride(0)
+    bn = cfg["BLOCK_N"]
+    extra = {"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}
+    _box_w4a16_kernel[(triton.cdiv(n, bn), split, m)](
+        x_arg, words, row_scale, betas, bias if bias is not None else row_scale, out, part,
+        m, n, kw, x_stride, out.stride(0), kw_per_split,
+        HAS_BIAS=bias is not None, SPLIT_K=split, USE_ASM=on_gpu, X_MODE=x_mode,
+        EVEN_N=n % bn == 0, EVEN_G=kw_per_split * split == kw,
+        BLOCK_N=bn, BLOCK_G=bg, **extra,
+    )
+    if split > 1:
+        acc = part.sum(0)
+        if bias is not None:
+            acc = acc + bias.to(torch.float32)
+        out = acc.to(x.dtype)
+    return out.reshape(*lead, n)
+
+
+def box_dequant(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """``W [N, K]`` fp32 decoded by the kernel's lane arithmetic (tests: equals ``decode_rows`` bit for bit)."""
+    _check(words, row_scale, betas, None)
+    n, kw = words.shape
+    out = torch.empty((n, 8 * kw), device=words.device, dtype=torch.float32)
+    bn, bg = 16, 8
+    _box_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(kw, bg))](
+        words.contiguous(), row_scale, betas, out, n, kw, BLOCK_N=bn, BLOCK_G=bg)
+    return out
+
+
+def box_w4a16_reference(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch spec: ``x @ BoxCodec(3, betas).decode_rows(words, row_scale)^T (+ bias)`` in fp32, cast to
+    ``x.dtype``."""
+    from llmquant.lattice.box import BoxCodec
+
+    _check(words, row_scale, betas, bias)
+    w = BoxCodec(3, betas.detach().float().cpu(), "hamming", 1.0).decode_rows(words, row_scale.float())
+    y = x.float() @ w.to(x.device).T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

@@ -1,0 +1,304 @@
+"""Box-code W4A16 decode-GEMM (kernels/box_w4a16.py) against BoxCodec (TRITON_INTERPRET=1 on CPU).
+
+* the kernel's lane decode (the Triton integer ops the interpreter runs) is bit-identical to
+  ``BoxCodec.decode_rows`` for encoded words and for random words covering every (m, j) top byte;
+* the PTX block the GPU runs (``_WORD_PTX``) is executed by a small PTX emulator here (no GPU needed) and
+  checked lane by lane against the same decode, and its 8-MAC against an fp64 dot;
+* the GEMM (split-K or not, bias on/off, odd shapes, M = 1, 3, 17, fp16 / fp32 / bf16 activations) is within
+  the fp16-rounding bound of the fp32 reference (the kernel reads x as fp16).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import numpy as np
+import pytest
+import torch
+from _kernels_support import kernel_device
+
+from llmquant.lattice.box import E8BoxCodec
+
+pytestmark = pytest.mark.kernels
+
+
+@pytest.fixture(scope="module")
+def dev() -> torch.device:
+    return kernel_device()
+
+
+def _to_i32(w64: torch.Tensor) -> torch.Tensor:
+    return torch.where(w64 >= 2**31, w64 - 2**32, w64).to(torch.int32)
+
+
+def _random_words(n: int, kw: int, seed: int) -> torch.Tensor:
+    """Uniformly random words: every u field, message and β index (all 256 top bytes appear)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randint(0, 1 << 24, (n, kw), generator=g)
+    top = torch.randint(0, 256, (n, kw), generator=g)
+    top.view(-1)[:256] = torch.arange(256)[: top.numel()]
+    return _to_i32((top << 24) | low)
+
+
+def _encoded_words(n: int, kw: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Words of the nearest codewords of a Gaussian W, and fp16 row scales (how LatticeLinear stores them)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, 8 * kw, generator=g)
+    scale = (w.pow(2).mean(1).sqrt()).half()
+    words = E8BoxCodec(3).encode((w / scale.float()[:, None]).reshape(n, kw, 8))
+    return words, scale
+
+
+# ---------------------------------------------------------------------------------------------------- decode
+
+
+@pytest.mark.parametrize("kind", ["random", "encoded"])
+def test_dequant_bit_identical_to_decode_rows(dev, kind):
+    from llmquant.kernels.box_w4a16 import box_dequant
+
+    codec = E8BoxCodec(3)
+    if kind == "random":
+        words = _random_words(40, 24, seed=1)
+        scale = (torch.rand(40, generator=torch.Generator().manual_seed(2)) + 0.25).half()
+    else:
+        words, scale = _encoded_words(33, 17, seed=3)
+    w = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev))
+    ref = codec.decode_rows(words, scale.float())
+    assert torch.equal(w.cpu(), ref)
+
+
+# ------------------------------------------------------------------------------------- PTX emulator (GPU code)
+
+
+def _f16(bits: int) -> float:
+    return float(np.array([bits & 0xFFFF], np.uint16).view(np.float16)[0])
+
+
+def _f16_bits(v: float) -> int:
+    return int(np.array([v], np.float16).view(np.uint16)[0])
+
+
+def _f32(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", bits & 0xFFFFFFFF))[0]
+
+
+def _f32_bits(v: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", v))[0]
+
+
+def _h2(fn, a: int, *rest: int) -> int:
+    """Apply ``fn`` to the lo and hi fp16 lanes (values computed in fp64, rounded once to fp16)."""
+    out = 0
+    for sh in (0, 16):
+        vals = [_f16(x >> sh) for x in (a, *rest)]
+        out |= _f16_bits(fn(*vals)) << sh
+    return out
+
+
+def run_word_ptx(ptx: str, args: dict, memory: dict) -> int:
+    """Execute the straight-line PTX of ``_WORD_PTX`` (the subset it uses) on Python ints.
+
+    ``args``: ``{"$1": word, ...}`` (u32 / u64 bit patterns); ``memory``: address -> u32 for ``ld.global``.
+    Returns the u32 written to ``$0``.  fp16 ops round once from the exact value (fp64 holds it here).
+    """
+    regs: dict = dict(args)
+    m32 = 0xFFFFFFFF
+
+    def val(tok: str) -> int:
+        tok = tok.strip()
+        if tok in regs:
+            return regs[tok]
+        return int(tok, 0) & m32
+
+    for raw in ptx.splitlines():
+        line = raw.strip()
+        if not line or line in ("{", "}") or line.startswith(".reg"):
+            continue
+        m = re.fullmatch(r"([a-z0-9.]+)\s+(.*);", line)
+        assert m, line
+        op, rest = m.group(1), m.group(2)
+        if op == "mov.b64" and rest.startswith("{"):  # split a u64 into {lo, hi}
+            lo, hi, src = re.fullmatch(r"\{(\w+),\s*(\w+)\},\s*(\S+)", rest).groups()
+            v = val(src) if src in regs else int(src, 0)
+            regs[lo], regs[hi] = v & m32, v >> 32
+            continue
+        if op == "mov.b64":  # {lo, hi} -> u64
+            dst, lo, hi = re.fullmatch(r"(\w+),\s*\{(\w+),\s*(\w+)\}", rest).groups()
+            regs[dst] = val(lo) | (val(hi) << 32)
+            continue
+        if op == "mov.b32" and "{" in rest:  # u32 -> {lo16, hi16}
+            lo, hi, src = re.fullmatch(r"\{(\w+),\s*(\w+)\},\s*(\S+)", rest).groups()
+            v = val(src)
+            regs[lo], regs[hi] = v & 0xFFFF, v >> 16
+            continue
+        dst, *ops = [t.strip() for t in rest.split(",")]
+        if op == "ld.global.nc.f32":
+            regs[dst] = memory[val(ops[0].strip("[]"))]
+            continue
+        a = [val(o) for o in ops]
+        if op == "mov.b32":
+            r = a[0]
+        elif op == "shr.u32":
+            r = a[0] >> min(a[1], 32)
+        elif op == "shl.b32":
+            r = (a[0] << min(a[1], 32)) & m32
+        elif op == "and.b32":
+            r = a[0] & a[1]
+        elif op == "popc.b32":
+            r = a[0].bit_count()
+        elif op == "mad.lo.u32":
+            r = (a[0] * a[1] + a[2]) & m32
+        elif op == "mul.wide.u32":
+            r = a[0] * a[1]
+        elif op == "mul.hi.u32":
+            r = (a[0] * a[1]) >> 32
+        elif op == "lop3.b32":
+            lut = a[3]
+            r = 0
+            for bit in range(32):
+                idx = (((a[0] >> bit) & 1) << 2) | (((a[1] >> bit) & 1) << 1) | ((a[2] >> bit) & 1)
+                r |= ((lut >> idx) & 1) << bit
+        elif op == "shf.l.wrap.b32":  # upper word of (b:a) << (c mod 32)
+            r = ((((a[1] << 32) | a[0]) << (a[2] & 31)) >> 32) & m32
+        elif op == "add.rn.f16x2":
+            r = _h2(lambda x, y: x + y, a[0], a[1])
+        elif op == "mul.rn.f16x2":
+            r = _h2(lambda x, y: x * y, a[0], a[1])
+        elif op == "fma.rn.f16x2":
+            r = _h2(lambda x, y, z: x * y + z, a[0], a[1], a[2])
+        elif op == "add.rn.f16":
+            r = _f16_bits(_f16(a[0]) + _f16(a[1]))
+        elif op == "cvt.f32.f16":
+            r = _f32_bits(_f16(a[0]))
+        elif op == "cvt.rn.f16x2.f32":  # d = {hi: a, lo: b}
+            r = (_f16_bits(_f32(a[0])) << 16) | _f16_bits(_f32(a[1]))
+        elif op == "prmt.b32":  # default mode, selector without sign replication
+            pool = a[0] | (a[1] << 32)
+            r = sum(((pool >> (8 * ((a[2] >> (4 * k)) & 7))) & 0xFF) << (8 * k) for k in range(4))
+        elif op == "fma.rn.f32":
+            r = _f32_bits(float(np.float32(np.float64(_f32(a[0])) * _f32(a[1]) + _f32(a[2]))))
+        else:
+            raise AssertionError(f"PTX op not emulated: {op}")
+        regs[dst] = r
+    return regs["$0"]
+
+
+def test_word_ptx_matches_box_decode():
+    """The GPU's PTX, run by the emulator: decoded lanes exact, the 8-MAC + β-FMA within fp16 rounding."""
+    from llmquant.kernels import box_w4a16 as K
+
+    codec = E8BoxCodec(3)
+    base = 0x7F00_0000_1000  # 64-byte aligned, as the launcher guarantees
+    memory = {base + 4 * j: _f32_bits(float(b)) for j, b in enumerate(codec.betas.tolist())}
+    words = _random_words(1, 300, seed=5)[0].tolist() + _encoded_words(1, 40, seed=6)[0][0].tolist()
+    # lane check: x pairs of powers of two isolate each coordinate exactly
+    lane_ptx = K._WORD_PTX
+    g = torch.Generator().manual_seed(7)
+    for w in words:
+        u = w & 0xFFFFFFFF
+        dec = (codec.decode(torch.tensor([w]), torch.float64) / codec.betas.double()[u >> 28]).flatten().tolist()
+        for i in range(8):
+            x = [0.0] * 8
+            x[i] = 1.0
+            pairs = [_f16_bits(x[p]) | (_f16_bits(x[p + 4]) << 16) for p in range(4)]
+            out = run_word_ptx(lane_ptx, {"$1": u, "$2": pairs[0], "$3": pairs[1], "$4": pairs[2], "$5": pairs[3],
+                                          "$6": base, "$7": _f32_bits(0.0)}, memory)
+            beta = float(codec.betas[u >> 28])
+            assert _f32(out) == pytest.approx(beta * dec[i] / K.DECODE_SCALE, rel=1e-6, abs=0), (hex(u), i)
+        # a random x: the fp16 8-MAC within fp16 rounding of the exact dot
+        xs = (torch.randn(8, generator=g) * 3).half().float().tolist()
+        pairs = [_f16_bits(xs[p]) | (_f16_bits(xs[p + 4]) << 16) for p in range(4)]
+        acc0 = 0.25
+        out = run_word_ptx(lane_ptx, {"$1": u, "$2": pairs[0], "$3": pairs[1], "$4": pairs[2], "$5": pairs[3],
+                                      "$6": base, "$7": _f32_bits(acc0)}, memory)
+        beta = float(codec.betas[u >> 28])
+        exact = acc0 + beta * sum(d * x for d, x in zip(dec, xs)) / K.DECODE_SCALE
+        bound = beta * sum(abs(d * x) for d, x in zip(dec, xs)) / K.DECODE_SCALE * 8 * 2**-11 + 1e-6
+        assert abs(_f32(out) - exact) <= bound, (hex(u), _f32(out), exact)
+
+
+def test_x_pair_ptx():
+    """The x-pair PTX (fp16: PRMT; bf16: shift / mask to f32 and one cvt.rn.f16x2.f32) builds (x_p, x_{p+4})."""
+    from llmquant.kernels import box_w4a16 as K
+
+    g = torch.Generator().manual_seed(8)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = (torch.randn(8, generator=g) * 10).to(dtype)
+        q = [int(v) & 0xFFFFFFFF for v in x.view(torch.int32).tolist()]  # q[i] = (x[2i], x[2i+1])
+        if dtype == torch.float16:
+            progs = ["prmt.b32 $0, $1, $2, 0x5410;", "prmt.b32 $0, $1, $2, 0x7632;"]
+        else:
+            progs = [K._BF16_LO_PAIR.value, K._BF16_HI_PAIR.value]
+        for p in range(4):
+            src = progs[p % 2]
+            out = run_word_ptx(src, {"$1": q[p // 2], "$2": q[2 + p // 2]}, {})
+            want = x[[p, p + 4]].to(torch.float16).view(torch.int16).tolist()
+            assert out == (want[0] & 0xFFFF) | ((want[1] & 0xFFFF) << 16), (dtype, p)
+
+
+# ------------------------------------------------------------------------------------------------------ GEMM
+
+
+def _check_gemm(dev, m, n, kw, dtype, bias, config=None, seed=0):
+    from llmquant.kernels.box_w4a16 import box_w4a16_matmul, box_w4a16_reference
+
+    codec = E8BoxCodec(3)
+    words, scale = _encoded_words(n, kw, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    x = torch.randn(m, 8 * kw, generator=g).to(dtype)
+    b = torch.randn(n, generator=g) if bias else None
+    out = box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev),
+                           None if b is None else b.to(dev), config=config)
+    assert out.shape == (m, n) and out.dtype == dtype
+    W = codec.decode_rows(words, scale.float()).double()
+    exact = x.double() @ W.T + (0 if b is None else b.double())
+    # the kernel's rounding: x to fp16 (exact for these values unless fp32), fp16 products / lane sums of the
+    # 8 terms of a word; bound by 2^-9 of the sum of |terms| (+ the output dtype's rounding)
+    xh = x.to(torch.float16).double()
+    mag = xh.abs() @ W.abs().T
+    out_eps = {torch.float16: 2**-11, torch.bfloat16: 2**-8, torch.float32: 2**-24}[dtype]
+    tol = mag * 2**-9 + exact.abs() * out_eps + (xh - x.double()).abs() @ W.abs().T + 1e-5
+    err = (out.double().cpu() - exact).abs()
+    assert (err <= tol).all(), f"max err {err.max():.3g}, worst excess {(err - tol).max():.3g}"
+    ref = box_w4a16_reference(x, words, scale, codec.betas, b)
+    assert ref.shape == out.shape
+
+
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_gemm_fp16_shapes(dev, m):
+    _check_gemm(dev, m, 37, 13, torch.float16, bias=False, seed=m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_gemm_dtypes_bias(dev, dtype):
+    _check_gemm(dev, 2, 48, 16, dtype, bias=True, seed=11)
+
+
+def test_gemm_split_k_and_even_tiles(dev):
+    # EVEN_N / EVEN_G (unmasked loads) and the split-K partial sums, with and without bias
+    _check_gemm(dev, 1, 32, 32, torch.float16, bias=True, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 2})
+    _check_gemm(dev, 3, 33, 21, torch.float16, bias=False, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 3})
+
+
+def test_gemm_gpu_tile_config(dev):
+    """The GPU tile (BLOCK_N = 1024, BLOCK_G = 4, the SASS benchmark's config) on a small, masked shape."""
+    from llmquant.kernels.box_w4a16 import GPU_CONFIG
+
+    _check_gemm(dev, 1, 40, 12, torch.float16, bias=True, config=dict(GPU_CONFIG, SPLIT_K=2))
+
+
+def test_gemm_leading_dims_and_errors(dev):
+    from llmquant.kernels.box_w4a16 import box_w4a16_matmul
+
+    codec = E8BoxCodec(3)
+    words, scale = _encoded_words(16, 4, seed=4)
+    x = torch.randn(2, 3, 32).half()
+    out = box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev))
+    assert out.shape == (2, 3, 16)
+    W = codec.decode_rows(words, scale.float())
+    assert torch.allclose(out.float().cpu(), (x.float() @ W.T), rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="K = 8"):
+        box_w4a16_matmul(torch.randn(1, 40).half().to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev))
+    with pytest.raises(ValueError, match="16 box-code scales"):
+        box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas[:8].to(dev))
