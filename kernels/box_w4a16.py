@@ -40,9 +40,10 @@ Kernel design (one int32 word = 8 weights per thread, no cross-lane work in the 
 * SASS of the main loop on sm_90 (``kernels/sass.py``, :data:`GPU_CONFIG`: 4 warps, ``BLOCK_N = 1024``,
   ``BLOCK_G = 4``, i.e. 8 rows x 4 words per thread): **3.94 instructions per weight, 0 shuffles, 0 spills,
   96 registers** with fp16 activations (4.14 with bf16 activations: 8 shift/mask + 4 ``cvt.rn.f16x2.f32``
-  per 8 activations instead of 4 PRMT, shared by the 8 rows of a thread).  About 20 of the ~31 instructions per word are integer ops (LOP3 / SHF / IMAD /
-  POPC), which Hopper issues at half the FP32 rate: the integer pipe, not issue, is the tighter static
-  bound (not in the cost model).  **Not timed on a GPU.**
+  per 8 activations instead of 4 PRMT, shared by the 8 rows of a thread).  Per word (31.5 instructions):
+  ~14.5 ALU-pipe ops (LOP3 / SHF / LEA / PRMT), 3.6 IMAD, 1 POPC, 10 packed-fp16, 1 FFMA, 1.4 loads; the
+  ALU pipe runs at half the issue rate on Hopper, so it is ~90 % busy at the issue bound (the cost model
+  counts issue only).  **Not timed on a GPU.**
 * On CUDA the word decode + 8-MAC + β-FMA is one ``tl.inline_asm_elementwise`` PTX block (:data:`_WORD_PTX`);
   under ``TRITON_INTERPRET=1`` (CPU tests) the same bit operations run as Triton integer ops
   (:func:`_word_lanes`, checked bit for bit against ``BoxCodec``), and the PTX text itself is checked by a
