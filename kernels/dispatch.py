@@ -3,7 +3,8 @@
 ``try_forward(layer, x)`` is called by :class:`llmquant.quant.linear.LatticeLinear` when its ``backend`` is
 ``"triton"`` or ``"auto"``, with the *unquantized* input ``x``:
 
-* no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`);
+* no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`; box-coded
+  layers, b = 3 lattice variant: :mod:`.box_w4a16`);
 * lattice (E8, q <= 16) activation quant -> activation encode (:mod:`.e8_encode`, per-token scale from
   the reference's ``row_scale_guarded`` with ``act.overload_radius()``) + W4A4 GEMM
   (:mod:`.e8_w4a4_gemm`, exact int8 mode for up to 4 β pairs, else fp16 mode, see :func:`w4a4_mode`);
@@ -59,7 +60,10 @@ def unsupported_reason(layer, x: torch.Tensor) -> str | None:
     backend = getattr(layer, "backend", "reference")
     if backend not in ("triton", "auto"):
         return f"backend {backend!r}"
-    if getattr(layer, "code", "voronoi") != "voronoi":
+    code = getattr(layer, "code", "voronoi")
+    if code == "box":
+        return _box_reason(layer, backend, x)
+    if code != "voronoi":
         return f"code {layer.code!r} (these kernels read the Voronoi nibble layout)"
     if getattr(layer, "lattice", None) != "E8":
         return f"lattice {getattr(layer, 'lattice', None)!r} (kernels implement E8)"
@@ -79,6 +83,21 @@ def unsupported_reason(layer, x: torch.Tensor) -> str | None:
         if getattr(act, "choose", "min_error") not in ("min_error", "first_fit"):
             return f"activation choose rule {act.choose!r}"
     return None
+
+
+def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
+    """The box-code W4A16 kernel (:mod:`.box_w4a16`) reads b = 3 words of the √2E8 lattice variant (Hamming
+    code, γ = 1, no level table) and needs no activation quantizer."""
+    c = layer.codec
+    if not (c.b == 3 and c.code == "hamming" and c.gamma == 1.0 and c.level_table is None):
+        return (f"box code b={c.b}, code={c.code}, gamma={c.gamma}, level table={c.level_table is not None} "
+                "(the box kernel reads the b=3 Hamming lattice variant only)")
+    if getattr(layer, "act_q", None) is not None:
+        return "box code with an activation quantizer (no box W4A4 kernel yet)"
+    reason = _input_reason(backend, x)
+    if reason is None and x.shape[-1] != layer.in_features:
+        reason = f"input has {x.shape[-1]} features, layer expects {layer.in_features}"
+    return reason
 
 
 #: int8 W4A4 costs kx*kw integer MMAs per tile; above this many β pairs the single fp16 MMA is used.
@@ -110,6 +129,11 @@ def try_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _run(layer, x: torch.Tensor) -> torch.Tensor:
+    if getattr(layer, "code", "voronoi") == "box":
+        from .box_w4a16 import box_w4a16_matmul
+
+        betas = _device_betas(layer, x.device)
+        return box_w4a16_matmul(x, layer.words, layer.row_scale, betas, layer.bias)
     from llmquant.lattice.closest_point import generator_matrix
 
     gen = generator_matrix("E8")
@@ -131,6 +155,16 @@ def _run(layer, x: torch.Tensor) -> torch.Tensor:
                        layer.q, gen, bias=bias, mode=w4a4_mode(act.betas.numel(), layer.betas.numel()),
                        out_dtype=x.dtype)
     return out.reshape(*lead, layer.out_features)
+
+
+def _device_betas(layer, device: torch.device) -> torch.Tensor:
+    """The codec's β set as a contiguous fp32 tensor on ``device``, built once per layer and device (no host
+    work per call)."""
+    cache = layer.__dict__.setdefault("_kernel_betas", {})
+    key = str(device)
+    if key not in cache:
+        cache[key] = layer.codec.betas.detach().to(device=device, dtype=torch.float32).contiguous().clone()
+    return cache[key]
 
 
 def hadamard_unsupported_reason(rotation, x: torch.Tensor) -> str | None:
