@@ -133,7 +133,8 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
         from llmquant.models.rotate import rotate_model
 
         r = cfg.rotation
-        plan = rotate_model(model, {"seed": r.seed, "online_down": r.online_down, "v_o": r.v_o, "qk": r.qk}).to_dict()
+        plan = rotate_model(model, {"seed": r.seed, "online_down": r.online_down, "v_o": r.v_o, "qk": r.qk,
+                                    "norm_gains": r.norm_gains}).to_dict()
     report = {"rotation_plan": plan, "specs": {}, "layers": [], "resumed_layers": [], "warnings": []}
     if cfg.quantizes_anything:
         if calib is None:

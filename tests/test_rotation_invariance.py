@@ -195,3 +195,34 @@ def test_rotated_save_pretrained_round_trip(arch, tmp_path):
     tiny_random_model(arch).save_pretrained(tmp_path / "plain")
     with pytest.raises(ValueError, match="llmquant_rotation"):
         load_rotated_pretrained(tmp_path / "plain")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHITECTURES)
+def test_online_norm_gains_plan_is_invariant_and_reloads(arch):
+    """norm_gains="online": gains stay in the norms, each pre-norm output is rotated online, the residual
+    stream (embeddings, lm_head, Gemma post-norms) is untouched; logits unchanged, plan round-trips and the
+    module structure rebuilds from it."""
+    model = tiny_random_model(arch, seed=1, dtype=F64)
+    ids = _ids()
+    ref = model(ids).logits
+    emb = model.model.embed_tokens.weight.clone()
+    norm_w = model.model.layers[0].input_layernorm.weight.clone()
+    plan = rotate_model(model, seed=11, norm_gains="online")
+    assert _rel(model(ids).logits, ref) <= 1e-6
+    assert plan.residual is None and plan.pre_norm_online == {"n": model.config.hidden_size, "seed": 11}
+    ad = get_adapter(model)
+    layer = ad.layers(model)[0]
+    assert isinstance(layer.input_layernorm, OutputRotated)
+    assert torch.equal(layer.input_layernorm.inner.weight, norm_w)  # gain kept, not folded
+    assert torch.equal(model.model.embed_tokens.weight, emb)  # residual stream not rotated
+    if arch == "gemma3":
+        assert not isinstance(layer.post_attention_layernorm, OutputRotated)
+    back = RotationPlan.from_dict(json.loads(plan.to_json()))
+    assert back == plan
+    fresh = tiny_random_model(arch, seed=1, dtype=F64)
+    install_rotation_modules(fresh, back)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    assert _rel(fresh(ids).logits, ref) <= 1e-6
+    with pytest.raises(ValueError, match="norm_gains"):
+        rotate_model(tiny_random_model(arch, seed=1), norm_gains="half")

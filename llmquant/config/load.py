@@ -132,6 +132,7 @@ def validate(cfg: S.Config) -> S.Config:
     for key, seed in (("model.seed", cfg.model.seed), ("rotation.seed", cfg.rotation.seed),
                       ("calibration.seed", cfg.calibration.seed)):
         _check_range(key, seed, 0, _SEED_MAX)
+    _check_choice("rotation.norm_gains", cfg.rotation.norm_gains, ("fold", "online"))
     c = cfg.calibration
     _check_choice("calibration.dataset", c.dataset, ("wikitext2", "c4"))
     _check_range("calibration.n_samples", c.n_samples, 1)

@@ -71,6 +71,10 @@ class RotationConfig:
     v_o: bool = True
     #: online Hadamard on queries and keys after RoPE (required for KV quantization)
     qk: bool = True
+    #: ``fold``: norm gains folded into the next linears, residual stream rotated offline (QuaRot);
+    #: ``online``: gains stay in the norms and each pre-norm output is rotated online (two Hadamards per layer);
+    #: for models whose norm gains span a large range (see :mod:`llmquant.models.rotate`, "Norm gains")
+    norm_gains: str = "fold"
 
 
 @dataclass(frozen=True)

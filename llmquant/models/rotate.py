@@ -34,6 +34,15 @@ applies unchanged; ``q_norm``/``k_norm`` act per head on q_proj/k_proj outputs, 
 rotation leaves unchanged, and Q/K rotation happens after them and RoPE.  The embedding scale
 ``sqrt(d)`` is a scalar and commutes with ``Q``.
 
+**Norm gains** (``norm_gains``, config ``rotation.norm_gains``).  ``fold`` (QuaRot, the default) is steps 2-3.
+``online`` keeps every gain in its norm, leaves the residual stream (embeddings, o/down outputs, ``lm_head``,
+post-norms) unrotated, and rotates each pre-norm's *output* online: ``attn_in_norm`` / ``mlp_in_norm`` become
+``OutputRotated(norm, Q)`` (one O(d log d) Hadamard each) and ``W <- W Q`` for q/k/v and gate/up.  Why: folding
+a gain with a large range makes ``W diag(g)`` put its energy in channels whose normalized inputs are tiny; any
+code's (near-isotropic) error is then amplified relative to the output by ``sqrt(misalignment)``,
+``misalignment = (||W'||^2 tr(C) / K) / tr(W' C W'^T)``.  Measured on Gemma-3-270M (gains 1 + w from 0 to 234
+within one norm): misalignment 29-333 for folded q/v/up, 1.0-1.4 with the gains on the activation side.
+
 The :class:`RotationPlan` (JSON-serialisable) records all seeds and choices; :func:`install_rotation_modules`
 rebuilds the module structure from a plan (for loading a saved rotated state_dict).
 """
@@ -68,6 +77,9 @@ class RotationPlan:
     untied_embeddings: bool = False
     output_rotated: list[str] = field(default_factory=list)
     attn_implementation: str | None = None
+    #: ``{"n": hidden, "seed": seed}`` when the norm gains stay in the pre-norms and each pre-norm's output is
+    #: rotated online (``norm_gains: online``, see the module docstring); None = gains folded (QuaRot)
+    pre_norm_online: dict | None = None
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict:
@@ -87,14 +99,21 @@ class RotationPlan:
         return cls(**d)
 
 
-def _options(seed, online_down, v_o, qk):
+NORM_GAINS = ("fold", "online")
+
+
+def _options(seed, online_down, v_o, qk, norm_gains):
     """Accept either explicit arguments or a config object/dict with those fields as ``seed``."""
     if isinstance(seed, dict) or (seed is not None and not isinstance(seed, int) and hasattr(seed, "seed")):
         get = seed.get if isinstance(seed, dict) else (lambda k, d: getattr(seed, k, d))
-        return int(get("seed", 0)), bool(get("online_down", online_down)), bool(get("v_o", v_o)), bool(get("qk", qk))
+        seed, online_down, v_o, qk, norm_gains = (int(get("seed", 0)), bool(get("online_down", online_down)),
+                                                  bool(get("v_o", v_o)), bool(get("qk", qk)),
+                                                  str(get("norm_gains", norm_gains)))
     if not isinstance(seed, int):
         raise TypeError(f"seed must be an int (or a rotation config with a 'seed' field), got {type(seed).__name__}")
-    return seed, online_down, v_o, qk
+    if norm_gains not in NORM_GAINS:
+        raise ValueError(f"norm_gains must be one of {NORM_GAINS}, got {norm_gains!r}")
+    return seed, online_down, v_o, qk, norm_gains
 
 
 def _dims(model):
@@ -166,6 +185,9 @@ def install_rotation_modules(model, plan: RotationPlan) -> None:
     if plan.untied_embeddings or plan.residual is not None:
         _untie(model, ad)
     for layer in ad.layers(model):
+        if plan.pre_norm_online is not None:
+            for role in ("attn_in_norm", "mlp_in_norm"):
+                ad.set(layer, role, OutputRotated(ad.get(layer, role), HadamardRotation.from_state(plan.pre_norm_online)))
         if plan.online_down is not None:
             ad.set(layer, "down", InputRotatedLinear(HadamardRotation.from_state(plan.online_down), ad.get(layer, "down")))
         for role in ("attn_out_norm", "mlp_out_norm"):
@@ -190,14 +212,18 @@ def install_rotation_modules(model, plan: RotationPlan) -> None:
 
 
 @torch.no_grad()
-def rotate_model(model, seed=0, online_down: bool = True, v_o: bool = True, qk: bool = True) -> RotationPlan:
+def rotate_model(model, seed=0, online_down: bool = True, v_o: bool = True, qk: bool = True,
+                 norm_gains: str = "fold") -> RotationPlan:
     """Rotate ``model`` in place (see module docstring) and return the :class:`RotationPlan`.
 
-    ``seed`` is an int, or a rotation config (dict or object with fields seed/online_down/v_o/qk).  Weight
+    ``seed`` is an int, or a rotation config (dict or object with fields seed/online_down/v_o/qk/norm_gains).
+    ``norm_gains``: "fold" (QuaRot: gains folded into q/k/v, gate/up, lm_head; residual rotated offline) or
+    "online" (gains stay; each pre-norm output rotated online, see "Norm gains" in the module docstring).  Weight
     arithmetic is done on CPU in float64 for float64 models and in float32 otherwise (see ``_work_dtype``),
     and written back in each parameter's dtype/device.
     """
-    seed, online_down, v_o, qk = _options(seed, online_down, v_o, qk)
+    seed, online_down, v_o, qk, norm_gains = _options(seed, online_down, v_o, qk, norm_gains)
+    online_norms = norm_gains == "online"
     ad = get_adapter(model)
     if getattr(model, "llmquant_rotation_plan", None) is not None:
         raise ValueError("model is already rotated (model.llmquant_rotation_plan is set); load a fresh model")
@@ -209,22 +235,25 @@ def rotate_model(model, seed=0, online_down: bool = True, v_o: bool = True, qk: 
     plan = RotationPlan(
         model_type=ad.model_type,
         seed=seed,
-        residual={"n": d, "seed": seed},
+        residual=None if online_norms else {"n": d, "seed": seed},
         online_down={"n": inter, "seed": seed + 1} if online_down else None,
         v_o={"n": hd, "seed": seed + 2} if v_o else None,
         qk={"n": hd, "seed": seed + 3} if qk else None,
         untied_embeddings=False,
-        output_rotated=[ad.roles[r] for r in post_norms],
+        output_rotated=[ad.roles[r] for r in post_norms] if not online_norms else
+        [ad.roles[r] for r in ("attn_in_norm", "mlp_in_norm")],
         attn_implementation=impl,
+        pre_norm_online={"n": d, "seed": seed} if online_norms else None,
     )
 
-    plan.untied_embeddings = _untie(model, ad)
     layers = ad.layers(model)
-    off = ad.norm_offset
-    for layer in layers:
-        _fold_norm(ad.get(layer, "attn_in_norm"), [ad.get(layer, r) for r in ("q", "k", "v")], off)
-        _fold_norm(ad.get(layer, "mlp_in_norm"), [ad.get(layer, r) for r in ("gate", "up")], off)
-    _fold_norm(ad.get(model, "final_norm"), [ad.get(model, "lm_head")], off)
+    if not online_norms:
+        plan.untied_embeddings = _untie(model, ad)
+        off = ad.norm_offset
+        for layer in layers:
+            _fold_norm(ad.get(layer, "attn_in_norm"), [ad.get(layer, r) for r in ("q", "k", "v")], off)
+            _fold_norm(ad.get(layer, "mlp_in_norm"), [ad.get(layer, r) for r in ("gate", "up")], off)
+        _fold_norm(ad.get(model, "final_norm"), [ad.get(model, "lm_head")], off)
 
     wd = _work_dtype(model)
 
@@ -232,10 +261,11 @@ def rotate_model(model, seed=0, online_down: bool = True, v_o: bool = True, qk: 
         return getattr(mod, name).detach().to(wd).cpu()
 
     q = _RightMul(HadamardRotation(d, seed), wd)
-    emb = ad.get(model, "embed")
-    _set(emb.weight, q(_w(emb)))
-    head = ad.get(model, "lm_head")
-    _set(head.weight, q(_w(head)))
+    if not online_norms:  # the residual stream itself is rotated
+        emb = ad.get(model, "embed")
+        _set(emb.weight, q(_w(emb)))
+        head = ad.get(model, "lm_head")
+        _set(head.weight, q(_w(head)))
     qd = _RightMul(HadamardRotation(inter, seed + 1), wd) if online_down else None
     qh = random_hadamard(hd, seed + 2, wd) if v_o else None
     for layer in layers:
@@ -245,7 +275,7 @@ def rotate_model(model, seed=0, online_down: bool = True, v_o: bool = True, qk: 
         for r, post in (("o", "attn_out_norm"), ("down", "mlp_out_norm")):
             lin = ad.get(layer, r)
             w = _w(lin)
-            if ad.roles[post] is None:  # Gemma3 rotates after its post-norm instead (OutputRotated)
+            if ad.roles[post] is None and not online_norms:  # Gemma3 rotates after its post-norm (OutputRotated)
                 w = q(w.T).T  # Q^T W = (W^T Q)^T
                 if lin.bias is not None:
                     _set(lin.bias, q(_w(lin, "bias")[None])[0])
