@@ -62,7 +62,8 @@ def likely_cause(diag: dict | None) -> str:
     if mis is not None and mis > 50:
         reasons.append(f"the weight's energy sits where the inputs have little (misalignment {mis:.0f}; ~1 is "
                        f"typical): any code's error is amplified ~{mis ** 0.5:.0f}x relative to the output "
-                       "(folded norm gains with a large range / input outliers); more bits or finer scales help")
+                       "(norm gains with a large range folded into the weights: try rotation.norm_gains: online; "
+                       "else input outliers: more bits or finer scales)")
     cond = diag.get("hessian_diag_ratio")
     if cond is not None and cond > 1e4:
         reasons.append(f"input outliers (max/median diag(H) = {cond:.3g})")
