@@ -163,8 +163,9 @@ def test_box_config_validation_and_voronoi_hash_unchanged():
 def test_dispatch_falls_back_for_box_layers():
     from llmquant.kernels.dispatch import unsupported_reason
 
-    layer = LatticeLinear(64, 16, codec=BoxCodec(3), backend="triton")
-    assert "code 'box'" in unsupported_reason(layer, torch.zeros(2, 64))
+    # b = 2 has no kernel (the box W4A16 kernel reads b = 3 words of the lattice variant only)
+    layer = LatticeLinear(64, 16, codec=BoxCodec(2), backend="triton")
+    assert "box code b=2" in unsupported_reason(layer, torch.zeros(2, 64))
     assert torch.equal(layer(torch.ones(2, 64)), layer._reference(torch.ones(2, 64)))
 
 
