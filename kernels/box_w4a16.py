@@ -65,6 +65,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .rows import as_rows
+
 #: u fields of the pairs (0, 4), (2, 6) / (1, 5), (3, 7): kept from the word in D_even / D_odd.
 MASK_EVEN = 0x001C71C7
 MASK_ODD = 0x00E38E38
@@ -425,12 +427,7 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     _check(words, row_scale, betas, bias)
     n, kw = words.shape
     k = 8 * kw
-    if x.shape[-1] != k:
-        raise ValueError(f"x has {x.shape[-1]} features but the words describe K = 8 * {kw} = {k}")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2, lead = as_rows(x, k, "words")
     m = x2.shape[0]
     dev = x.device
     on_gpu = dev.type == "cuda"

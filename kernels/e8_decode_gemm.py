@@ -42,6 +42,7 @@ import triton.language as tl
 
 from .e8_dequant import check_packed, doubled_generator
 from .e8_triton import decode_words_doubled
+from .rows import as_rows
 
 log = logging.getLogger("llmquant.kernels")
 
@@ -193,12 +194,7 @@ def e8_decode_gemm(
     check_packed(codes, beta_idx, q)
     n, g_cols = codes.shape
     k = 8 * g_cols
-    if x.shape[-1] != k:
-        raise ValueError(f"x has {x.shape[-1]} features but the codes describe K = 8 * {g_cols} = {k}")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2, lead = as_rows(x, k, "codes")
     m = x2.shape[0]
     dev = x.device
     g2 = doubled_generator(generator, dev)

@@ -118,7 +118,7 @@ def test_gemma3_mean_dominated_inputs_and_bias_correction(gemma_layers):
 
 
 def test_gemma3_full_attention_layer_gets_global_rope(gemma_layers):
-    model, ad, _inps, kws, _run = gemma_layers
+    model, _ad, _inps, kws, _run = gemma_layers
     types = model.config.layer_types
     full = types.index("full_attention")
     cos0 = kws[0][0]["position_embeddings"][0]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from _kernels_support import kernel_device
+from llmquant.kernels import dispatch
 from torch import nn
 
-from llmquant.kernels import dispatch
 from llmquant.config import load_config
 from llmquant.quant.weights import quantize_linear
 

@@ -4,8 +4,8 @@ Importing defines names only."""
 
 from .beta_sets import load_beta_set
 from .box import BoxCodec, E8BoxCodec, load_box_setting
-from .codec import LatticeCodec, VoronoiNibbleCodec, codec_from_dict
 from .closest_point import closest_point, coarse_closest_int, generator_matrix
+from .codec import LatticeCodec, VoronoiNibbleCodec, codec_from_dict
 from .nested import NestedLatticeQuantizer, NestedQuantResult, load_shift, search_shift, voronoi_dither
 from .packing import (
     mixed_radix_bits,
@@ -28,9 +28,10 @@ __all__ = [
     "NestedLatticeQuantizer",
     "NestedQuantResult",
     "VoronoiCodec",
+    "VoronoiNibbleCodec",
     "closest_point",
-    "codec_from_dict",
     "coarse_closest_int",
+    "codec_from_dict",
     "generator_matrix",
     "load_beta_set",
     "load_box_setting",
@@ -49,5 +50,4 @@ __all__ = [
     "unpack_mixed_radix",
     "unpack_nested_stream",
     "voronoi_dither",
-    "VoronoiNibbleCodec",
 ]

@@ -142,6 +142,14 @@ def _check_code(code: str) -> tuple[int, int]:
     return CODES[code]
 
 
+def check_codec_header(d: dict, kind: str, version: int) -> None:
+    """Raise ValueError unless a codec's ``to_dict()`` has ``kind`` and format ``version`` (loud on mismatch)."""
+    if d.get("kind") != kind:
+        raise ValueError(f"not a {kind!r} codec: {d.get('kind')!r}")
+    if d.get("version") != version:
+        raise ValueError(f"{kind} codec format version {d.get('version')} is not the supported {version}")
+
+
 class BoxCodec:
     """Box code of width ``b`` (module docstring); implements :class:`llmquant.lattice.codec.LatticeCodec`.
 
@@ -219,10 +227,7 @@ class BoxCodec:
 
     @classmethod
     def from_dict(cls, d: dict) -> BoxCodec:
-        if d.get("kind") != cls.kind:
-            raise ValueError(f"not a {cls.kind!r} codec: {d.get('kind')!r}")
-        if d.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{cls.kind} codec format version {d.get('version')} is not the supported {FORMAT_VERSION}")
+        check_codec_header(d, cls.kind, FORMAT_VERSION)
         return cls(int(d["b"]), torch.tensor(d["betas"], dtype=torch.float32), d["code"], d.get("gamma"), d.get("levels"))
 
     def __repr__(self) -> str:

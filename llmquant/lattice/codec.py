@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .box import BoxCodec, pack_word_stream, unpack_word_stream
+from .box import BoxCodec, check_codec_header, pack_word_stream, unpack_word_stream
 from .packing import pack_codes, unpack_codes
 
 VORONOI_FORMAT_VERSION = 1
@@ -138,10 +138,7 @@ class VoronoiNibbleCodec:
 
     @classmethod
     def from_dict(cls, d: dict) -> VoronoiNibbleCodec:
-        if d.get("kind") != cls.kind:
-            raise ValueError(f"not a {cls.kind!r} codec: {d.get('kind')!r}")
-        if d.get("version") != VORONOI_FORMAT_VERSION:
-            raise ValueError(f"voronoi codec format version {d.get('version')} is not the supported {VORONOI_FORMAT_VERSION}")
+        check_codec_header(d, cls.kind, VORONOI_FORMAT_VERSION)
         return cls.build(d["lattice"], int(d["q"]), torch.tensor(d["betas"], dtype=torch.float64), choose=d["choose"],
                          dither_seed=d["dither_seed"], shift=d["shift"], encoder=d["encoder"])
 
