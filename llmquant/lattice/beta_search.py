@@ -366,9 +366,14 @@ def box_main(args) -> int:
             table["sets"][kind][str(b)] = r
             print(f"box b={b} {kind} {r['code']} gamma={r['gamma']} mse={r['mse']:.6g} betas={r['betas']} "
                   f"({time.time() - t0:.0f}s)", file=sys.stderr)
+    return _emit(table, args.out)
+
+
+def _emit(table: dict, out: str | None) -> int:
+    """Write the JSON table to ``out`` (or print it); the CLI's exit code."""
     text = json.dumps(table, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
     else:
         print(text)
     return 0
@@ -415,12 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                     table.setdefault(SET_KEYS[rule], {}).setdefault(name, {}).setdefault(str(q), {})[str(k)] = r
                     print(f"{name} q={q} k={k} {rule} mse={r['mse']:.6g} overload={r['overload']:.4f} "
                           f"betas={r['betas']} ({time.time() - t0:.0f}s)", file=sys.stderr)
-    text = json.dumps(table, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    else:
-        print(text)
-    return 0
+    return _emit(table, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover
