@@ -17,6 +17,14 @@ from llmquant.config.schema import BACKENDS
 from llmquant.quant import scalar as sq
 
 
+def _register_bias(module: nn.Module, out_features: int, bias: bool) -> None:
+    """``bias`` float32 ``[N]`` buffer (zeros until set), or ``module.bias = None``."""
+    if bias:
+        module.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
+    else:
+        module.bias = None
+
+
 class _CachedDecode(nn.Module):
     _buffer_names: tuple[str, ...] = ()
 
@@ -102,39 +110,35 @@ class LatticeLinear(_CachedDecode):
         self.codec = codec  # None when built from lattice/q/k (the betas arrive with set_quantized)
         if q > 16:
             raise ValueError(f"LatticeLinear: q={q} does not fit the 4-bit code packing (q <= 16)")
-        if backend not in BACKENDS:
-            raise ValueError(f"LatticeLinear: backend {backend!r} must be one of {BACKENDS}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self._init_shape(in_features, out_features, backend)
         self.lattice = lattice
         self.q = q
-        self.backend = backend
         nb = in_features // 8
         self.register_buffer("codes", torch.zeros(out_features, nb, dtype=torch.int32))
         self.register_buffer("beta_idx", torch.zeros(out_features, nb, dtype=torch.uint8))
         self.register_buffer("row_scale", torch.ones(out_features, dtype=torch.float32))
         self.register_buffer("betas", torch.ones(k, dtype=torch.float32))
-        if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
-        else:
-            self.bias = None
+        _register_bias(self, out_features, bias)
         self.act_q = act_q
         self._codec = None
+
+    def _init_shape(self, in_features: int, out_features: int, backend: str) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"LatticeLinear: backend {backend!r} must be one of {BACKENDS}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = backend
 
     def _init_packed(self, in_features, out_features, codec, bias, backend, act_q) -> None:
         """Codec layout (``code = codec.kind``, e.g. "box"): buffers = the codec's packed tensors of each row
         (``codec.pack`` of ``[N, K/8]`` words: one row's words contiguous, no cross-row packing), ``row_scale``
         float16 ``[N]`` and the optional float32 ``bias``; the codec (β set, levels) is rebuilt from the
         module spec (``codec.to_dict()``).  ``W = codec.decode_rows(words, row_scale)``."""
-        if backend not in BACKENDS:
-            raise ValueError(f"LatticeLinear: backend {backend!r} must be one of {BACKENDS}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self._init_shape(in_features, out_features, backend)
         self.codec = codec
         self.code = codec.kind
         self.lattice = ("E8" if getattr(codec, "code", None) == "hamming" else "D8") if codec.kind == "box" else None
         self.q = None
-        self.backend = backend
         nb = in_features // 8
         packed = codec.pack(torch.zeros(out_features, nb, dtype=torch.int32))
         for name, t in packed.items():
@@ -142,10 +146,7 @@ class LatticeLinear(_CachedDecode):
         self._packed_names = tuple(packed)
         self.register_buffer("row_scale", torch.ones(out_features, dtype=torch.float16))
         self._buffer_names = (*self._packed_names, "row_scale")
-        if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
-        else:
-            self.bias = None
+        _register_bias(self, out_features, bias)
         self.act_q = act_q
         self._codec = None
 
@@ -276,10 +277,7 @@ class ScalarLinear(_CachedDecode):
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(out_features, in_features // g, dtype=torch.float32))
         self.register_buffer("zero", torch.zeros(out_features, in_features // g, dtype=torch.float32))
-        if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
-        else:
-            self.bias = None
+        _register_bias(self, out_features, bias)
         self.act_q = act_q
 
     def extra_repr(self) -> str:
