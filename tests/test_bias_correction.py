@@ -35,7 +35,7 @@ def _case(seed=0, n=32, k=64, t=2048, a=100.0):
 
 @pytest.mark.parametrize("method", ["lattice", "scalar"])
 def test_bias_correction_removes_the_mean_error(method):
-    cfg = load_config(CONFIGS / ("smollm2-135m-e8-w4a16.yaml" if method == "lattice" else
+    cfg = load_config(CONFIGS / ("smollm2-135m-nestquant-w4a16.yaml" if method == "lattice" else
                                  "smollm2-135m-quarot-w4a16.yaml")).weights
     lin, x, acc = _case()
     y = lin(x).detach()
@@ -64,8 +64,8 @@ def test_accumulator_mean_and_covariance():
 
 
 def test_bias_bits_are_counted():
-    on = load_config(CONFIGS / "smollm2-135m-e8-w4a16.yaml", ["weights.bias_correction=true"]).weights
-    off = load_config(CONFIGS / "smollm2-135m-e8-w4a16.yaml").weights
+    on = load_config(CONFIGS / "smollm2-135m-nestquant-w4a16.yaml", ["weights.bias_correction=true"]).weights
+    off = load_config(CONFIGS / "smollm2-135m-nestquant-w4a16.yaml").weights
     assert not off.bias_correction
     assert weight_bits(on, 640) - weight_bits(off, 640) == pytest.approx(32 / 640)
     assert weight_bits(off, 576) == pytest.approx(math.log2(14) + 1 / 8 + 16 / 576)
@@ -73,7 +73,7 @@ def test_bias_bits_are_counted():
 
 def test_misalignment_diagnostic():
     """W u = 0 with inputs dominated by a * u: huge misalignment under H, about 1 under the covariance."""
-    cfg = load_config(CONFIGS / "smollm2-135m-e8-w4a16.yaml").weights
+    cfg = load_config(CONFIGS / "smollm2-135m-nestquant-w4a16.yaml").weights
     lin, _x, acc = _case()
     _, plain = quantize_linear(lin, acc.hessian(), cfg)
     _, corr = quantize_linear(lin, acc.hessian(), cfg, mean=acc.mean())

@@ -21,8 +21,9 @@ from llmquant.config import (
 )
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-SMOL_SETTINGS = ["fp", "rtn-w4a16", "quarot-w4a16", "quarot-w4a4", "quarot-w4a4kv4", "e8-w4a16", "e8-w4a4",
-                 "e8-w4a4kv4", "e8-w3a16", "e8-w2a16"]
+SMOL_SETTINGS = ["fp", "rtn-w4a16", "quarot-w4a16", "quarot-w4a4", "quarot-w4a4kv4", "e8-w4a16", "e8-w4a4kv4",
+                 "e8-w3a16", "e8-w2a16", "nestquant-w4a16", "nestquant-w3a16", "nestquant-w2a16", "nestquant-w4a4",
+                 "nestquant-w4a4kv4"]
 
 
 def test_shipped_configs_exist_and_load():
@@ -106,14 +107,19 @@ def test_hash_ignores_eval_and_name_only():
 
 def test_bits_are_computed():
     smol = {"layers.0.q": (576, 576), "layers.0.down": (576, 1536)}
+    nq = load_config(CONFIGS[0].parent / "smollm2-135m-nestquant-w4a4kv4.yaml")
     e8 = load_config(CONFIGS[0].parent / "smollm2-135m-e8-w4a4kv4.yaml")
     qr = load_config(CONFIGS[0].parent / "smollm2-135m-quarot-w4a4kv4.yaml")
-    assert weight_bits(e8.weights, 576) == pytest.approx(math.log2(14) + 1 / 8 + 16 / 576)
+    assert weight_bits(nq.weights, 576) == pytest.approx(math.log2(14) + 1 / 8 + 16 / 576)
+    # box code b=3: one 32-bit word per 8 weights + the fp16 row scale
+    assert e8.weights.code == "box" and weight_bits(e8.weights, 576) == pytest.approx(4 + 16 / 576)
     assert weight_bits(qr.weights, 576) == pytest.approx(4 + 32 / 576)
-    be, bq = model_bits(e8, smol, 64), model_bits(qr, smol, 64)
+    bq = model_bits(qr, smol, 64)
     # the E8 settings must not spend more bits than the scalar baseline in any slot
-    for key in ("weights", "activations", "kv"):
-        assert be[key] <= bq[key], key
+    for cfg in (nq, e8):
+        be = model_bits(cfg, smol, 64)
+        for key in ("weights", "activations", "kv"):
+            assert be[key] <= bq[key], (cfg.name, key)
     fp = load_config(CONFIGS[0].parent / "smollm2-135m-fp.yaml")
     assert model_bits(fp, smol, 64) == {"weights": 16.0, "activations": 16.0, "kv": 16.0}
     w3 = load_config(CONFIGS[0].parent / "smollm2-135m-e8-w3a16.yaml")

@@ -210,8 +210,8 @@ def test_report_labels_lattice_runs_by_their_bits():
 
 
 @pytest.mark.parametrize("w", [4, 3, 2])
-def test_e8box_configs(w):
-    cfg = load_config(TINY.parent / f"smollm2-135m-e8box-w{w}a16.yaml")
+def test_shipped_e8_configs_use_the_box_code(w):
+    cfg = load_config(TINY.parent / f"smollm2-135m-e8-w{w}a16.yaml")
     assert cfg.weights.code == "box" and cfg.weights.box_bits == w - 1
     assert w < weight_bits(cfg.weights, 576) < w + 0.03
 
