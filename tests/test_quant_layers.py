@@ -72,6 +72,7 @@ def test_scalar_linear_round_trip_and_sqnr_floor():
 def test_decoded_weight_cache_invalidates_on_buffer_change():
     lin = _linear(16, 32, seed=3)
     layer, _ = quantize_scalar_linear(lin, None, _wcfg(method="scalar", algorithm="rtn"))
+    layer.weight_cache = "decoded"  # kept only on request (default: decoded on the fly, nothing kept)
     w1 = layer.dequantized_weight()
     assert layer.dequantized_weight() is w1  # cached
     layer.scale.mul_(2.0)

@@ -152,7 +152,7 @@ def test_box_config_validation_and_voronoi_hash_unchanged():
     d = config_to_dict(plain)
     for k in ("eval", "name", "method", "guard"):
         d.pop(k)
-    for k in ("backend", "offload"):
+    for k in ("backend", "offload", "weight_cache"):
         d["model"].pop(k)
     for k in ("code", "box_bits", "box_variant"):
         d["weights"].pop(k)

@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def add_runtime_arguments(p) -> None:
-    """``--backend``, ``--device-map``, ``--max-memory`` (shared by eval, generate and serve)."""
+    """``--backend``, ``--device-map``, ``--max-memory``, ``--weight-cache`` (shared by eval, generate and serve)."""
     from llmquant.config.schema import BACKENDS
 
     p.add_argument("--backend", choices=BACKENDS, default=None,
@@ -45,6 +45,12 @@ def add_runtime_arguments(p) -> None:
                         "one device (cpu, cuda:0); parts that do not fit stay in CPU memory")
     p.add_argument("--max-memory", default=None,
                    help="with --device-map: per-device caps, e.g. '0=20GiB,cpu=64GiB'")
+    from llmquant.config.schema import WEIGHT_CACHE_MODES
+
+    p.add_argument("--weight-cache", choices=WEIGHT_CACHE_MODES, default=None,
+                   help="reference forward of the quantized linears: none (weights stay packed, decoded per call "
+                        "into a shared work buffer) or decoded (each layer keeps its decoded weight: faster, "
+                        "dense-model memory). Default: the checkpoint's model.weight_cache (none)")
 
 
 def parse_max_memory(text: str | None) -> dict | None:
@@ -62,15 +68,21 @@ def parse_max_memory(text: str | None) -> dict | None:
 
 
 def load_from_args(args):
-    """``llmquant.api.load`` with ``--device`` / ``--backend`` / ``--device-map`` / ``--max-memory``."""
+    """``llmquant.api.load`` with ``--device`` / ``--backend`` / ``--device-map`` / ``--max-memory``, then
+    ``--weight-cache`` (:func:`llmquant.quant.linear.set_weight_cache`)."""
     from llmquant.api import load
 
     max_memory = parse_max_memory(getattr(args, "max_memory", None))
     device_map = getattr(args, "device_map", None)
     if max_memory is not None and device_map is None:
         raise ValueError("--max-memory needs --device-map (e.g. --device-map auto)")
-    return load(args.model, device=getattr(args, "device", "auto"), backend=getattr(args, "backend", None),
-                device_map=device_map, max_memory=max_memory)
+    model, tokenizer = load(args.model, device=getattr(args, "device", "auto"), backend=getattr(args, "backend", None),
+                            device_map=device_map, max_memory=max_memory)
+    if getattr(args, "weight_cache", None) is not None:
+        from llmquant.quant.linear import set_weight_cache
+
+        set_weight_cache(model, args.weight_cache)
+    return model, tokenizer
 
 
 def _split(text: str | None) -> list[str]:

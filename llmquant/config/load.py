@@ -125,6 +125,7 @@ def validate(cfg: S.Config) -> S.Config:
     _check_choice("method", cfg.method, S.METHOD_LABELS)
     _check_choice("model.dtype", cfg.model.dtype, S.DTYPES)
     _check_choice("model.backend", cfg.model.backend, S.BACKENDS)
+    _check_choice("model.weight_cache", cfg.model.weight_cache, S.WEIGHT_CACHE_MODES)
     import re
 
     if not re.fullmatch(_DEVICE_RE, cfg.model.device):
@@ -335,7 +336,7 @@ def config_to_dict(cfg: S.Config) -> dict:
 
 #: keys of the ``model`` section that do not change the quantized model (where and how it runs); left
 #: out of :func:`config_hash`, so resume state and checkpoints made before they existed still match.
-RUNTIME_MODEL_KEYS = ("backend", "offload")
+RUNTIME_MODEL_KEYS = ("backend", "offload", "weight_cache")
 #: ``weights`` keys of the box code; left out of :func:`config_hash` for the Voronoi code (the default)
 BOX_WEIGHT_KEYS = ("code", "box_bits", "box_variant")
 

@@ -32,6 +32,8 @@ BOX_VARIANTS = ("lattice", "best", "int", "int8", "table")
 METHOD_LABELS = ("fp", "rtn", "quarot", "e8", "custom")
 #: forward backends of LatticeLinear and the online Hadamard rotations (see ``ModelConfig.backend``)
 BACKENDS = ("reference", "triton", "auto")
+#: what the reference forward of the quantized linears keeps between calls (see ``ModelConfig.weight_cache``)
+WEIGHT_CACHE_MODES = ("none", "decoded")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class ModelConfig:
     #: and quantized, so peak accelerator memory is one layer plus its activations.  Results are those
     #: of ``offload: false``.  Not part of the config hash.
     offload: bool = False
+    #: reference forward of ``LatticeLinear``/``ScalarLinear``: ``none`` = weights stay packed, each forward
+    #: decodes them tile by tile into a shared work buffer (no dense copy per layer); ``decoded`` = each
+    #: layer keeps its decoded weight (in the input's dtype) for speed, at the memory of a dense model.
+    #: Same outputs either way.  Not part of the config hash.
+    weight_cache: str = "none"
 
 
 @dataclass(frozen=True)

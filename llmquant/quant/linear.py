@@ -2,18 +2,20 @@
 
 Both hold only integer codes, scales and (optionally) a dynamic activation quantizer
 ``act_q`` (:class:`~llmquant.quant.activations.RowQuantizer`) applied to the input before
-the matmul.  Their reference forward decodes the weight once and caches it; the cache is
-keyed on the buffers' storage and version counters, so ``load_state_dict`` or any in-place
-write to a buffer invalidates it.
+the matmul.  Their reference forward keeps the weight packed: it decodes it tile by tile into a
+shared work buffer on every call (``weight_cache = "none"``, the default), or keeps one decoded copy
+per layer for speed (``"decoded"``, :func:`set_weight_cache`); see :class:`_PackedDecode`.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmquant.config.schema import BACKENDS
+from llmquant.config.schema import BACKENDS, WEIGHT_CACHE_MODES
 from llmquant.quant import scalar as sq
 
 
@@ -25,34 +27,113 @@ def _register_bias(module: nn.Module, out_features: int, bias: bool) -> None:
         module.bias = None
 
 
-class _CachedDecode(nn.Module):
+#: elements of one decoded weight tile (``rows x K``) of the on-the-fly reference forward
+TILE_ELEMS = 1 << 18
+_WORK = threading.local()
+
+
+def _work_buffer(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat ``[n]`` view of this thread's work buffer for ``(dtype, device)`` (grown on demand, shared by
+    every layer: its size is one tile, not one weight)."""
+    bufs = getattr(_WORK, "bufs", None)
+    if bufs is None:
+        bufs = _WORK.bufs = {}
+    key = (dtype, str(device))
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < n:
+        buf = bufs[key] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n]
+
+
+def set_weight_cache(model: nn.Module, mode: str) -> int:
+    """Set ``weight_cache`` (``none`` | ``decoded``, :data:`~llmquant.config.schema.WEIGHT_CACHE_MODES`) on
+    every :class:`LatticeLinear` and :class:`ScalarLinear` of ``model``; ``none`` drops kept copies.
+    Returns the number of modules set."""
+    if mode not in WEIGHT_CACHE_MODES:
+        raise ValueError(f"weight_cache: {mode!r} is not one of {', '.join(WEIGHT_CACHE_MODES)}")
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, _PackedDecode):
+            mod.weight_cache = mode
+            if mode == "none":
+                mod._w_cache = None
+            n += 1
+    return n
+
+
+class _PackedDecode(nn.Module):
+    """Reference forward of a packed linear: ``y = act_q(x) @ W^T + b`` with ``W`` decoded tile by tile.
+
+    ``weight_cache = "none"`` (default): rows ``[n0, n0 + R)`` of ``W`` (``R = max(1, TILE_ELEMS // K)``) are
+    decoded (float32, then cast to ``x.dtype``) into a per-thread work buffer shared by all layers, and
+    ``y[..., n0:n0+R] = F.linear(x, W_tile, b_tile)``; nothing dense outlives the call.
+    ``weight_cache = "decoded"``: the whole ``W`` in ``x.dtype`` is kept in ``_w_cache`` (keyed on the
+    buffers' storage, version counters and the dtype, so ``load_state_dict`` or an in-place write
+    invalidates it) and sliced into the same tiles: both modes give bit-identical outputs.
+    Subclasses implement :meth:`decode_rows` (float32 rows ``[n0, n1)``)."""
+
     _buffer_names: tuple[str, ...] = ()
 
     def __init__(self):
         super().__init__()
+        self.weight_cache = "none"
         self._w_cache = None
 
     def _cache_key(self):
         return tuple((b.data_ptr(), b._version, b.device) for b in (getattr(self, n) for n in self._buffer_names))
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """The decoded weight ``[N, K]`` float32, cached until a buffer changes."""
-        key = self._cache_key()
+    def _tile_rows(self) -> int:
+        return max(1, TILE_ELEMS // self.in_features)
+
+    def decode_rows(self, n0: int, n1: int) -> torch.Tensor:  # pragma: no cover - abstract
+        """Rows ``[n0, n1)`` of the decoded weight, float32 ``[n1 - n0, K]``."""
+        raise NotImplementedError
+
+    def decode_weight(self) -> torch.Tensor:
+        """The decoded weight ``[N, K]`` float32 (freshly decoded, not kept)."""
+        out = torch.empty(self.out_features, self.in_features, dtype=torch.float32, device=self._device())
+        r = self._tile_rows()
+        for n0 in range(0, self.out_features, r):
+            out[n0:n0 + r] = self.decode_rows(n0, min(n0 + r, self.out_features))
+        return out
+
+    def _device(self) -> torch.device:
+        return getattr(self, self._buffer_names[0]).device
+
+    def _kept(self, dtype: torch.dtype) -> torch.Tensor:
+        key = (self._cache_key(), dtype)
         if self._w_cache is None or self._w_cache[0] != key:
-            self._w_cache = (key, self.decode_weight())
+            self._w_cache = None  # drop the stale copy before decoding the new one
+            self._w_cache = (key, self.decode_weight().to(dtype))
         return self._w_cache[1]
 
-    def decode_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def dequantized_weight(self) -> torch.Tensor:
+        """The decoded weight ``[N, K]`` float32: kept when ``weight_cache == "decoded"``, else decoded anew."""
+        if self.weight_cache == "decoded":
+            return self._kept(torch.float32)
+        return self.decode_weight()
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_q is not None:
             x = self.act_q(x)
-        w = self.dequantized_weight()
-        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        n, k, r = self.out_features, self.in_features, self._tile_rows()
+        kept = self._kept(x.dtype) if self.weight_cache == "decoded" else None
+        if kept is None and self._w_cache is not None:
+            self._w_cache = None
+        outs = []
+        for n0 in range(0, n, r):
+            n1 = min(n0 + r, n)
+            if kept is not None:
+                w = kept[n0:n1]
+            else:
+                w = _work_buffer((n1 - n0) * k, x.dtype, x.device).view(n1 - n0, k)
+                w.copy_(self.decode_rows(n0, n1))
+            outs.append(F.linear(x, w, None if bias is None else bias[n0:n1]))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
-class LatticeLinear(_CachedDecode):
+class LatticeLinear(_PackedDecode):
     """Linear layer with nested-lattice (Voronoi) coded weights.
 
     Buffers (the layout the Triton kernels read; ``N = out_features``, ``K = in_features``,
@@ -220,15 +301,32 @@ class LatticeLinear(_CachedDecode):
             self._codec = VoronoiCodec(self.lattice, self.q)
         return self._codec
 
-    def decode_weight(self) -> torch.Tensor:
-        from llmquant.lattice.packing import unpack_codes
-
+    def decode_rows(self, n0: int, n1: int) -> torch.Tensor:
+        """Rows ``[n0, n1)`` of ``W`` float32, vectorized in float32 (exact: the lattice arithmetic is on
+        small integers): codes -> ``2 c G`` -> Voronoi reduction (:func:`coarse_closest_int`) -> ``x2 / 2``
+        -> ``(x * betas[beta_idx]) * row_scale``; equal to ``VoronoiCodec.decode`` times the scales."""
         if self.code != "voronoi":
-            return self.codec.decode_rows(self.unpacked_words(), self.row_scale)
-        codes = unpack_codes(self.codes).to(torch.int64)  # [N, K/8, 8]
-        v = self._voronoi().decode(codes).to(torch.float32)
-        beta = self.betas[self.beta_idx.long()].unsqueeze(-1)  # [N, K/8, 1]
-        return (v * beta * self.row_scale[:, None, None]).reshape(self.out_features, self.in_features)
+            words = self.codec.unpack({n: getattr(self, n)[n0:n1] for n in self._packed_names}, self.in_features // 8)
+            return self.codec.decode_rows(words, self.row_scale[n0:n1])
+        from llmquant.lattice.closest_point import coarse_closest_int
+
+        g2 = self._g2(self.codes.device)
+        shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=self.codes.device)
+        c = ((self.codes[n0:n1, :, None] >> shifts) & 0xF).to(torch.float32)  # [R, K/8, 8]
+        p2 = c @ g2
+        v = (p2 - self.q * coarse_closest_int(p2, self.lattice, self.q)) * 0.5
+        beta = self.betas[self.beta_idx[n0:n1].long()].unsqueeze(-1)  # [R, K/8, 1]
+        return (v * beta * self.row_scale[n0:n1, None, None]).reshape(n1 - n0, self.in_features)
+
+    def _g2(self, device) -> torch.Tensor:
+        """``2G`` float32 of the lattice (integers), per device."""
+        cache = self.__dict__.setdefault("_g2_cache", {})
+        key = str(device)
+        if key not in cache:
+            from llmquant.lattice.closest_point import generator_matrix
+
+            cache[key] = (2 * generator_matrix(self.lattice, 8)).round().to(device=device, dtype=torch.float32)
+        return cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend != "reference":
@@ -245,7 +343,7 @@ class LatticeLinear(_CachedDecode):
         return self._reference(x)
 
 
-class ScalarLinear(_CachedDecode):
+class ScalarLinear(_PackedDecode):
     """Linear layer with INT-``bits`` weights, per output channel or per group of ``group_size`` columns.
 
     Buffers (``N = out_features``, ``K = in_features``, ``G = group_size or K``):
@@ -305,10 +403,13 @@ class ScalarLinear(_CachedDecode):
     def int_codes(self) -> torch.Tensor:
         return sq.unpack_nibbles(self.qweight) if self.bits <= 4 else self.qweight
 
-    def decode_weight(self) -> torch.Tensor:
-        codes = self.int_codes().to(torch.float32)
-        k = self.in_features
-        return sq.expand_groups(self.scale, k) * (codes - sq.expand_groups(self.zero, k))
+    def decode_rows(self, n0: int, n1: int) -> torch.Tensor:
+        """Rows ``[n0, n1)`` of ``W = scale * (code - zero)`` float32 (groups broadcast, not repeated)."""
+        q = self.qweight[n0:n1]
+        codes = (sq.unpack_nibbles(q) if self.bits <= 4 else q).to(torch.float32)
+        g = self.scale.shape[1]
+        codes = codes.view(n1 - n0, g, self.in_features // g)
+        return (self.scale[n0:n1, :, None] * (codes - self.zero[n0:n1, :, None])).reshape(n1 - n0, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._reference(x)
