@@ -5,6 +5,9 @@
 
 * no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`; box-coded
   layers, b = 3 lattice variant: :mod:`.box_w4a16`);
+* box-coded layer (b = 3 Hamming lattice, integer-ratio β set) with a box activation quantizer (Hamming
+  lattice, integer-ratio β set, any b) -> activations encoded once per token row by the quantizer's own
+  encoder (:meth:`~llmquant.quant.activations.RowQuantizer.encode_rows`) + W4A4 int8 GEMM (:mod:`.box_w4a4`);
 * lattice (E8, q <= 16) activation quant -> activation encode (:mod:`.e8_encode`, per-token scale from
   the reference's ``row_scale_guarded`` with ``act.overload_radius()``) + W4A4 GEMM
   (:mod:`.e8_w4a4_gemm`, exact int8 mode for up to 4 β pairs, else fp16 mode, see :func:`w4a4_mode`);
@@ -92,12 +95,37 @@ def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
     if not (c.b == 3 and c.code == "hamming" and c.gamma == 1.0 and c.level_table is None):
         return (f"box code b={c.b}, code={c.code}, gamma={c.gamma}, level table={c.level_table is not None} "
                 "(the box kernel reads the b=3 Hamming lattice variant only)")
-    if getattr(layer, "act_q", None) is not None:
-        return "box code with an activation quantizer (no box W4A4 kernel yet)"
+    act = getattr(layer, "act_q", None)
+    if act is not None:
+        if getattr(act, "kind", None) != "box":
+            return f"box-coded weights with a {getattr(act, 'kind', None)!r} activation quantizer (W4A4 needs a box one)"
+        why = _integer_box_reason(layer, c, act.codec)
+        if why is not None:
+            return why
     reason = _input_reason(backend, x)
     if reason is None and x.shape[-1] != layer.in_features:
         reason = f"input has {x.shape[-1]} features, layer expects {layer.in_features}"
     return reason
+
+
+def _integer_box_reason(layer, w_codec, x_codec) -> str | None:
+    """Why the box W4A4 kernel cannot read these two codecs (integer-ratio Hamming lattice sets), or None;
+    computed once per layer and pair of codecs (no host work per call)."""
+    cache = layer.__dict__.setdefault("_box_w4a4_reason", {})
+    key = (id(w_codec), id(x_codec))
+    if key not in cache:
+        from llmquant.lattice.box import integer_beta_ratios
+
+        why = None
+        for what, c in (("weight", w_codec), ("activation", x_codec)):
+            if not (c.code == "hamming" and c.gamma == 1.0 and c.level_table is None):
+                why = f"box W4A4: {what} codec {c!r} is not the Hamming lattice code"
+            elif integer_beta_ratios(c.betas) is None:
+                why = f"box W4A4: {what} β set has no integer ratios (use box_variant 'int' or 'int8')"
+            if why is not None:
+                break
+        cache[key] = why
+    return cache[key]
 
 
 #: int8 W4A4 costs kx*kw integer MMAs per tile; above this many β pairs the single fp16 MMA is used.
@@ -129,6 +157,14 @@ def try_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _run(layer, x: torch.Tensor) -> torch.Tensor:
+    if getattr(layer, "code", "voronoi") == "box" and layer.act_q is not None:
+        from .box_w4a4 import box_w4a4_matmul
+
+        act = layer.act_q
+        words, scales = act.encode_rows(x)  # once per token row; memoized for the linears sharing x
+        out = box_w4a4_matmul(words.reshape(-1, words.shape[-1]), scales.reshape(-1), act.codec, layer.words,
+                              layer.row_scale, layer.codec, bias=layer.bias, out_dtype=x.dtype)
+        return out.reshape(*x.shape[:-1], layer.out_features)
     if getattr(layer, "code", "voronoi") == "box":
         from .box_w4a16 import box_w4a16_matmul
 

@@ -13,7 +13,7 @@ Weights (per quantized linear with ``in_features = K``):
 
 The model figure is the parameter-weighted mean over all quantized linears.  Activations
 (per token, row of length ``K``) and KV (per token per head, ``head_dim`` entries) use the
-same formulas with their own scale granularity.  Embeddings and ``lm_head`` stay in floating
+same formulas with their own scale granularity (``code: box``: the row's packed words + one fp16 scale).  Embeddings and ``lm_head`` stay in floating
 point and are not counted (as in the QuaRot / NestQuant papers).
 """
 
@@ -54,6 +54,8 @@ def dynamic_bits(d: DynamicQuantConfig, row: int) -> float:
     """Bits per entry of a dynamically quantized row of ``row`` entries (one scale per row)."""
     if d.method == "none":
         return FP_BITS
+    if d.method == "lattice" and getattr(d, "code", "voronoi") == "box":
+        return box_weight_bits(d.box_bits, row)  # the row's packed words + its fp16 scale (stored = counted)
     if d.method == "lattice":
         return math.log2(d.q) + math.log2(d.k) / 8 + SCALE_BITS / row
     side = SCALE_BITS * (1 if d.symmetric else 2)

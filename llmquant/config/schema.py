@@ -159,6 +159,15 @@ class DynamicQuantConfig:
     q: int = 14
     k: int = 2
     choose: str = "min_error"
+    #: ``method: lattice`` only: ``voronoi`` (the nested E8 Voronoi code above) or ``box``
+    #: (:class:`llmquant.lattice.box.BoxCodec` per row: one (8 ``box_bits`` + 8)-bit word per 8-vector + an fp16
+    #: row scale, stored bits = counted bits; ``q``/``k``/``lattice``/``choose`` are not used)
+    code: str = "voronoi"
+    #: box code width ``b`` (1, 2, 3): ``b + 1`` bits per entry (+ fp16 row scale)
+    box_bits: int = 3
+    #: shipped box setting (:func:`llmquant.lattice.box.load_box_setting`); ``int``: integer β ratios, what the
+    #: W4A4 box kernel (``kernels/box_w4a4.py``) needs
+    box_variant: str = "int"
 
 
 @dataclass(frozen=True)

@@ -420,3 +420,23 @@ def unpack_word_stream(stream: torch.Tensor, width: int, n: int) -> torch.Tensor
     idx, off = pos // 32, pos % 32
     both = s[:, idx] | (s[:, idx + 1] << 32)
     return _to_int32((both >> off) & ((1 << width) - 1)).reshape(*lead, n)
+
+
+def integer_beta_ratios(betas, max_ratio: int = 256, rtol: float = 2e-6) -> tuple[float, list[int]] | None:
+    """``(c, r)`` with ``betas[j] = c r_j`` (to relative ``rtol``: fp32 storage of ``c r_j``), ``r_j`` distinct
+    positive integers ``<= max_ratio`` with the smallest possible ``r_0``; None when the set has no such ratios.
+
+    With ``γ = 1`` the value of a coordinate is ``β_j (ℓ - 2^b + ½) = (c / 2) t``, ``t = r_j (2ℓ - 2^(b+1) + 1)``
+    an integer (``|t| <= r_max (2^(b+1) - 1)``): what an integer kernel multiplies (``kernels/box_w4a4.py``).
+    ``c`` is the least-squares fit ``Σ β_j r_j / Σ r_j^2`` (float64)."""
+    b = torch.as_tensor(betas, dtype=torch.float64).flatten()
+    if b.numel() == 0 or (b <= 0).any():
+        return None
+    for r0 in range(1, int(max_ratio) + 1):
+        r = torch.round(b * (r0 / b[0]))
+        if r.max() > max_ratio or (r[1:] <= r[:-1]).any():
+            continue
+        c = float((b * r).sum() / r.square().sum())
+        if bool(((b - c * r).abs() <= rtol * b).all()):
+            return c, [int(v) for v in r.tolist()]
+    return None

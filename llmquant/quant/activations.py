@@ -7,11 +7,18 @@ into 8-vectors ``y = x / s`` and replaced by ``betas[i] * decode(code)`` chosen 
 lattice quantizer (unit-variance inputs, ``k`` betas); result ``s * y_hat``.
 Bits per entry: ``log2 q + log2(k)/8 + 16/row``.
 
+``RowQuantizer(kind="box", codec=BoxCodec(...))``: the deployable box code
+(:class:`llmquant.lattice.box.BoxCodec`) per row: ``s`` = RMS of the row rounded to fp16 (no overload
+guard: the box code clips, it never wraps), the row's 8-vectors of ``x / s`` -> one word each
+(:meth:`RowQuantizer.encode_rows`: words int32 ``[..., R/8]`` + scales ``[...]``, what a kernel reads), result
+``s * decode(words)``.  Bits per entry: what the packed words + scale store,
+``(32 ceil((8b + 8) R/8 / 32) + 16) / R`` (:func:`llmquant.config.bits.dynamic_bits`).
+
 ``RowQuantizer(kind="scalar")``: INT-``bits`` per row, asymmetric min/max (or symmetric
 absmax) times ``clip_ratio``; see :mod:`llmquant.quant.scalar`.
 
 Attributes a fused kernel can read: ``kind``, ``lattice``, ``q``, ``betas`` (buffer
-float32 ``[k]``), ``bits``, ``symmetric``, ``clip_ratio``.
+float32 ``[k]``), ``bits``, ``symmetric``, ``clip_ratio``; box: ``codec`` and :meth:`RowQuantizer.encode_rows`.
 
 The same instance may be shared by linears that read the same input (q/k/v, gate/up): the
 last input and its quantized version are memoized (same tensor object, same version
@@ -42,10 +49,14 @@ class RowQuantizer(nn.Module):
         betas: torch.Tensor | None = None,
         k: int | None = None,
         choose: str = "min_error",
+        codec=None,
     ):
         super().__init__()
-        if kind not in ("scalar", "lattice"):
-            raise ValueError(f"RowQuantizer: kind {kind!r} must be 'scalar' or 'lattice'")
+        if kind not in ("scalar", "lattice", "box"):
+            raise ValueError(f"RowQuantizer: kind {kind!r} must be 'scalar', 'lattice' or 'box'")
+        if (kind == "box") != (getattr(codec, "kind", None) == "box"):
+            raise ValueError("RowQuantizer: kind 'box' needs codec=BoxCodec(...) (and only it takes a codec)")
+        self.codec = codec
         self.kind = kind
         self.bits = bits
         self.symmetric = symmetric
@@ -59,12 +70,18 @@ class RowQuantizer(nn.Module):
                     raise ValueError("RowQuantizer(kind='lattice') needs betas (or k for an empty shell to load into)")
                 betas = torch.zeros(k)
             self.register_buffer("betas", betas.detach().to(torch.float32).clone())
+        elif kind == "box":
+            self.bits = codec.b + 1
+            self.betas = None
         else:
             self.betas = None
         self._nlq = None
         self._memo = None
+        self._enc_memo = None
 
     def extra_repr(self) -> str:
+        if self.kind == "box":
+            return f"box, codec={self.codec!r}"
         if self.kind == "lattice":
             return f"lattice={self.lattice}, q={self.q}, k={self.betas.numel()}"
         return f"scalar, bits={self.bits}, symmetric={self.symmetric}, clip_ratio={self.clip_ratio}"
@@ -84,6 +101,10 @@ class RowQuantizer(nn.Module):
         if self.kind == "scalar":
             scale, zero = sq.find_params(xf, self.bits, self.symmetric, clip_ratio=self.clip_ratio)
             out = sq.fake_quant(xf, scale, zero, self.bits)
+        elif self.kind == "box":
+            s = box_row_scale(xf)
+            x_hat = self.codec.fake_quant((xf / s).reshape(*xf.shape[:-1], -1, 8))
+            out = x_hat.reshape(xf.shape) * s
         else:
             r = xf.shape[-1]
             if r % 8:
@@ -92,6 +113,30 @@ class RowQuantizer(nn.Module):
             y = (xf / s).reshape(*xf.shape[:-1], r // 8, 8)
             out = self._quantizer().fake_quant(y).reshape(xf.shape) * s
         return out.to(dtype)
+
+    def encode_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box code: ``(words int32 [..., R/8], scales float32 [...] (fp16 values))`` of ``x [..., R]``, the
+        exact encoding behind :meth:`quantize_rows` (``x_hat = scales[..., None] * codec.decode(words)``).
+        Memoized like :meth:`forward` (a fused kernel encodes a shared input once)."""
+        if self.kind != "box":
+            raise TypeError(f"RowQuantizer.encode_rows: only the box quantizer has words, this one is {self.kind!r}")
+        memo = self._enc_memo
+        if memo is not None and memo[0]() is x and memo[1] == x._version:
+            return memo[2]
+        xf = x.to(torch.float32)
+        if xf.shape[-1] % 8:
+            raise ValueError(f"box activation quantizer: row length {xf.shape[-1]} is not divisible by 8")
+        s = box_row_scale(xf)
+        words = self.codec.encode((xf / s).reshape(*xf.shape[:-1], -1, 8))
+        out = (words, s.squeeze(-1))
+        token = object()
+        self._enc_memo = (weakref.ref(x), x._version, out, token)
+        weakref.finalize(x, self._drop_enc, token)
+        return out
+
+    def _drop_enc(self, token) -> None:
+        if self._enc_memo is not None and self._enc_memo[3] is token:
+            self._enc_memo = None
 
     def overload_radius(self) -> float:
         """:func:`overload_radius` of this quantizer's ``betas`` and ``q``."""
@@ -115,6 +160,14 @@ class RowQuantizer(nn.Module):
 
     def clear_memo(self) -> None:
         self._memo = None
+        self._enc_memo = None
+
+
+def box_row_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per-row scale ``s [..., 1]`` of ``x [..., R]`` for the box code: ``RMS(x)`` rounded to fp16 (1 for a zero
+    row), as for box-coded weights (:func:`llmquant.quant.weights.quantize_codec_linear`)."""
+    s = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    return torch.where(s > 0, s, torch.ones_like(s)).half().float()
 
 
 def overload_radius(betas: torch.Tensor, q: int) -> float:
@@ -149,6 +202,17 @@ def row_quantizer_from_config(d, k_hint: int | None = None) -> RowQuantizer | No
         return None
     if d.method == "scalar":
         return RowQuantizer("scalar", bits=d.bits, symmetric=d.symmetric, clip_ratio=d.clip_ratio)
+    code = getattr(d, "code", "voronoi")
+    if code == "box":
+        from llmquant.lattice.box import WIDTHS, BoxCodec, load_box_setting
+
+        if d.box_bits not in WIDTHS:
+            raise ValueError(f"box_bits: {d.box_bits!r} must be one of {WIDTHS}")
+        st = load_box_setting(d.box_bits, d.box_variant)
+        return RowQuantizer("box", codec=BoxCodec(d.box_bits, st["betas"], st["code"], st.get("gamma", 1.0),
+                                                  st.get("levels")))
+    if code != "voronoi":
+        raise ValueError(f"code: {code!r} must be 'voronoi' or 'box'")
     from llmquant.lattice.beta_search import load_beta_set
 
     return RowQuantizer("lattice", lattice=d.lattice, q=d.q, betas=load_beta_set(d.lattice, d.q, d.k).float(),
