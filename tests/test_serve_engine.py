@@ -146,7 +146,7 @@ def test_bounded_queue_refuses_with_503_and_keeps_serving():
         eng.submit(ids, p, lambda k, v: done.append(k) if k != "delta" else None)  # waits in the queue
         with pytest.raises(APIError) as err:
             eng.submit(ids, p, lambda k, v: None)
-        assert err.value.status == 503 and "busy" in err.value.message
+        assert err.value.status == 429 and "busy" in err.value.message  # queue full: 429 (issue 10)
         gated.gate.set()
         for _ in range(200):
             if len(done) == 2:

@@ -135,7 +135,7 @@ def test_full_queue_gets_503_over_http():
                 break
             threading.Event().wait(0.02)
         r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
-        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+        assert r.status_code == 429 and r.json()["error"]["code"] == "server_busy"  # queue full: 429 (issue 10)
         gated.gate.set()
         first.join(30)
         second.join(30)

@@ -1,7 +1,8 @@
 """``llmquant serve PATH [--host 127.0.0.1] [--port 8000]``: OpenAI-compatible HTTP server.
 
 PATH is an llmquant checkpoint directory or a model spec (``smollm2-135m``, hub id, local dir,
-``.gguf``), loaded with :func:`llmquant.api.load`.  See :mod:`llmquant.serve.app` for the routes.
+``.gguf``), loaded with :func:`llmquant.api.load`.  See :mod:`llmquant.serve.app` for the routes and
+:mod:`llmquant.serve.limits` for the ``--max-*`` / ``--request-timeout`` limits.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmquant.commands.eval import add_runtime_arguments, load_from_args
+from llmquant.serve.limits import add_limit_arguments, limits_from_args
 
 
 def register(sub) -> None:
@@ -17,10 +19,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--model-name", default=None, help="name clients pass as 'model' (default: PATH's last part)")
-    p.add_argument("--max-queue", type=int, default=8,
-                   help="requests allowed to wait; more get HTTP 503 (default: %(default)s)")
     p.add_argument("--context", type=int, default=None, help="context limit in tokens (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    add_limit_arguments(p)
     add_runtime_arguments(p)
     p.set_defaults(func=main)
 
@@ -39,12 +40,18 @@ def main(args) -> int:
     from llmquant.serve.app import serve
     from llmquant.serve.engine import Engine
 
+    try:
+        limits = limits_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
     model, tokenizer = load_from_args(args)
     if tokenizer is None:
         print(f"error: {args.model} has no tokenizer, so it cannot serve text")
         return 2
     engine = Engine(model, tokenizer, model_name=args.model_name or served_name(args.model),
-                    max_queue=args.max_queue, context_length=args.context)
-    print(f"serving {engine.model_name} (context {engine.context_length}) on http://{args.host}:{args.port}/v1")
+                    context_length=args.context, limits=limits)
+    print(f"serving {engine.model_name} (context {engine.context_length}, batches of up to {limits.max_batch}, "
+          f"queue {limits.max_queue}, timeout {limits.request_timeout_s:g} s) on http://{args.host}:{args.port}/v1")
     serve(engine, args.host, args.port)
     return 0

@@ -5,6 +5,9 @@ Each client is a thread with its own ``httpx.Client`` sending ``M`` sequential `
 ``seed = base_seed + c * M + m``.  Reported: request latency p50/p95 (nearest-rank), completion
 tokens/s (sum of ``usage.completion_tokens`` over the wall time of the whole run), and the
 error count (any non-200 answer or transport failure).  Exit status 1 when any request failed.
+
+``--baseline`` first runs the same load with one client (``--requests`` requests) and reports the
+throughput ratio ``tokens_per_s(N clients) / tokens_per_s(1 client)`` -- what batching buys.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
+    parser.add_argument("--baseline", action="store_true",
+                        help="first run 1 client with the same settings and report the tokens/s ratio")
     parser.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write the summary as JSON")
 
 
@@ -138,17 +143,26 @@ def main(args) -> int:
         print(f"error: cannot reach an llmquant server at {args.url} ({type(exc).__name__}: {exc}); "
               "start one with `llmquant serve PATH --port ...` and pass --url")
         return 2
-    summary = run_load(args.url, model, args.clients, args.requests, args.max_tokens, args.prompt,
-                       chat=args.chat, stream=args.stream, temperature=args.temperature, seed=args.seed,
-                       timeout=args.timeout)
-    print(f"{summary['clients']} clients x {summary['requests_per_client']} requests against {args.url} "
-          f"(model {model}, max_tokens {args.max_tokens}{', stream' if args.stream else ''})")
-    print(f"latency p50 {summary['p50_s']:.3f} s  p95 {summary['p95_s']:.3f} s")
-    print(f"tokens {summary['tokens']} in {summary['wall_s']:.2f} s = {summary['tokens_per_s']:.1f} tokens/s")
-    print(f"errors {summary['errors']}")
-    for msg in summary["error_messages"]:
-        print(f"  {msg}")
+    runs = [1, args.clients] if args.baseline else [args.clients]
+    summaries = []
+    for clients in runs:
+        summary = run_load(args.url, model, clients, args.requests, args.max_tokens, args.prompt,
+                           chat=args.chat, stream=args.stream, temperature=args.temperature, seed=args.seed,
+                           timeout=args.timeout)
+        summaries.append(summary)
+        print(f"{summary['clients']} clients x {summary['requests_per_client']} requests against {args.url} "
+              f"(model {model}, max_tokens {args.max_tokens}{', stream' if args.stream else ''})")
+        print(f"latency p50 {summary['p50_s']:.3f} s  p95 {summary['p95_s']:.3f} s")
+        print(f"tokens {summary['tokens']} in {summary['wall_s']:.2f} s = {summary['tokens_per_s']:.1f} tokens/s")
+        print(f"errors {summary['errors']}")
+        for msg in summary["error_messages"]:
+            print(f"  {msg}")
+    out = summaries[-1]
+    if args.baseline:
+        ratio = summaries[1]["tokens_per_s"] / summaries[0]["tokens_per_s"] if summaries[0]["tokens_per_s"] else 0.0
+        out = {**summaries[1], "baseline": summaries[0], "speedup_vs_1_client": ratio}
+        print(f"throughput {args.clients} clients / 1 client = {ratio:.2f}x")
     if args.json_out:
         with open(args.json_out, "w") as fh:
-            json.dump(summary, fh, indent=2)
-    return 1 if summary["errors"] else 0
+            json.dump(out, fh, indent=2)
+    return 1 if any(s["errors"] for s in summaries) else 0
