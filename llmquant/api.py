@@ -118,6 +118,13 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     ``{"rotation_plan", "specs", "layers", "warnings", "bits", "seconds", "resumed_layers"}`` (``warnings``: the
     per-layer guard's flags, :mod:`llmquant.quant.guard`); the model also
     gets ``model.llmquant_specs`` and ``model.llmquant_config`` (used by :func:`save`).
+
+    ``model`` is any transformers causal LM of a supported architecture (role maps in
+    :mod:`llmquant.models.adapters`: Llama, Qwen2, Qwen3, Mistral, Gemma3 text), already in memory, e.g.
+    ``AutoModelForCausalLM.from_pretrained(...)`` or :func:`load_fp`'s (torchao-style: the object is changed in
+    place, nothing is reloaded); an unsupported one fails with the list of supported ones.  Afterwards it
+    also carries ``config.quantization_config`` and ``hf_quantizer`` (:func:`llmquant.hf.attach`), so
+    ``model.save_pretrained(DIR)`` writes a folder that ``AutoModelForCausalLM.from_pretrained(DIR)`` loads.
     """
     from llmquant.config import config_hash, validate_for_model
     from llmquant.models.adapters import get_adapter
@@ -152,6 +159,10 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     report["seconds"] = time.perf_counter() - t0
     model.llmquant_specs = report["specs"]
     model.llmquant_config = cfg
+    if cfg.quantizes_anything or plan is not None:
+        from llmquant.hf import attach
+
+        attach(model, cfg, report["specs"], plan)
     return report
 
 
@@ -190,14 +201,31 @@ def load(path_or_spec, dtype: str = "float32", device: str | torch.device | None
     model is first built in CPU memory; parts mapped to ``"cpu"`` stay there and are streamed to the
     execution device per forward (``accelerate`` hooks, buffers included, so packed codes are offloaded
     too).  ``"disk"`` is not supported.
+
+    A checkpoint's model carries ``config.quantization_config`` / ``hf_quantizer`` (:func:`llmquant.hf.attach`):
+    ``model.save_pretrained(DIR)`` works, and ``AutoModelForCausalLM.from_pretrained(CKPT)`` (after
+    ``import llmquant``) gives the same model without this function (:mod:`llmquant.hf.quantizer`).
     """
     from llmquant.quant.checkpoint import is_checkpoint, load_quantized
     from llmquant.quant.linear import set_backend
 
     place_now = device_map is None
     if is_checkpoint(path_or_spec):
-        model, tokenizer, _ = load_quantized(path_or_spec, device=resolve_device(device) if place_now else None,
-                                             backend=backend)
+        model, tokenizer, cfg = load_quantized(path_or_spec, device=resolve_device(device) if place_now else None,
+                                               backend=backend)
+        from llmquant.hf import attach
+        from llmquant.quant.checkpoint import read_meta
+
+        meta = read_meta(path_or_spec)
+        if getattr(model.config, "quantization_config", None) is None:
+            import warnings
+
+            warnings.warn(f"{path_or_spec}: config.json has no quantization_config (a checkpoint from before it existed); "
+                          "transformers' from_pretrained cannot load it until you run "
+                          "llmquant.quant.checkpoint.upgrade_checkpoint(DIR)", stacklevel=2)
+        model.llmquant_specs = {int(i): s for i, s in (meta.get("quantized") or {}).items()}
+        model.llmquant_config = cfg
+        attach(model, cfg, model.llmquant_specs, meta.get("rotation_plan"))  # save_pretrained works on it
     else:
         model, tokenizer = load_fp(str(path_or_spec), dtype=dtype, device=device if place_now else "cpu")
         if backend is not None:

@@ -6,9 +6,13 @@ Layout of ``DIR``::
                              floating-point embeddings / norms / lm_head); shared tensors stored once
     llmquant_config.json     {"format_version", "llmquant_version", "config" (resolved), "config_hash",
                               "rotation_plan" (or null), "quantized": {layer: {role: module spec}}}
-    config.json              Hugging Face model config (after rotation: untied embeddings)
+    config.json              Hugging Face model config (after rotation: untied embeddings), with
+                             ``quantization_config`` (:func:`hf_quantization_config`: quant_method "llmquant",
+                             format version, config, rotation plan, module specs) so that transformers'
+                             ``from_pretrained`` rebuilds the packed model (:mod:`llmquant.hf`)
     tokenizer files          whatever ``tokenizer.save_pretrained`` writes (absent for token-id-only models)
     results.json             {"ppl": {...}, "bits": {...}, "config": {...}, "layers": [...], ...}
+    README.md                model card (:mod:`llmquant.quant.model_card`), rewritten by :func:`update_results`
 
     .llmquant                marker: this folder was written by llmquant (see :func:`is_owned`)
 
@@ -19,7 +23,7 @@ or a folder llmquant wrote (:func:`check_output_dir`); anything else is refused 
 ``overwrite=True`` (the CLI's ``--overwrite``).
 
 Integrity: ``llmquant_config.json`` carries ``files`` (sha256 of every other file written at save
-time, ``results.json`` excepted: eval updates it) and ``meta_sha256`` (sha256 of its own canonical
+time, ``results.json`` and ``README.md`` excepted: eval updates them) and ``meta_sha256`` (sha256 of its own canonical
 JSON without that key).  Loading checks both, then validates the tensors (:func:`validate_state_file`,
 :func:`validate_loaded_values`), so a truncated, bit-flipped or partially deleted checkpoint fails
 with a :class:`CheckpointError` naming the file instead of loading wrong numbers.  Checkpoints
@@ -46,10 +50,13 @@ CONFIG_FILE = "llmquant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
 HF_CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+#: ``quant_method`` of the ``quantization_config`` in ``config.json`` (the transformers quantizer's name)
+QUANT_METHOD = "llmquant"
 #: marker file of every folder llmquant writes (checkpoints, ``<out>.work`` resume state, FP run results)
 MARKER_FILE = ".llmquant"
 #: files of a checkpoint that are not in its sha256 manifest
-_UNHASHED = (CONFIG_FILE, RESULTS_FILE, MARKER_FILE)
+_UNHASHED = (CONFIG_FILE, RESULTS_FILE, MARKER_FILE, CARD_FILE)
 
 
 class CheckpointError(LlmquantError, RuntimeError):
@@ -153,6 +160,70 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def hf_quantization_config(cfg, specs: dict, rotation_plan: dict | None) -> dict:
+    """The ``quantization_config`` entry of ``config.json`` (parsed by :class:`llmquant.hf.LlmquantConfig`)::
+
+        {"quant_method": "llmquant", "format_version": FORMAT_VERSION, "llmquant_version": str,
+         "config": resolved llmquant config (dict), "rotation_plan": RotationPlan dict or null,
+         "quantized": {"<layer>": {"<role>": module spec}}}
+
+    The same data as ``llmquant_config.json`` minus the integrity keys, so a ``save_pretrained`` folder
+    (which has no ``llmquant_config.json``) is self-describing."""
+    import llmquant
+    from llmquant.config import Config, config_to_dict
+
+    return json.loads(json.dumps({
+        "quant_method": QUANT_METHOD,
+        "format_version": llmquant.FORMAT_VERSION,
+        "llmquant_version": llmquant.__version__,
+        "config": config_to_dict(cfg) if isinstance(cfg, Config) else dict(cfg),
+        "rotation_plan": rotation_plan,
+        "quantized": {str(i): s for i, s in specs.items()},
+    }, default=float))
+
+
+def _add_quantization_config(folder: Path, qc: dict) -> None:
+    """Put ``qc`` into ``folder/config.json`` as ``quantization_config`` (replacing any), atomically."""
+    hf = json.loads((folder / HF_CONFIG_FILE).read_text(encoding="utf-8"))
+    hf["quantization_config"] = qc
+    tmp = folder / f"{HF_CONFIG_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / HF_CONFIG_FILE)
+
+
+def upgrade_checkpoint(path: str | os.PathLike) -> list[str]:
+    """Bring a checkpoint written before ``quantization_config`` / the model card existed up to date, in place:
+    add ``quantization_config`` to ``config.json`` (so transformers' ``from_pretrained`` loads it) and refresh
+    its sha256 in the manifest and ``meta_sha256``; write ``README.md`` when absent.  The checkpoint is fully
+    verified first (:func:`read_meta`, :func:`verify_files`).  Returns the files changed ([] when current).
+    ``python -c "from llmquant.quant.checkpoint import upgrade_checkpoint as u; u('DIR')"``."""
+    from llmquant.config import ConfigError, config_from_dict
+
+    path = Path(path)
+    meta = read_meta(path)
+    verify_files(path, meta)
+    changed = []
+    hf = _read_json_file(path, HF_CONFIG_FILE)
+    if not isinstance(hf, dict):
+        raise _corrupt(path, HF_CONFIG_FILE, f"expected a JSON object, got {type(hf).__name__}")
+    if hf.get("quantization_config") is None:
+        try:
+            cfg = config_from_dict(meta["config"])
+        except ConfigError as exc:
+            raise _corrupt(path, CONFIG_FILE, f"saved config: {exc}") from None
+        _add_quantization_config(path, hf_quantization_config(cfg, meta.get("quantized") or {}, meta.get("rotation_plan")))
+        changed.append(HF_CONFIG_FILE)
+        if HF_CONFIG_FILE in (meta.get("files") or {}):
+            meta["files"][HF_CONFIG_FILE] = file_sha256(path / HF_CONFIG_FILE)
+            meta["meta_sha256"] = _meta_digest(meta)
+            _write_json(path / CONFIG_FILE, meta)
+            changed.append(CONFIG_FILE)
+    if not (path / CARD_FILE).is_file():
+        write_card(path, meta, read_results(path))
+        changed.append(CARD_FILE)
+    return changed
+
+
 def save_checkpoint(out: str | os.PathLike, model, tokenizer, cfg, specs: dict, rotation_plan: dict | None,
                     results: dict, *, overwrite: bool = False) -> Path:
     """Write the checkpoint of a quantized ``model`` to ``out`` atomically (see module docstring).
@@ -175,6 +246,7 @@ def save_checkpoint(out: str | os.PathLike, model, tokenizer, cfg, specs: dict, 
         save_model(model, str(tmp / WEIGHTS_FILE),
                    metadata={"format": "pt", "llmquant_format_version": str(llmquant.FORMAT_VERSION)})
         model.config.save_pretrained(str(tmp))
+        _add_quantization_config(tmp, hf_quantization_config(cfg, specs, rotation_plan))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*"))
@@ -192,6 +264,7 @@ def save_checkpoint(out: str | os.PathLike, model, tokenizer, cfg, specs: dict, 
         meta["meta_sha256"] = _meta_digest(meta)
         _write_json(tmp / CONFIG_FILE, meta)
         _write_json(tmp / RESULTS_FILE, results)
+        write_card(tmp, meta, results, name=out.name)
         write_marker(tmp, "checkpoint")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -281,8 +354,20 @@ def read_results(path: str | os.PathLike) -> dict:
     return res
 
 
+def write_card(folder: str | os.PathLike, meta: dict, results: dict, name: str | None = None) -> None:
+    """(Re)write the model card ``README.md`` of a checkpoint folder (:func:`llmquant.quant.model_card.model_card`;
+    ``name``: its title, default the folder name)."""
+    from llmquant.quant.model_card import model_card
+
+    folder = Path(folder)
+    tmp = folder / f"{CARD_FILE}.tmp{os.getpid()}"
+    tmp.write_text(model_card(meta, results, name=name or folder.resolve().name), encoding="utf-8")
+    os.replace(tmp, folder / CARD_FILE)
+
+
 def update_results(path: str | os.PathLike, updates: dict) -> dict:
-    """Merge ``updates`` (one level deep for dict values) into ``results.json`` atomically."""
+    """Merge ``updates`` (one level deep for dict values) into ``results.json`` atomically; in a checkpoint
+    folder (one with ``llmquant_config.json``) the model card ``README.md`` is refreshed from the new results."""
     results = read_results(path)
     for k, v in updates.items():
         if isinstance(v, dict) and isinstance(results.get(k), dict):
@@ -290,6 +375,8 @@ def update_results(path: str | os.PathLike, updates: dict) -> dict:
         else:
             results[k] = v
     _write_json(Path(path) / RESULTS_FILE, results)
+    if (Path(path) / CONFIG_FILE).is_file():
+        write_card(path, read_meta(path), results)
     return results
 
 
@@ -407,26 +494,56 @@ def validate_loaded_values(model: torch.nn.Module, where: str | os.PathLike) -> 
             raise CheckpointError(f"{where}: {mname}.{problem}; the checkpoint is corrupt, re-run `llmquant quantize`")
 
 
-def _check_specs(path: Path, quantized: dict, layers, adapter) -> None:
+def _check_specs(path: Path, quantized: dict, layers, adapter, source: str = CONFIG_FILE) -> None:
     """The ``quantized`` section names existing decoder layers and roles, and each module spec has the
-    input / output size of the linear it replaces."""
+    input / output size of the linear it replaces (errors name ``path / source``)."""
     from llmquant.quant.structure import get_linear, present_roles
 
     for key, layer_specs in quantized.items():
         if not (isinstance(key, str) and key.isdigit() and int(key) < len(layers)):
-            raise _corrupt(path, CONFIG_FILE, f"quantized: {key!r} is not a decoder layer index in [0, {len(layers)})")
+            raise _corrupt(path, source, f"quantized: {key!r} is not a decoder layer index in [0, {len(layers)})")
         if not isinstance(layer_specs, dict):
-            raise _corrupt(path, CONFIG_FILE, f"quantized.{key}: expected a JSON object")
+            raise _corrupt(path, source, f"quantized.{key}: expected a JSON object")
         roles = present_roles(layers[int(key)], adapter)
         for role, spec in layer_specs.items():
             if role not in roles or not isinstance(spec, dict):
-                raise _corrupt(path, CONFIG_FILE, f"quantized.{key}.{role}: not a linear role ({', '.join(roles)}) "
+                raise _corrupt(path, source, f"quantized.{key}.{role}: not a linear role ({', '.join(roles)}) "
                                                   "with a module spec")
             lin = get_linear(layers[int(key)], adapter, role)
             for dim in ("in_features", "out_features"):
                 if dim in spec and spec[dim] != getattr(lin, dim):
-                    raise _corrupt(path, CONFIG_FILE, f"quantized.{key}.{role}.{dim}: {spec[dim]!r}, but the "
+                    raise _corrupt(path, source, f"quantized.{key}.{role}.{dim}: {spec[dim]!r}, but the "
                                                       f"model's linear has {getattr(lin, dim)}")
+
+
+def install_quantized_structure(model, cfg, rotation_plan: dict | None, quantized: dict, path: str | os.PathLike,
+                                source: str = CONFIG_FILE) -> None:
+    """Turn a freshly built floating-point ``model`` into the empty structure of the quantized one: the
+    rotation modules of ``rotation_plan`` (online Hadamards, Q/K rotation, the ``llmquant`` attention function;
+    :func:`~llmquant.models.rotate.install_rotation_modules`), then per decoder layer the quantized modules of
+    ``quantized`` (``{"<layer>": {"<role>": module spec}}``) with the activation and KV quantizers of ``cfg``
+    (:func:`~llmquant.quant.structure.build_quantized_shell`).  No weight is touched; a state dict loads next.
+    Shared by :func:`load_quantized` and the transformers quantizer (:mod:`llmquant.hf.quantizer`); problems raise
+    :class:`CheckpointError` naming ``path / source``."""
+    from llmquant.models.adapters import get_adapter
+    from llmquant.quant.structure import build_quantized_shell
+
+    path = Path(path)
+    if rotation_plan is not None:
+        from llmquant.models.rotate import RotationPlan, install_rotation_modules
+
+        try:
+            install_rotation_modules(model, RotationPlan.from_dict(rotation_plan))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _corrupt(path, source, f"rotation_plan: {' '.join(str(exc).split())[:200]}") from None
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    _check_specs(path, quantized, layers, adapter, source)
+    for i, layer in enumerate(layers):
+        try:
+            build_quantized_shell(layer, adapter, quantized.get(str(i), {}), cfg)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(path, source, f"quantized.{i}: bad module spec ({exc})") from None
 
 
 @torch.no_grad()
@@ -452,7 +569,6 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
     from llmquant.config.schema import BACKENDS
     from llmquant.models.adapters import get_adapter
     from llmquant.quant.linear import set_backend
-    from llmquant.quant.structure import build_quantized_shell
 
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"load_quantized: backend={backend!r} is not one of {', '.join(BACKENDS)}")
@@ -474,22 +590,7 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         raise _corrupt(path, HF_CONFIG_FILE, f"cannot build the model ({' '.join(str(exc).split())[:200]})") from None
     model.eval()
-    if meta.get("rotation_plan") is not None:
-        from llmquant.models.rotate import RotationPlan, install_rotation_modules
-
-        try:
-            install_rotation_modules(model, RotationPlan.from_dict(meta["rotation_plan"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise _corrupt(path, CONFIG_FILE, f"rotation_plan: {' '.join(str(exc).split())[:200]}") from None
-    adapter = get_adapter(model)
-    quantized = meta.get("quantized", {})
-    layers = adapter.layers(model)
-    _check_specs(path, quantized, layers, adapter)
-    for i, layer in enumerate(layers):
-        try:
-            build_quantized_shell(layer, adapter, quantized.get(str(i), {}), cfg)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _corrupt(path, CONFIG_FILE, f"quantized.{i}: bad module spec ({exc})") from None
+    install_quantized_structure(model, cfg, meta.get("rotation_plan"), meta.get("quantized", {}), path)
     validate_state_file(path / WEIGHTS_FILE, model.state_dict())
     if device is not None:
         model.to(device)
