@@ -1,4 +1,4 @@
-"""``llmquant bench {gaussian,kernels,serve}``: benchmarks, each owned by its library module.
+"""``llmquant bench {gaussian,kernels,serve,memory}``: benchmarks, each owned by its library module.
 
 Each target module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
 """
@@ -13,11 +13,12 @@ TARGETS = {
     "kernels": ("llmquant.kernels.bench",
                 "lattice GEMM kernels vs torch FP16/BF16 matmul (--sass: static SASS cost, no GPU)"),
     "serve": ("llmquant.serve.load_test", "concurrent clients against a running llmquant server"),
+    "memory": ("llmquant.eval.memory", "bytes a model and its KV cache hold, peak RSS and decode s/token"),
 }
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("bench", help="benchmarks (gaussian, kernels, serve)")
+    parser = sub.add_parser("bench", help="benchmarks (gaussian, kernels, serve, memory)")
     targets = parser.add_subparsers(dest="bench_target", metavar="TARGET")
     for name, (module_name, help_text) in TARGETS.items():
         try:

@@ -15,6 +15,11 @@ updated in the KV cache by the caller):
     v = module.llmquant_v_quant(v)   if set
     return base(module, q, k, v, mask, ...)
 
+Keys/values tagged ``llmquant_kv_stored`` come from :class:`llmquant.quant.kv_cache.LatticeKVLayer`, which
+rotated and quantized each token once on insert (bit-identical rows): for them only ``q = R(q)`` runs here.
+Without a cache (``use_cache=False``, perplexity) or with a plain ``DynamicCache`` the keys and values
+are rotated and fake-quantized here, every call.
+
 Since ``(q Q_h)(k Q_h)^T = q k^T`` the scores are unchanged; the rotation only spreads outliers in the
 keys before they are quantized.  Modules without the attributes pass through unchanged.  ``R`` is a
 :class:`~llmquant.rotation.random_hadamard.HadamardRotation`; its ``backend`` (set with
@@ -44,14 +49,16 @@ def _base_forward(module, implementation: str):
 def llmquant_attention_forward(module, query, key, value, attention_mask, **kwargs):
     """Attention function registered as ``llmquant`` / ``llmquant_eager`` (see module docstring)."""
     rot = getattr(module, "llmquant_qk_rotation", None)
+    stored = getattr(key, "llmquant_kv_stored", False)  # rotated + quantized on insert by the lattice KV cache
     if rot is not None:
         query = rot(query)
-        key = rot(key)
+        if not stored:
+            key = rot(key)
     k_quant = getattr(module, "llmquant_k_quant", None)
-    if k_quant is not None:
+    if k_quant is not None and not stored:
         key = k_quant(key)
     v_quant = getattr(module, "llmquant_v_quant", None)
-    if v_quant is not None:
+    if v_quant is not None and not getattr(value, "llmquant_kv_stored", False):
         value = v_quant(value)
     impl = getattr(module.config, "_attn_implementation", ATTN_NAME)
     return _base_forward(module, impl)(module, query, key, value, attention_mask, **kwargs)
