@@ -33,9 +33,29 @@ from __future__ import annotations
 __all__ = ["LlmquantConfig", "LlmquantHfQuantizer", "attach", "register"]
 
 
-def register() -> None:
+_MODULES = ("llmquant.hf.config", "llmquant.hf.quantizer")
+#: set when the import hook fired while one of :data:`_MODULES` was still executing (it imports transformers'
+#: quantizer table itself); that module then finishes the registration on its last line
+_pending = False
+
+
+def register(_ready: str | None = None) -> None:
     """Register quant method ``"llmquant"`` (config and quantizer) with transformers; idempotent.  Raises
-    ``RuntimeError`` when another class already holds the name."""
+    ``RuntimeError`` when another class already holds the name.
+
+    When transformers' table is first imported *by* ``llmquant.hf.config`` / ``llmquant.hf.quantizer`` (e.g.
+    ``from llmquant.hf.quantizer import LlmquantHfQuantizer`` in a fresh process), the hook fires while that
+    module is half-executed; registration is then deferred to the end of that module (``_ready``: the module
+    that calls from its last line, whose classes exist by then)."""
+    import sys
+
+    global _pending
+    for name in _MODULES:
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        if name != _ready and getattr(spec, "_initializing", False):
+            _pending = True
+            return
+    _pending = False
     from transformers.quantizers.auto import (
         AUTO_QUANTIZATION_CONFIG_MAPPING,
         AUTO_QUANTIZER_MAPPING,
@@ -54,6 +74,12 @@ def register() -> None:
         elif have is not cls:
             raise RuntimeError(f"transformers already has a quantization method {QUANT_METHOD!r} "
                                f"({have.__module__}.{have.__qualname__}); llmquant cannot register its own")
+
+
+def _finish_pending(module_name: str) -> None:
+    """Called on the last line of :data:`_MODULES`: complete a registration the hook had to defer."""
+    if _pending:
+        register(_ready=module_name)
 
 
 def attach(model, cfg, specs: dict, rotation_plan: dict | None) -> None:

@@ -80,3 +80,8 @@ class LlmquantConfig(QuantizationConfigMixin):
 
     def __iter__(self):
         yield from self.to_dict().items()
+
+
+from llmquant.hf import _finish_pending
+
+_finish_pending(__name__)

@@ -176,3 +176,8 @@ class LlmquantHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+from llmquant.hf import _finish_pending
+
+_finish_pending(__name__)
