@@ -36,7 +36,10 @@ def _rows(shape, seed=0, heavy=False):
                                    RowQuantizer("scalar", bits=8)],
                          ids=["e8-k2", "e8-k4", "int4", "int4-sym", "int8"])
 @pytest.mark.parametrize("d", [64, 16])
-def test_round_trip_is_bit_exact_against_the_reference_quantizer(quant, d):
+def test_round_trip_is_bit_exact_against_the_reference_quantizer(quant, d, monkeypatch):
+    from llmquant.quant import kv_cache
+
+    monkeypatch.setattr(kv_cache, "DECODE_VECTORS", 40)  # several decode chunks
     x = _rows((2, 3, 21, d), seed=d, heavy=True)
     store = PackedRows(quant)
     for a, b in ((0, 13), (13, 14), (14, 15), (15, 21)):  # a prefill, then token by token

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
+#: 8-vectors decoded per chunk by :meth:`PackedRows.decoded` (lattice layout)
+DECODE_VECTORS = 16384
 #: spare tokens a store allocates when it grows (it then holds at most this many unused rows)
 GROW_TOKENS = 256
 
@@ -182,14 +184,20 @@ class PackedRows:
 
         q = self.quant
         words = live["words"]
-        nb = words.shape[-1]
+        b, h, t, nb = words.shape
+        out = torch.empty(b, h, t, nb * 8, dtype=dtype, device=words.device)
         shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=words.device)
-        c = ((words[..., None] >> shifts) & 0xF).to(torch.float32)  # [B, H, T, nb, 8]
-        p2 = c @ _g2(q.lattice, words.device)
-        v = (p2 - q.q * coarse_closest_int(p2, q.lattice, q.q)) * 0.5
-        j = self._unpack_beta(live["beta"], nb).long()
-        x = (q.betas[j][..., None] * v).reshape(*words.shape[:-1], nb * 8)
-        return (x * live["scale"].float()[..., None]).to(dtype)
+        g2 = _g2(q.lattice, words.device)
+        step = max(1, DECODE_VECTORS // max(1, b * h * nb))  # tokens per chunk: intermediates stay in cache
+        for t0 in range(0, t, step):
+            sl = slice(t0, min(t0 + step, t))
+            c = ((words[:, :, sl, :, None] >> shifts) & 0xF).to(torch.float32)  # [B, H, t, nb, 8]
+            p2 = c @ g2
+            v = (p2 - q.q * coarse_closest_int(p2, q.lattice, q.q)) * 0.5
+            j = self._unpack_beta(live["beta"][:, :, sl], nb).long()
+            x = (q.betas[j][..., None] * v).reshape(b, h, -1, nb * 8)
+            out[:, :, sl] = x * live["scale"][:, :, sl].float()[..., None]
+        return out
 
 
 _G2: dict = {}
