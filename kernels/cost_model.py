@@ -67,21 +67,25 @@ def bf16_elementwise_time(gpu: GPU) -> float:
 
 
 def predict_gemm(instr_per_weight: float, stored_bytes_per_weight: float, *, m: int, block_m: int,
-                 tensor_flops_per_mac: float = 2.0, int8: bool = False, gpus=GPUS) -> dict:
+                 tensor_flops_per_mac: float = 2.0, int8: bool = False, once_instr_per_weight: float = 0.0,
+                 gpus=GPUS) -> dict:
     """``{gpu: t_bf16 / t_ours}`` for a lattice GEMM kernel at ``M`` rows.
 
     ``instr_per_weight``: thread-instructions per weight per CTA row tile (from SASS); the weight tile is
     decoded by ``ceil(M / block_m)`` CTAs, so the instruction cost per weight is
     ``instr_per_weight * ceil(M / block_m)``.  ``tensor_flops_per_mac``: tensor-core ops per multiply-add
     (2; ``2 * kx * kw`` for the int8 W4A4 split by β pair); at least one ``block_m`` tile of rows is
-    computed even when ``M < block_m`` (masked rows still go through the MMA).
+    computed even when ``M < block_m`` (masked rows still go through the MMA).  ``once_instr_per_weight``: work
+    done once per weight per call, not per row tile (e.g. the box W4A4's decode of the weight into int8 planes
+    before the GEMM; its extra traffic belongs in ``stored_bytes_per_weight``).
     """
     tiles = -(-m // block_m)
     rows = tiles * block_m
     out = {}
     for gpu in gpus:
         ops = tensor_flops_per_mac * rows
-        t = time_per_weight(gpu, instructions=instr_per_weight * tiles, bytes_=stored_bytes_per_weight,
+        t = time_per_weight(gpu, instructions=instr_per_weight * tiles + once_instr_per_weight,
+                            bytes_=stored_bytes_per_weight,
                             tensor_flops=0.0 if int8 else ops, tensor_int8_ops=ops if int8 else 0.0)
         out[gpu.name] = round(bf16_gemm_time_per_weight(gpu, m) / t, 4)
     return out

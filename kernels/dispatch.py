@@ -5,8 +5,8 @@
 
 * no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`; box-coded
   layers, b = 3 lattice variant: :mod:`.box_w4a16`);
-* box-coded layer (b = 3 Hamming lattice, integer-ratio β set) with a box activation quantizer (Hamming
-  lattice, integer-ratio β set, any b) -> activations encoded once per token row by the quantizer's own
+* box-coded layer (b = 3 Hamming / parity lattice code, integer-ratio β set) with a box activation quantizer
+  (same kinds of code, any b) -> activations encoded once per token row by the quantizer's own
   encoder (:meth:`~llmquant.quant.activations.RowQuantizer.encode_rows`) + W4A4 int8 GEMM (:mod:`.box_w4a4`);
 * lattice (E8, q <= 16) activation quant -> activation encode (:mod:`.e8_encode`, per-token scale from
   the reference's ``row_scale_guarded`` with ``act.overload_radius()``) + W4A4 GEMM
@@ -90,18 +90,22 @@ def unsupported_reason(layer, x: torch.Tensor) -> str | None:
 
 def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
     """The box-code W4A16 kernel (:mod:`.box_w4a16`) reads b = 3 words of the √2E8 lattice variant (Hamming
-    code, γ = 1, no level table) and needs no activation quantizer."""
+    code, γ = 1, no level table) and needs no activation quantizer; the box W4A4 kernel (:mod:`.box_w4a4`) reads
+    b = 3 weight words of a lattice box code (Hamming or parity) with integer β ratios and a box activation
+    quantizer of the same kind (any b)."""
     c = layer.codec
-    if not (c.b == 3 and c.code == "hamming" and c.gamma == 1.0 and c.level_table is None):
-        return (f"box code b={c.b}, code={c.code}, gamma={c.gamma}, level table={c.level_table is not None} "
-                "(the box kernel reads the b=3 Hamming lattice variant only)")
     act = getattr(layer, "act_q", None)
     if act is not None:
         if getattr(act, "kind", None) != "box":
             return f"box-coded weights with a {getattr(act, 'kind', None)!r} activation quantizer (W4A4 needs a box one)"
+        if c.b != 3:
+            return f"box W4A4: weight box code b={c.b} (the kernel reads one int32 per weight word: b=3)"
         why = _integer_box_reason(layer, c, act.codec)
         if why is not None:
             return why
+    elif not (c.b == 3 and c.code == "hamming" and c.gamma == 1.0 and c.level_table is None):
+        return (f"box code b={c.b}, code={c.code}, gamma={c.gamma}, level table={c.level_table is not None} "
+                "(the box kernel reads the b=3 Hamming lattice variant only)")
     reason = _input_reason(backend, x)
     if reason is None and x.shape[-1] != layer.in_features:
         reason = f"input has {x.shape[-1]} features, layer expects {layer.in_features}"
@@ -118,8 +122,8 @@ def _integer_box_reason(layer, w_codec, x_codec) -> str | None:
 
         why = None
         for what, c in (("weight", w_codec), ("activation", x_codec)):
-            if not (c.code == "hamming" and c.gamma == 1.0 and c.level_table is None):
-                why = f"box W4A4: {what} codec {c!r} is not the Hamming lattice code"
+            if not (c.code in ("hamming", "parity") and c.gamma == 1.0 and c.level_table is None):
+                why = f"box W4A4: {what} codec {c!r} is not a lattice box code (hamming/parity, gamma=1)"
             elif integer_beta_ratios(c.betas) is None:
                 why = f"box W4A4: {what} β set has no integer ratios (use box_variant 'int' or 'int8')"
             if why is not None:

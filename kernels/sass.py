@@ -295,7 +295,9 @@ def kernel_specs() -> list[dict]:
     """Every Triton kernel config of this package with the launch's signature and constexprs.
 
     Configs are the GPU defaults of the launchers (``choose_config`` of the W4A16 GEMM for small / medium /
-    large M, the box-code W4A16 GEMV's ``GPU_CONFIG`` with fp16 and bf16 x, ``e8_w4a4_gemm``'s CUDA tile in both modes, ``e8_encode``'s ``block_r``, the Hadamard tile
+    large M, the box-code W4A16 GEMV's ``GPU_CONFIG`` with fp16 and bf16 x, ``e8_w4a4_gemm``'s CUDA tile in both modes,
+    the box-code W4A4 GEMM's decode / prefill tiles for 2x2 and 1x2 int8 limbs and its activation int8 conversion
+    (``kernels/box_w4a4.py``), ``e8_encode``'s ``block_r``, the Hadamard tile
     sizes of n = 4096 and 14336), with BF16 activations for the GEMMs (the comparison is against BF16).
     """
     w4a16 = "llmquant.kernels.e8_decode_gemm:_e8_decode_gemm_kernel"
@@ -346,6 +348,47 @@ def kernel_specs() -> list[dict]:
             "model": {"type": "gemm", "m": M_LARGE, "block_m": 128, "stored_bytes_per_weight": W4_STORED_BYTES,
                       "tensor_flops_per_mac": 2.0 * kx * kw if int8 else 2.0, "int8": int8},
         })
+    # the box-code W4A4 GEMM (kernels/box_w4a4.py): b=3 weights (one int32 per 8 weights + fp16 row scale), int8
+    # activation limbs; int8 limbs of the shipped integer-ratio sets: b=3 'int' 2 limbs, b=2 'int8' 1 limb, and a
+    # D8 (parity) b=3 code with 2 integer β <= 8: 1 limb.  Decode tiles decode the words in the loop; prefill tiles
+    # read int8 weight planes decoded once per call by _box_int8_kernel (its cost: the "once" of the prediction).
+    from .box_w4a4 import CONFIGS as BOX_W4A4_CONFIGS
+
+    box4_sig = {"xq_ptr": "*i8", "xs_ptr": "*fp32", "w_ptr": "*i32", "ws_ptr": "*fp16", "rtab_ptr": "*i32",
+                "bias_ptr": "*fp32", "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "x_plane": "i32",
+                "w_plane": "i32", "alpha": "fp32", "stride_om": "i32"}
+    for what, lx, lw, code_w in (("b=3 int weights x b=3 int acts", 2, 2, 0),
+                                 ("b=3 int weights x b=2 int8 acts", 1, 2, 0),
+                                 ("b=3 D8 2-int-β weights x same acts", 1, 1, 1)):
+        for tile, m in (("decode", M_SMALL), ("prefill" if lw == 1 else "prefill_limbs", M_LARGE)):
+            cfg = BOX_W4A4_CONFIGS[tile]
+            planes = bool(cfg.get("W_PLANES", False))
+            specs.append({
+                "kernel": "w4a4", "label": f"box-W4A4: {what} ({lx}x{lw} int8 limbs), {tile} (M={m})",
+                "kernel_ref": "llmquant.kernels.box_w4a4:_box_w4a4_kernel",
+                "signature": dict(box4_sig, w_ptr="*i8" if planes else "*i32"),
+                "constexprs": {"HAS_BIAS": False, "RAW": False, "BW": 3, "LX": lx, "LW": lw, "CODE_W": code_w,
+                               "W_PLANES": planes, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
+                               "BLOCK_K": cfg["BLOCK_K"]},
+                "num_warps": cfg["num_warps"], "weights_per_iter": cfg["BLOCK_N"] * cfg["BLOCK_K"],
+                "divisible_by_16": ("M", "N", "K", "x_plane", "w_plane", "stride_om"),
+                "model": {"type": "gemm", "m": m, "block_m": cfg["BLOCK_M"],
+                          "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K + (2.0 * lw if planes else 0.0),
+                          "tensor_flops_per_mac": 2.0 * lx * lw, "int8": True,
+                          **({"once_from": f"box-int8-{lw}"} if planes else {})},
+            })
+    for lw in (2, 1):
+        specs.append({
+            "id": f"box-int8-{lw}", "kernel": "encode",
+            "label": f"box words -> int8 limbs (b=3, {lw} limb{'s' if lw > 1 else ''}; activations once per row, "
+                     "prefill weights once per call)",
+            "kernel_ref": "llmquant.kernels.box_w4a4:_box_int8_kernel",
+            "signature": {"w_ptr": "*i32", "rtab_ptr": "*i32", "out_ptr": "*i8", "R": "i32", "G": "i32",
+                          "plane": "i32"},
+            "constexprs": {"B": 3, "LIMBS": lw, "BLOCK_R": 32, "BLOCK_G": 16, "CODE": 0 if lw == 2 else 1},
+            "num_warps": 4, "weights_per_iter": 32 * 16 * 8, "divisible_by_16": ("R", "G", "plane"),
+            "model": {"type": "elementwise", "bytes_per_element": 0.5 + lw, "tensor_flops_per_element": 0.0},
+        })
     specs.append({
         "kernel": "encode", "label": "min_error, 4 betas, bf16 input",
         "kernel_ref": "llmquant.kernels.e8_encode:_e8_encode_kernel",
@@ -370,13 +413,14 @@ def kernel_specs() -> list[dict]:
     return specs
 
 
-def _predict(model: dict, row: dict) -> dict:
+def _predict(model: dict, row: dict, once: float = 0.0) -> dict:
     from .cost_model import predict_elementwise, predict_gemm
 
     ipw = row["instructions_per_weight"]
     if model["type"] == "gemm":
         return predict_gemm(ipw, model["stored_bytes_per_weight"], m=model["m"], block_m=model["block_m"],
-                            tensor_flops_per_mac=model["tensor_flops_per_mac"], int8=model["int8"])
+                            tensor_flops_per_mac=model["tensor_flops_per_mac"], int8=model["int8"],
+                            once_instr_per_weight=once)
     return predict_elementwise(ipw, model["bytes_per_element"],
                                tensor_flops_per_element=model["tensor_flops_per_element"])
 
@@ -413,13 +457,16 @@ def bench_rows(arch: str | int = DEFAULT_ARCH) -> list[dict]:
     """
     specs = kernel_specs()
     results = _run_jobs([_job(s, arch) for s in specs])
+    by_id = {s["id"]: r for s, r in zip(specs, results) if "id" in s}
     rows = []
     for spec, res in zip(specs, results):
+        once_from = spec["model"].get("once_from")
+        once = by_id[once_from]["instructions_per_weight"] if once_from else 0.0
         row = {"kernel": spec["kernel"],
                "config": {"label": spec["label"], **spec["constexprs"], "num_warps": spec["num_warps"]},
                "arch": res["arch"], "instructions_per_weight": res["instructions_per_weight"],
                "registers": res["registers"], "spills": res["spills"], "shuffles": res["shuffles"],
-               "predicted_speedup_vs_bf16": _predict(spec["model"], res)}
+               "predicted_speedup_vs_bf16": _predict(spec["model"], res, once)}
         row.update({k: v for k, v in res.items() if k not in row})
         row["model"] = spec["model"]
         rows.append(row)

@@ -25,6 +25,8 @@ BOX_W4A4 = ["model.spec=tiny-random-llama", "kv.method=none", "calibration.n_sam
 
 
 def _codec(b: int, variant: str) -> BoxCodec:
+    if variant == "parity":  # a D8 code with two integer-ratio β's (|t| <= 8 * 15 fits int8 at b = 3)
+        return BoxCodec(b, [0.03 * 5, 0.03 * 8], "parity")
     s = load_box_setting(b, variant)
     return BoxCodec(b, s["betas"], s["code"], s["gamma"])
 
@@ -89,7 +91,8 @@ def dev() -> torch.device:
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("xv,wv", [((3, "int"), (3, "int")), ((2, "int8"), (3, "int")), ((3, "int"), (2, "int8")),
-                                   ((2, "int8"), (2, "int8"))])
+                                   ((2, "int8"), (2, "int8")), ((3, "parity"), (3, "parity")),
+                                   ((3, "int"), (3, "parity"))])
 def test_kernel_matches_reference(dev, xv, wv):
     from llmquant.kernels import box_w4a4 as K
 
@@ -101,14 +104,17 @@ def test_kernel_matches_reference(dev, xv, wv):
     ws = (torch.rand(n, generator=g) + 0.5).half().to(dev)
     bias = torch.randn(n, generator=g).to(dev)
     kx = K.codec_constants(cx, dev)
-    planes = K.box_int8_coords(xw, cx.b, kx["rtab"], kx["limbs"])
+    planes = K.box_int8_coords(xw, cx.b, kx["rtab"], kx["limbs"], kx["code_id"])
     assert planes.shape == (kx["limbs"], m, k)
-    assert torch.equal(planes.cpu(), K.split_limbs_reference(K.int_coords_reference(xw.cpu(), cx.b, kx["ratios"]),
-                                                             kx["limbs"]))
+    t_ref = K.int_coords_reference(xw.cpu(), cx.b, kx["ratios"], cx.code)
+    assert torch.equal(planes.cpu(), K.split_limbs_reference(t_ref, kx["limbs"]))
     i_ker = K.box_w4a4_matmul(xw, xs, cx, ww, ws, cw, raw=True)
     i_ref = K.box_w4a4_reference(xw, xs, cx, ww, ws, cw, raw=True)
     assert i_ker.dtype == torch.int64 and torch.equal(i_ker, i_ref)  # the integer part exactly
-    assert int(i_ref.abs().max()) > 127 * 127  # limbs were needed / combined
+    assert int(i_ref.abs().max()) > 127 * 16  # large enough that a wrong limb weight would show
+    # the prefill schedule: weight decoded once into int8 planes, then the pure int8 GEMM
+    planes_cfg = dict(K.INTERPRETER_CONFIG, W_PLANES=True)
+    assert torch.equal(K.box_w4a4_matmul(xw, xs, cx, ww, ws, cw, raw=True, config=planes_cfg), i_ref)
     y = K.box_w4a4_matmul(xw, xs, cx, ww, ws, cw, bias=bias)
     y_ref = K.box_w4a4_reference(xw, xs, cx, ww, ws, cw, bias=bias)
     torch.testing.assert_close(y, y_ref, rtol=2e-7, atol=1e-6 * float(y_ref.abs().max()))
@@ -120,11 +126,11 @@ def test_kernel_matches_reference(dev, xv, wv):
 def test_integer_coords_match_the_codec_decode():
     from llmquant.kernels.box_w4a4 import int_coords_reference
 
-    for b, v in ((1, "int"), (2, "int8"), (3, "int")):
+    for b, v in ((1, "int"), (2, "int8"), (3, "int"), (3, "parity"), (2, "parity")):
         codec = _codec(b, v)
         c, r = integer_beta_ratios(codec.betas)
         w = _words(codec, 6, 64, b)
-        t = int_coords_reference(w, b, r)
+        t = int_coords_reference(w, b, r, codec.code)
         torch.testing.assert_close((c / 2) * t.double(), codec.decode(w).reshape(6, 64).double(), rtol=2e-6, atol=0)
 
 
@@ -196,3 +202,24 @@ def test_tiny_model_box_w4a4_triton_equals_reference(dev, monkeypatch):
     # fp32 kernel vs fp32 reference: β_j = fl(c r_j) vs the integer form differ by fp32 rounding; a later
     # layer's activation encoder can turn such an ulp into one lattice step now and then
     assert (out - ref).abs().max().item() <= 1e-3 * ref.abs().max().item()
+
+
+@pytest.mark.kernels
+def test_sass_decode_tile_is_decode_cheap():
+    """sm_90 SASS of the decode tile (2x2 limbs, b=3 'int' both sides), compiled without a GPU: no shuffles, no
+    spills, and a main loop of ~12 instructions per weight (the old E8 W4A4 GEMM: ~400)."""
+    pytest.importorskip("triton")
+    from llmquant.kernels.sass import kernel_specs, sass_tools_available, static_cost
+
+    reason = sass_tools_available()
+    if reason is not None:
+        pytest.skip(f"static SASS analysis unavailable: {reason}")
+    spec = next(s for s in kernel_specs() if s["label"].startswith("box-W4A4") and "2x2" in s["label"]
+                and "decode" in s["label"])
+    from llmquant.kernels.box_w4a4 import _box_w4a4_kernel
+
+    row = static_cost(_box_w4a4_kernel, spec["signature"], spec["constexprs"], spec["weights_per_iter"],
+                      num_warps=spec["num_warps"], divisible_by_16=spec["divisible_by_16"])
+    assert row["region"] == "loop" and row["shuffles"] == 0 and row["spills"] == 0
+    assert 2 < row["instructions_per_weight"] < 20
+    assert row["top_opcodes"].get("IMMA", 0) > 0  # the int8 tensor-core MMA
