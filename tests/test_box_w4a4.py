@@ -27,6 +27,9 @@ BOX_W4A4 = ["model.spec=tiny-random-llama", "kv.method=none", "calibration.n_sam
 def _codec(b: int, variant: str) -> BoxCodec:
     if variant == "parity":  # a D8 code with two integer-ratio β's (|t| <= 8 * 15 fits int8 at b = 3)
         return BoxCodec(b, [0.03 * 5, 0.03 * 8], "parity")
+    if variant == "d8int8":
+        s = load_box_setting(b, variant)
+        return BoxCodec(b, s["betas"], s["code"], s["gamma"])
     s = load_box_setting(b, variant)
     return BoxCodec(b, s["betas"], s["code"], s["gamma"])
 
@@ -79,6 +82,9 @@ def test_shipped_int_sets_are_integer_ratio_and_as_good_as_the_lattice_sets():
         assert r == s["ratios"] and abs(c - s["c"]) <= 1e-6 * s["c"]
         assert s["mse"] <= 1.005 * load_box_setting(b, "lattice")["mse"]  # the search's own measurement
     assert integer_beta_ratios(load_box_setting(3, "lattice")["betas"]) is None
+    d8 = load_box_setting(3, "d8int8")  # the one-int8-MMA W4A4 set: D8 with 2 integer β, 8 % worse than √2E8
+    assert d8["code"] == "parity" and integer_beta_ratios(d8["betas"])[1] == d8["ratios"] and max(d8["ratios"]) <= 8
+    assert load_box_setting(3, "lattice")["mse"] < d8["mse"] < 1.1 * load_box_setting(3, "lattice")["mse"]
 
 
 # ----------------------------------------------------------------------------------------------- kernel vs reference
@@ -91,7 +97,7 @@ def dev() -> torch.device:
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("xv,wv", [((3, "int"), (3, "int")), ((2, "int8"), (3, "int")), ((3, "int"), (2, "int8")),
-                                   ((2, "int8"), (2, "int8")), ((3, "parity"), (3, "parity")),
+                                   ((2, "int8"), (2, "int8")), ((3, "d8int8"), (3, "d8int8")),
                                    ((3, "int"), (3, "parity"))])
 def test_kernel_matches_reference(dev, xv, wv):
     from llmquant.kernels import box_w4a4 as K
@@ -169,6 +175,12 @@ def test_dispatch_runs_box_w4a4_and_falls_back_with_reasons(dev):
         bad.backend = "triton"
         assert what in dispatch.unsupported_reason(bad, x.cpu()) and "integer ratios" in \
             dispatch.unsupported_reason(bad, x.cpu())
+    d8 = _box_layer("d8int8", "d8int8").to(dev)  # D8 weights and activations: one int8 MMA per tile
+    with torch.no_grad():
+        ref = d8(x)
+        d8.backend = "triton"
+        assert dispatch.unsupported_reason(d8, x) is None
+        torch.testing.assert_close(dispatch.try_forward(d8, x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     scalar = _box_layer()
     scalar.act_q = RowQuantizer("scalar", bits=4)
     scalar.backend = "triton"

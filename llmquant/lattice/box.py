@@ -123,7 +123,8 @@ def _box_table() -> dict:
 def load_box_setting(b: int, variant: str = "lattice") -> dict:
     """Shipped box-code setting for width ``b`` from ``data/box_beta_sets.json``: dict with ``code``,
     ``gamma``, ``betas`` (+ search evidence).  ``variant``: "lattice" (Hamming, γ = 1: the √2E8 code),
-    "best" (the measured best code/γ for this b), "int" / "int8" (Hamming, γ = 1, integer β ratios)."""
+    "best" (the measured best code/γ for this b), "int" / "int8" (Hamming, γ = 1, integer β ratios), "d8int8" (b = 3
+    only: D8 = parity code, γ = 1, 2 integer β ratios <= 8, every coordinate fits int8; for ``kernels/box_w4a4.py``)."""
     try:
         return dict(_box_table()["sets"][variant][str(int(b))])
     except KeyError:
