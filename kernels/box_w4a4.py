@@ -55,6 +55,7 @@ Kernels
 from __future__ import annotations
 
 import functools
+import struct
 
 import torch
 import triton
@@ -82,15 +83,6 @@ def _check_codec(codec) -> tuple[float, list[int]]:
     return ratios
 
 
-def kernel_reason(codec) -> str | None:
-    """Why ``codec`` cannot be an operand of this kernel (a short sentence), or None."""
-    try:
-        _check_codec(codec)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def max_coordinate(b: int, ratios: list[int]) -> int:
     """``T = r_max (2^(b+1) - 1)``: the largest ``|t|``."""
     return max(ratios) * ((2 << b) - 1)
@@ -116,15 +108,20 @@ def _constants(key: tuple, device: str) -> dict:
 
 def codec_constants(codec, device) -> dict:
     """``{"b", "code", "code_id", "c", "ratios", "limbs", "rtab"}`` of a box codec on ``device`` (``rtab``: int32
-    ``[2^K]`` ratios), computed once per (code, β set, device)."""
-    _check_codec(codec)
-    key = (int(codec.b), codec.code, tuple(float(v) for v in codec.betas.tolist()))
-    return _constants(key, str(torch.device(device)))
+    ``[2^K]`` ratios), computed once per (code, β set, device) and remembered on the codec object (per device and
+    β-tensor version), so a call does no host work beyond a dict lookup."""
+    memo = codec.__dict__.setdefault("_box_w4a4_constants", {})
+    key = (str(torch.device(device)), codec.betas._version)
+    if key not in memo:
+        _check_codec(codec)
+        spec = (int(codec.b), codec.code, tuple(float(v) for v in codec.betas.tolist()))
+        memo[key] = _constants(spec, key[0])
+    return memo[key]
 
 
 def alpha(cx: float, cw: float) -> float:
     """``α = fl32(c_x c_w / 4)`` as a Python float (the value the kernel receives)."""
-    return float(torch.tensor(cx * cw / 4.0, dtype=torch.float32))
+    return struct.unpack("f", struct.pack("f", cx * cw / 4.0))[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
