@@ -114,12 +114,12 @@ def test_long_greedy_generation_equals_the_fake_quant_reference(tiny_kv4):
 
     cache = make_cache(tiny_kv4)
     assert isinstance(cache, LatticeKVCache)
-    ids = torch.randint(3, 128, (1, 24), generator=torch.Generator().manual_seed(1))
-    got, got_logits = _greedy(tiny_kv4, ids, cache, 40)
-    ref, ref_logits = _greedy(tiny_kv4, ids, DynamicCache(config=tiny_kv4.config), 40)
+    ids = torch.randint(3, 128, (1, 16), generator=torch.Generator().manual_seed(1))
+    got, got_logits = _greedy(tiny_kv4, ids, cache, 64)
+    ref, ref_logits = _greedy(tiny_kv4, ids, DynamicCache(config=tiny_kv4.config), 64)
     assert got == ref
     assert torch.equal(got_logits, ref_logits)  # every cached row is the fake-quant row, bit for bit
-    assert cache.get_seq_length() == 24 + 39
+    assert cache.get_seq_length() == 16 + 63
 
 
 def test_prefill_with_the_cache_equals_the_no_cache_path(tiny_kv4):
@@ -153,3 +153,29 @@ def test_lattice_cache_bytes_per_token(tiny_kv4):
     from llmquant.quant.kv_cache import GROW_TOKENS
 
     assert cache.nbytes() == rows * per_row * (50 + GROW_TOKENS)
+
+
+def test_sliding_window_layers_match_the_fake_quant_reference():
+    """Gemma3 (sliding + full layers, window 4): the packed layer keeps the last window - 1 tokens, as
+    transformers' DynamicSlidingWindowLayer, and gives the same logits."""
+    from transformers import DynamicCache
+
+    from llmquant import api
+    from llmquant.config import load_config
+    from llmquant.models.tiny import tiny_random_model
+
+    cfg = load_config(TINY, ["model.spec=tiny-random-gemma3", "calibration.n_samples=2", "calibration.seq_len=16",
+                             "calibration.batch_size=2", "model.backend=reference"])
+    model = tiny_random_model("gemma3")
+    api.quantize(model, cfg, torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(0)),
+                 progress=False, log=None)
+    cache = make_cache(model)
+    window = model.config.sliding_window
+    assert [layer.sliding_window for layer in cache.layers] == [window if t == "sliding_attention" else None
+                                                                for t in model.config.layer_types]
+    ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(1))
+    got, got_logits = _greedy(model, ids, cache, 8)
+    ref, ref_logits = _greedy(model, ids, DynamicCache(config=model.config), 8)
+    assert got == ref and torch.equal(got_logits, ref_logits)
+    sliding = [layer for layer in cache.layers if layer.sliding_window is not None]
+    assert sliding and all(len(layer.k_store) == window - 1 for layer in sliding)
