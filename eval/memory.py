@@ -1,7 +1,8 @@
 """``llmquant bench memory MODEL``: what a model and its KV cache hold at run time, and decode speed.
 
 One generation in this process: the first ``T`` tokens of the WikiText-2 test split (one prefill forward
-into the cache :func:`llmquant.quant.kv_cache.make_cache` gives), then ``N`` greedy new tokens (the first
+into the cache :func:`llmquant.quant.kv_cache.make_cache` gives; logits of the last position only, as a
+server computes them), then ``N`` greedy new tokens (the first
 from the prefill logits, the other ``N - 1`` from one-token decode steps).  Printed as JSON:
 
 * ``held_bytes``: bytes the model and its cache hold after generation, each storage counted once:
@@ -129,14 +130,14 @@ def run(model, tokenizer, prompt_tokens: int, new_tokens: int, data_dir=None) ->
     steps = []
     with torch.no_grad():
         t0 = time.perf_counter()
-        logits = model(input_ids=ids, cache=cache, use_cache=True).logits
+        logits = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits
         prefill = time.perf_counter() - t0
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         del logits
         out_tokens.append(int(nxt))
         for _ in range(new_tokens - 1):
             t0 = time.perf_counter()
-            logits = model(input_ids=nxt, cache=cache, use_cache=True).logits
+            logits = model(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1).logits
             nxt = logits[:, -1].argmax(-1, keepdim=True)
             steps.append(time.perf_counter() - t0)
             out_tokens.append(int(nxt))
