@@ -115,6 +115,7 @@ def create_app(engine):
         parsed = parse_request(body, kind, engine.model_name, limits)
         include_usage = bool(isinstance(body.get("stream_options"), dict)
                              and body["stream_options"].get("include_usage"))
+        engine.check_capacity(parsed.n)  # refuse (429/503) before tokenizing
         prompt_ids = await asyncio.to_thread(engine.encode_prompt, parsed.prompt, parsed.messages)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()

@@ -85,7 +85,8 @@ class Engine:
     """Serves ``(model, tokenizer)``; see the module docstring.
 
     ``submit`` queues a request for the worker thread; ``generate`` runs one synchronously in the
-    calling thread (for ``llmquant generate``); both take the same model lock per step.
+    calling thread (for ``llmquant generate``), holding the model lock for its whole run; the worker
+    takes the same lock for each admission + step.
     """
 
     def __init__(self, model, tokenizer, model_name: str = "llmquant", max_queue: int | None = None,
@@ -205,6 +206,17 @@ class Engine:
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    def check_capacity(self, n: int = 1) -> None:
+        """Raise the error :meth:`submit` would raise now for ``n`` more requests (503 not running or shutting
+        down, 429 queue full) -- lets the server refuse before spending time on tokenization."""
+        if self._closing:
+            raise _shutdown_error()
+        if self._thread is None or not self._thread.is_alive():
+            raise APIError(503, "the generation engine is not running", code="engine_stopped")
+        if len(self._pending) + n > self.limits.max_queue:
+            raise APIError(429, f"server busy: {self.limits.max_queue} requests are already waiting; retry later",
+                           code="server_busy", type_="server_overloaded")
 
     def submit(self, prompt_ids: list[int], params: SamplingParams,
                on_event: Callable[[str, object], None], cancelled: Callable[[], bool] = lambda: False) -> Request:

@@ -39,6 +39,9 @@ class ServeLimits:
                 raise ValueError(f"serve limit {f.name} must be a positive number, got {value!r}")
             if f.name != "request_timeout_s" and not isinstance(value, int):
                 raise ValueError(f"serve limit {f.name} must be an integer, got {value!r}")
+        if self.max_n > self.max_queue:
+            raise ValueError(f"serve limit max_n ({self.max_n}) must be <= max_queue ({self.max_queue}): "
+                             "the n choices of a request wait in the queue together")
 
 
 def add_limit_arguments(parser) -> None:
