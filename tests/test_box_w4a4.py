@@ -189,8 +189,9 @@ def test_dispatch_runs_box_w4a4_and_falls_back_with_reasons(dev):
 
 @pytest.mark.kernels
 def test_tiny_model_box_w4a4_triton_equals_reference(dev, monkeypatch):
-    from llmquant import api
     from llmquant.kernels import dispatch
+
+    from llmquant import api
     from llmquant.quant.linear import LatticeLinear, set_backend
 
     cfg = load_config(TINY, BOX_W4A4)
