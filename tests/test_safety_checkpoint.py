@@ -40,7 +40,8 @@ def test_manifest_covers_every_file_but_results_and_meta(lattice):
     out, _ = lattice
     meta = json.loads((out / "llmquant_config.json").read_text())
     on_disk = {p.name for p in out.iterdir()}
-    assert set(meta["files"]) == on_disk - {"results.json", "llmquant_config.json", ".llmquant"}
+    # README.md is the model card: people edit it (e.g. on the hub), so it is not hashed
+    assert set(meta["files"]) == on_disk - {"results.json", "llmquant_config.json", ".llmquant", "README.md"}
     assert {"model.safetensors", "config.json"} <= set(meta["files"])
     assert len(meta["meta_sha256"]) == 64
 
