@@ -87,3 +87,16 @@ def test_update_results_merges(ckpt, tmp_path):
     res = update_results(c, {"ppl": {"c4": 20.0}, "tasks": {"piqa": {"acc": 0.6}}})
     assert res["ppl"] == {"wikitext2": 12.5, "c4": 20.0}
     assert "bits" in res and res["tasks"]["piqa"]["acc"] == 0.6
+
+
+def test_load_applies_the_configs_weight_cache(tmp_path):
+    cfg = load_config(TINY, [*SCALAR, "model.spec=tiny-random-llama", "calibration.n_samples=2",
+                             "calibration.seq_len=16", "activations.method=none", "kv.method=none",
+                             "model.weight_cache=decoded"])
+    out = tmp_path / "kept"
+    api.quantize_to_checkpoint(cfg, out, progress=False, log=None)
+    from llmquant.quant.linear import ScalarLinear
+
+    model, _, _ = load_quantized(out)
+    mods = [m for m in model.modules() if isinstance(m, ScalarLinear)]
+    assert mods and all(m.weight_cache == "decoded" for m in mods)

@@ -568,7 +568,7 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
     from llmquant.config import ConfigError, config_from_dict
     from llmquant.config.schema import BACKENDS
     from llmquant.models.adapters import get_adapter
-    from llmquant.quant.linear import set_backend
+    from llmquant.quant.linear import set_backend, set_weight_cache
 
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"load_quantized: backend={backend!r} is not one of {', '.join(BACKENDS)}")
@@ -606,6 +606,7 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
         )
     validate_loaded_values(model, path / WEIGHTS_FILE)
     set_backend(model, backend if backend is not None else cfg.model.backend)
+    set_weight_cache(model, cfg.model.weight_cache)  # the CLI's --weight-cache overrides it after loading
     tokenizer = None
     if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
         try:
