@@ -74,7 +74,9 @@ def test_bench_kernels_sass_json(tools, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list)
     assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard"}
-    assert len(rows) == 10  # w4a16 x 3 tiles + box GEMV x 2 dtypes, w4a4 x 2 modes, encode, hadamard x 2 sizes
+    # w4a16 x 3 tiles + box GEMV x 2 dtypes, w4a4 x 2 modes, encode, hadamard x 2 sizes, and the box W4A4
+    # kernel: 6 configs + its 2 activation int8-conversion rows
+    assert len(rows) == 18
     for r in rows:
         assert ROW_KEYS <= set(r), r.keys()
         assert r["arch"] == "sm_90"

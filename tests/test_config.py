@@ -126,3 +126,13 @@ def test_bits_are_computed():
     w2 = load_config(CONFIGS[0].parent / "smollm2-135m-e8-w2a16.yaml")
     assert 2.9 < model_bits(w3, smol, 64)["weights"] < 3.2
     assert 1.8 < model_bits(w2, smol, 64)["weights"] < 2.2
+
+
+def test_dynamic_box_keys_validated_and_hash_stable():
+    base = config_from_dict(_base())
+    # box keys of a Voronoi activation/KV section do not enter the hash (configs made before box activations)
+    assert config_hash(base) == config_hash(config_from_dict(_base(), ["activations.box_bits=2"]))
+    with pytest.raises(ConfigError, match="activations.code"):
+        config_from_dict(_base(), ["activations.method=lattice", "activations.code=boxx"])
+    with pytest.raises(ConfigError, match="kv.box_bits"):
+        config_from_dict(_base(), ["kv.method=lattice", "kv.code=box", "kv.box_bits=4"])

@@ -114,6 +114,10 @@ def _validate_dynamic(path: str, d: S.DynamicQuantConfig) -> None:
         _check_range(f"{path}.q", d.q, 2, 16)
         _check_range(f"{path}.k", d.k, 1, 256)
         _check_choice(f"{path}.choose", d.choose, S.CHOOSE_RULES)
+        _check_choice(f"{path}.code", d.code, S.WEIGHT_CODES)
+        if d.code == "box":
+            _check_range(f"{path}.box_bits", d.box_bits, 1, 3)
+            _check_choice(f"{path}.box_variant", d.box_variant, S.BOX_VARIANTS)
 
 
 def validate(cfg: S.Config) -> S.Config:
@@ -351,7 +355,8 @@ def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "metho
         d.pop(k, None)
     for k in RUNTIME_MODEL_KEYS:
         d.get("model", {}).pop(k, None)
-    if d.get("weights", {}).get("code", "voronoi") == "voronoi":  # hashes of configs made before box codes
-        for k in BOX_WEIGHT_KEYS:
-            d["weights"].pop(k, None)
+    for section in ("weights", "activations", "kv"):  # hashes of configs made before box codes
+        if d.get(section, {}).get("code", "voronoi") == "voronoi":
+            for k in BOX_WEIGHT_KEYS:
+                d[section].pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
