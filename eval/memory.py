@@ -148,7 +148,7 @@ def run(model, tokenizer, prompt_tokens: int, new_tokens: int, data_dir=None) ->
 
 
 def main(args) -> int:
-    import torch  # noqa: F401  (imports first, so the baseline includes them)
+    import torch
     import transformers  # noqa: F401
 
     from llmquant.api import load

@@ -12,9 +12,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llmquant.lattice.beta_sets import load_beta_set  # noqa: E402
-from llmquant.quant.activations import RowQuantizer  # noqa: E402
-from llmquant.quant.kv_cache import LatticeKVCache, PackedRows, make_cache  # noqa: E402
+from llmquant.lattice.beta_sets import load_beta_set
+from llmquant.quant.activations import RowQuantizer
+from llmquant.quant.kv_cache import LatticeKVCache, PackedRows, make_cache
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny-llama-e8-w4a4kv4.yaml"
 

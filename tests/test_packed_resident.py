@@ -12,11 +12,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llmquant.config import ConfigError, config_hash, load_config  # noqa: E402
-from llmquant.lattice.packing import unpack_codes  # noqa: E402
-from llmquant.lattice.voronoi import VoronoiCodec  # noqa: E402
-from llmquant.quant import linear as L  # noqa: E402
-from llmquant.quant.linear import LatticeLinear, ScalarLinear, set_weight_cache  # noqa: E402
+from llmquant.config import ConfigError, config_hash, load_config
+from llmquant.lattice.packing import unpack_codes
+from llmquant.lattice.voronoi import VoronoiCodec
+from llmquant.quant import linear as L
+from llmquant.quant.linear import LatticeLinear, ScalarLinear, set_weight_cache
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny-llama-e8-w4a4kv4.yaml"
 
@@ -101,8 +101,9 @@ def test_kept_weight_is_invalidated_by_buffer_writes():
 def test_quantized_model_holds_no_decoded_weight_by_default():
     """A tiny rotated W4A4KV4 model after quantization and a forward: no tensor outside parameters/buffers in
     the default mode; the decoded mode keeps one weight per quantized linear and gives identical logits."""
-    from llmquant import api
     from llmquant.eval.memory import held_bytes
+
+    from llmquant import api
     from llmquant.models.tiny import tiny_random_model
 
     cfg = load_config(TINY, ["model.spec=tiny-random-llama", "calibration.n_samples=4", "calibration.seq_len=32",

@@ -38,10 +38,15 @@ def quantize_rtn(model, cfg) -> dict:
     ``model.llmquant_config`` like :func:`llmquant.api.quantize`.  Returns ``{"rotation_plan", "specs"}``."""
     from llmquant.config import validate_for_model
     from llmquant.models.adapters import get_adapter
-    from llmquant.quant.activations import row_quantizer_from_config
     from llmquant.quant.kv import attach_kv_quantizers
     from llmquant.quant.linear import set_backend
-    from llmquant.quant.structure import INPUT_GROUPS, get_linear, linear_shapes, present_roles, set_linear
+    from llmquant.quant.structure import (
+        get_linear,
+        linear_shapes,
+        present_roles,
+        roles_with_act_quantizers,
+        set_linear,
+    )
     from llmquant.quant.weights import module_spec, quantize_linear, weight_betas
 
     check_rtn(cfg)
@@ -61,16 +66,12 @@ def quantize_rtn(model, cfg) -> dict:
         roles = present_roles(layer, adapter)
         layer_specs = {}
         if cfg.weights.method != "none":
-            for group in INPUT_GROUPS:
-                act_q = row_quantizer_from_config(cfg.activations)
-                for role in group:
-                    if role not in roles:
-                        continue
-                    lin = get_linear(layer, adapter, role)
-                    qmod, _ = quantize_linear(lin, None, cfg.weights, act_q=act_q, betas=betas)
-                    qmod.to(lin.weight.device)
-                    set_linear(layer, adapter, role, qmod)
-                    layer_specs[role] = module_spec(qmod)
+            for role, act_q in roles_with_act_quantizers(roles, cfg.activations):
+                lin = get_linear(layer, adapter, role)
+                qmod, _ = quantize_linear(lin, None, cfg.weights, act_q=act_q, betas=betas)
+                qmod.to(lin.weight.device)
+                set_linear(layer, adapter, role, qmod)
+                layer_specs[role] = module_spec(qmod)
         attach_kv_quantizers(layer, adapter, cfg.kv)
         layer.to(next(layer.parameters()).device)  # the KV quantizers' betas, built on the CPU
         specs[i] = layer_specs

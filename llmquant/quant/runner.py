@@ -52,6 +52,7 @@ from llmquant.quant.structure import (
     build_quantized_shell,
     get_linear,
     present_roles,
+    roles_with_act_quantizers,
     set_linear,
 )
 
@@ -263,7 +264,6 @@ def quantize_layers(
     "seconds": float}``.
     """
     from llmquant.models.adapters import get_adapter
-    from llmquant.quant.activations import row_quantizer_from_config
     from llmquant.quant.kv import attach_kv_quantizers
     from llmquant.quant.weights import module_spec, quantize_linear, weight_betas
 
@@ -348,30 +348,26 @@ def quantize_layers(
         lin_diag = {}
         damping = {}  # roles whose Cholesky needed more damping than weights.percdamp
         if cfg.weights.method != "none":
-            for group in INPUT_GROUPS:
-                act_q = row_quantizer_from_config(cfg.activations)
-                for role in group:
-                    if role not in roles:
-                        continue
-                    lin = get_linear(layer, adapter, role)
-                    h = accs[role].hessian() if role in accs else None
-                    mu = accs[role].mean() if role in accs and cfg.weights.bias_correction else None
-                    qmod, info = quantize_linear(lin, h, cfg.weights, act_q=act_q, betas=betas, mean=mu)
-                    qmod.to(_device_of(lin))
-                    set_linear(layer, adapter, role, qmod)
-                    layer_specs[role] = module_spec(qmod)
-                    lin_report[role] = info.get("rel_err")
-                    if "diag" in info:
-                        lin_diag[role] = info["diag"]
-                        if role in accs:
-                            hm = accs[role]
-                            lin_diag[role]["mean_energy_frac"] = float(hm.mean().double().pow(2).sum()
-                                                                       / h.double().trace().clamp_min(1e-30))
-                            lin_diag[role]["bias_correction"] = mu is not None
-                    if info.get("damping_retries"):
-                        damping[role] = {"percdamp": info["percdamp"], "retries": info["damping_retries"]}
-                        if log:
-                            log(f"layer {i} {role}: Cholesky retried with damping {info['percdamp']:g}")
+            for role, act_q in roles_with_act_quantizers(roles, cfg.activations):
+                lin = get_linear(layer, adapter, role)
+                h = accs[role].hessian() if role in accs else None
+                mu = accs[role].mean() if role in accs and cfg.weights.bias_correction else None
+                qmod, info = quantize_linear(lin, h, cfg.weights, act_q=act_q, betas=betas, mean=mu)
+                qmod.to(_device_of(lin))
+                set_linear(layer, adapter, role, qmod)
+                layer_specs[role] = module_spec(qmod)
+                lin_report[role] = info.get("rel_err")
+                if "diag" in info:
+                    lin_diag[role] = info["diag"]
+                    if role in accs:
+                        hm = accs[role]
+                        lin_diag[role]["mean_energy_frac"] = float(hm.mean().double().pow(2).sum()
+                                                                   / h.double().trace().clamp_min(1e-30))
+                        lin_diag[role]["bias_correction"] = mu is not None
+                if info.get("damping_retries"):
+                    damping[role] = {"percdamp": info["percdamp"], "retries": info["damping_retries"]}
+                    if log:
+                        log(f"layer {i} {role}: Cholesky retried with damping {info['percdamp']:g}")
         attach_kv_quantizers(layer, adapter, cfg.kv)
         outs_q = _run_layer(layer, inps, kws[i])
         _check_finite(outs_q, i, adapter, "output of the quantized layer")

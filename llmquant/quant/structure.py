@@ -51,21 +51,30 @@ def linear_shapes(model: nn.Module, adapter) -> dict[str, tuple[int, int]]:
     return shapes
 
 
+def roles_with_act_quantizers(roles, activations_cfg):
+    """``(role, act_q)`` for each role in ``roles``, in :data:`INPUT_GROUPS` order: the roles of one group read
+    the same tensor, so they share one new activation quantizer (``None`` when ``activations_cfg`` quantizes
+    nothing)."""
+    from llmquant.quant.activations import row_quantizer_from_config
+
+    for group in INPUT_GROUPS:
+        present = [role for role in group if role in roles]
+        if present:
+            act_q = row_quantizer_from_config(activations_cfg)
+            for role in present:
+                yield role, act_q
+
+
 def build_quantized_shell(layer: nn.Module, adapter, specs: dict[str, dict], cfg) -> None:
     """Replace the linears of ``layer`` by empty quantized modules described by ``specs``
     (role -> :func:`~llmquant.quant.weights.module_spec`), attach the activation quantizers
     (shared per input group) and the KV quantizers from ``cfg``; buffers are then filled by
     ``load_state_dict``."""
-    from llmquant.quant.activations import row_quantizer_from_config
     from llmquant.quant.kv import attach_kv_quantizers
     from llmquant.quant.weights import empty_like_spec
 
-    for group in INPUT_GROUPS:
-        act_q = row_quantizer_from_config(cfg.activations)
-        for role in group:
-            if role not in specs:
-                continue
-            module = empty_like_spec(specs[role])
-            module.act_q = act_q
-            set_linear(layer, adapter, role, module)
+    for role, act_q in roles_with_act_quantizers(specs, cfg.activations):
+        module = empty_like_spec(specs[role])
+        module.act_q = act_q
+        set_linear(layer, adapter, role, module)
     attach_kv_quantizers(layer, adapter, cfg.kv)
