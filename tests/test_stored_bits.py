@@ -154,8 +154,9 @@ def test_box_config_validation_and_voronoi_hash_unchanged():
         d.pop(k)
     for k in ("backend", "offload", "weight_cache"):
         d["model"].pop(k)
-    for k in ("code", "box_bits", "box_variant"):
-        d["weights"].pop(k)
+    for section in ("weights", "activations", "kv"):  # Voronoi sections: as before box codes existed
+        for k in ("code", "box_bits", "box_variant"):
+            d[section].pop(k)
     assert config_hash(plain) == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
     assert config_hash(cfg) != config_hash(plain)
 
