@@ -36,6 +36,32 @@ from torch import nn
 from llmquant.quant import scalar as sq
 
 
+class _InputMemo:
+    """One result cached per input tensor: a hit needs the same object and the same version counter.  The
+    input is held by a weak reference and the entry is dropped as soon as the input dies, so no activation
+    outlives its forward pass."""
+
+    def __init__(self):
+        self._entry = None
+
+    def get(self, x: torch.Tensor):
+        e = self._entry
+        return e[2] if e is not None and e[0]() is x and e[1] == x._version else None
+
+    def put(self, x: torch.Tensor, out):
+        token = object()
+        self._entry = (weakref.ref(x), x._version, out, token)
+        weakref.finalize(x, self._drop, token)
+        return out
+
+    def _drop(self, token) -> None:
+        if self._entry is not None and self._entry[3] is token:
+            self._entry = None
+
+    def clear(self) -> None:
+        self._entry = None
+
+
 class RowQuantizer(nn.Module):
     def __init__(
         self,
@@ -76,8 +102,8 @@ class RowQuantizer(nn.Module):
         else:
             self.betas = None
         self._nlq = None
-        self._memo = None
-        self._enc_memo = None
+        self._memo = _InputMemo()
+        self._enc_memo = _InputMemo()
 
     def extra_repr(self) -> str:
         if self.kind == "box":
@@ -120,47 +146,27 @@ class RowQuantizer(nn.Module):
         Memoized like :meth:`forward` (a fused kernel encodes a shared input once)."""
         if self.kind != "box":
             raise TypeError(f"RowQuantizer.encode_rows: only the box quantizer has words, this one is {self.kind!r}")
-        memo = self._enc_memo
-        if memo is not None and memo[0]() is x and memo[1] == x._version:
-            return memo[2]
+        hit = self._enc_memo.get(x)
+        if hit is not None:
+            return hit
         xf = x.to(torch.float32)
         if xf.shape[-1] % 8:
             raise ValueError(f"box activation quantizer: row length {xf.shape[-1]} is not divisible by 8")
         s = box_row_scale(xf)
         words = self.codec.encode((xf / s).reshape(*xf.shape[:-1], -1, 8))
-        out = (words, s.squeeze(-1))
-        token = object()
-        self._enc_memo = (weakref.ref(x), x._version, out, token)
-        weakref.finalize(x, self._drop_enc, token)
-        return out
-
-    def _drop_enc(self, token) -> None:
-        if self._enc_memo is not None and self._enc_memo[3] is token:
-            self._enc_memo = None
+        return self._enc_memo.put(x, (words, s.squeeze(-1)))
 
     def overload_radius(self) -> float:
         """:func:`overload_radius` of this quantizer's ``betas`` and ``q``."""
         return overload_radius(self.betas, self.q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        memo = self._memo
-        if memo is not None and memo[0]() is x and memo[1] == x._version:
-            return memo[2]
-        out = self.quantize_rows(x)
-        token = object()
-        # weak reference to the input; the memo (and its output) is dropped as soon as the input dies,
-        # so no activation outlives its forward pass
-        self._memo = (weakref.ref(x), x._version, out, token)
-        weakref.finalize(x, self._drop, token)
-        return out
-
-    def _drop(self, token) -> None:
-        if self._memo is not None and self._memo[3] is token:
-            self._memo = None
+        hit = self._memo.get(x)
+        return hit if hit is not None else self._memo.put(x, self.quantize_rows(x))
 
     def clear_memo(self) -> None:
-        self._memo = None
-        self._enc_memo = None
+        self._memo.clear()
+        self._enc_memo.clear()
 
 
 def box_row_scale(x: torch.Tensor) -> torch.Tensor:
