@@ -4,14 +4,15 @@ For each weight shape ``(K, N)`` (``in x out``) and each ``M`` it times, in the 
 
 * ``torch``: ``x @ W^T`` with a dense weight (fp16 and bf16 on CUDA; fp32 on CPU);
 * ``ours``:
-  - on CUDA (backend ``triton``): the W4A16 decode-GEMM (fp16 activations), the W4A4 path
-    (activation encode + W4A4 GEMM, fp16 mode) and the online Hadamard of the ``[M, K]`` input;
+  - on CUDA (backend ``triton``): the box-code W4A16 kernel and the Voronoi reference-scheme W4A16 kernel
+    (fp16 activations), the box W4A4 path (activation encode + int8 W4A4 GEMM) for the shipped ``int`` and the
+    ``d8int8`` settings, and the online Hadamard of the ``[M, K]`` input (:func:`bench_cuda`);
   - on CPU (backend ``reference``, stated in the output): the PyTorch reference forward of
     ``LatticeLinear`` (the cached decoded weight, then ``F.linear``) and the reference weight decode.
     The Triton interpreter is a correctness tool and is never timed.
 
-Each row reports time (µs), speedup vs torch, achieved GB/s (weight stream + activations + output:
-5/8 B per lattice weight = 4-bit codes + 1 bit of β index, 2 B per fp16 weight) and TFLOP/s (``2MNK/t``).
+Each row reports time (µs), speedup vs torch, achieved GB/s (weight stream + activations + output: 1/2 B
+per box-code weight + 2 B per row, 5/8 B per Voronoi weight, 2 B per fp16 value) and TFLOP/s (``2MNK/t``).
 
 End to end (``--checkpoint PATH``, an llmquant checkpoint loaded with ``llmquant.api.load``): greedy
 decode tokens/s at batch 1 of the quantized model (``--backend``, default ``auto``, for its LatticeLinears
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from functools import partial
 
@@ -103,44 +105,101 @@ def _row(kind, k, n, m, t_us, t_ref_us, bytes_moved, ref_name):
     }
 
 
-def bench_cuda(shapes, ms, q, n_betas, seed) -> list[dict]:
+def _random_words(n: int, kw: int, gen: torch.Generator, device) -> torch.Tensor:
+    """Random int32 box words ``[n, kw]``: every 32-bit pattern is a valid b = 3 word of both shipped box
+    layouts (Hamming: 24 u + 4 m + 4 β bits; parity/D8: 24 u + 7 m + 1 β bit)."""
+    w = torch.randint(-(1 << 31), 1 << 31, (n, kw), generator=gen, dtype=torch.int64)
+    return w.to(torch.int32).to(device)
+
+
+def _box_codec(variant: str):
+    from llmquant.lattice.box import BoxCodec, load_box_setting
+
+    st = load_box_setting(3, variant)
+    return BoxCodec(3, st["betas"], st["code"], st.get("gamma", 1.0), st.get("levels"))
+
+
+#: W4A4 variants timed on CUDA: (activation setting, weight setting) of ``load_box_setting(3, ...)``
+W4A4_VARIANTS = (("int", "int"), ("d8int8", "d8int8"))
+
+
+def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=None) -> list[dict]:
+    """Rows for each (K, N) x M, all timed in this run against torch BF16 (and FP16) ``x @ W^T``:
+
+    * ``w4a16`` ``box b=3 lattice``: :func:`.box_w4a16.box_w4a16_matmul` (the deployable W4A16 kernel; 0.5 B
+      per weight + an fp16 row scale);
+    * ``w4a16`` ``voronoi q=..``: :func:`.e8_decode_gemm.e8_decode_gemm` (the NestQuant-scheme reference
+      kernel; 5/8 B per weight);
+    * ``w4a4`` ``box <act>/<weight>`` for :data:`W4A4_VARIANTS`: the activation box encode of the ``[M, K]``
+      input (``RowQuantizer.encode_rows``, PyTorch on the GPU, memo cleared each call), then
+      :func:`.box_w4a4.box_w4a4_matmul`; ``time_us`` = encode + GEMM; the online Hadamard of the input
+      is timed beside it (``hadamard_us``).
+
+    ``timer``/``device``: tests run this on the CPU interpreter with a trivial timer (never reported).
+    ``on_row(row)``: called as each row is done (``main`` prints it to stderr, so a run stopped by a time
+    limit keeps what it measured)."""
     from llmquant.lattice.closest_point import generator_matrix
+    from llmquant.quant.activations import RowQuantizer
     from llmquant.rotation.random_hadamard import random_signs
 
+    from .box_w4a4 import box_w4a4_matmul
+    from .box_w4a16 import box_w4a16_matmul
     from .e8_decode_gemm import e8_decode_gemm
-    from .e8_encode import e8_encode
-    from .e8_w4a4_gemm import e8_w4a4_gemm
     from .hadamard import hadamard_transform
 
-    dev = torch.device("cuda")
+    timer = timer or _time_cuda
+    dev = torch.device(device)
+    on_gpu = dev.type == "cuda"
     gen = torch.Generator().manual_seed(seed)
     g = generator_matrix("E8")
-    x_betas = torch.tensor([0.6, 0.85, 1.2, 1.7], device=dev)
+    w16_codec = _box_codec("lattice")
+    w16_betas = w16_codec.betas.to(dev, torch.float32).contiguous().clone()
+    pairs = [(_box_codec(a), _box_codec(w), f"box {a}/{w}") for a, w in W4A4_VARIANTS]
+    half = torch.float16 if on_gpu else torch.float32
     rows = []
     for k, n in shapes:
         codes, bidx, betas, scale = _random_weight(k, n, q, n_betas, gen, dev)
-        w16 = torch.randn(n, k, device=dev, dtype=torch.float16)
-        wbf = w16.to(torch.bfloat16)
+        words = _random_words(n, k // 8, gen, dev)
+        rs = (torch.rand(n, generator=gen) * 0.02 + 0.01).half().to(dev)
+        w16 = torch.randn(n, k, generator=gen).to(dev, half)
+        wbf = w16.to(torch.bfloat16) if on_gpu else w16
         signs = random_signs(k, seed).to(dev)
         for m in ms:
-            x = torch.randn(m, k, device=dev, dtype=torch.float16)
-            xbf = x.to(torch.bfloat16)
-            t16 = _time_cuda(partial(torch.matmul, x, w16.T))
-            tbf = _time_cuda(partial(torch.matmul, xbf, wbf.T))
+            x = torch.randn(m, k, generator=gen).to(dev, half)
+            xbf = x.to(torch.bfloat16) if on_gpu else x
+            t16 = timer(partial(torch.matmul, x, w16.T))
+            tbf = timer(partial(torch.matmul, xbf, wbf.T))
             act_bytes = 2 * m * k + 2 * m * n
-            t = _time_cuda(partial(e8_decode_gemm, x, codes, bidx, betas, scale, g, q))
+            t = timer(partial(box_w4a16_matmul, x, words, rs, w16_betas))
+            r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
+            r.update(config="box b=3 lattice", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3))
+            rows.append(r)
+            t = timer(partial(e8_decode_gemm, x, codes, bidx, betas, scale, g, q))
             r = _row("w4a16", k, n, m, t, tbf, n * k * 5 / 8 + 4 * n + act_bytes, "torch_bf16")
-            r["torch_fp16_us"] = round(t16, 3)
-            r["speedup_vs_fp16"] = round(t16 / t, 3)
+            r.update(config=f"voronoi q={q} k={n_betas}", torch_fp16_us=round(t16, 3),
+                     speedup_vs_fp16=round(t16 / t, 3))
             rows.append(r)
-            xc, xb, xs = e8_encode(x, x_betas, q, g)
-            t_enc = _time_cuda(partial(e8_encode, x, x_betas, q, g))
-            t_gemm = _time_cuda(partial(e8_w4a4_gemm, xc, xb, xs, x_betas, q, codes, bidx, scale, betas, q, g))
-            t_had = _time_cuda(partial(hadamard_transform, x, signs))
-            r = _row("w4a4", k, n, m, t_enc + t_gemm, tbf, n * k * 5 / 8 + m * k * 5 / 8 + act_bytes, "torch_bf16")
-            r.update({"encode_us": round(t_enc, 3), "gemm_us": round(t_gemm, 3), "hadamard_us": round(t_had, 3),
-                      "hadamard_share": round(t_had / (t_had + t_enc + t_gemm), 4)})
-            rows.append(r)
+            t_had = timer(partial(hadamard_transform, x, signs))
+            for x_codec, w_codec, label in pairs:
+                act = RowQuantizer("box", codec=x_codec)
+
+                def encode(act=act, x=x):
+                    act.clear_memo()  # time a fresh encode, not the memo
+                    return act.encode_rows(x)
+
+                xw, xs = encode()
+                ww = _random_words(n, k // 8, gen, dev)
+                t_enc = timer(encode)
+                t_gemm = timer(partial(box_w4a4_matmul, xw, xs, x_codec, ww, rs, w_codec, out_dtype=x.dtype))
+                r = _row("w4a4", k, n, m, t_enc + t_gemm, tbf, n * k / 2 + 2 * n + m * k / 2 + act_bytes,
+                         "torch_bf16")
+                r.update({"config": label, "encode_us": round(t_enc, 3), "gemm_us": round(t_gemm, 3),
+                          "gemm_speedup": round(tbf / t_gemm, 3), "hadamard_us": round(t_had, 3),
+                          "torch_fp16_us": round(t16, 3)})
+                rows.append(r)
+            if on_row is not None:
+                for r in rows[-2 - len(pairs):]:
+                    on_row(r)
     return rows
 
 
@@ -269,7 +328,10 @@ def main(args) -> int:
         "q": args.q, "k_betas": args.k_betas,
     }
     if on_gpu:
-        result["rows"] = bench_cuda(shapes, ms, args.q, args.k_betas, args.seed)
+        result["rows"] = bench_cuda(shapes, ms, args.q, args.k_betas, args.seed,
+                                    on_row=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+        result["note"] += ("; w4a16 rows: the box b=3 lattice kernel and the Voronoi reference-scheme kernel; "
+                           "w4a4 rows: box activation encode (PyTorch) + the box W4A4 int8 kernel")
     else:
         result["rows"] = bench_cpu(shapes, ms, args.q, args.k_betas, args.seed, args.repeats, device)
     if args.checkpoint:
@@ -283,10 +345,10 @@ def main(args) -> int:
         return 0
     print(f"llmquant bench kernels  device={result['device']}  backend={result['backend']}")
     print(result["note"])
-    cols = ["kernel", "K", "N", "M", "time_us", "speedup", "GBps", "TFLOPs"]
+    cols = ["kernel", "config", "K", "N", "M", "time_us", "speedup", "GBps", "TFLOPs"]
     print("  ".join(f"{c:>17}" for c in cols))
     for r in result["rows"]:
-        print("  ".join(f"{r[c]:>17}" for c in cols))
+        print("  ".join(f"{r.get(c, '-')!s:>17}" for c in cols))
     if result["end_to_end"]:
         print("end to end:", json.dumps(result["end_to_end"]))
     else:

@@ -347,7 +347,7 @@ def _box_w4a16_kernel(
 @triton.jit
 def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, out_ptr, N, KW,
                         BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-    """``W [N, K]`` fp32 from the words with the kernel's lane decode (for the bit-exact tests)."""
+    """``W [N, K]`` (out's dtype: the fp32 decode, cast) from the words with the kernel's lane decode."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     mask = (offs_n[:, None] < N) & (offs_g[None, :] < KW)
@@ -360,15 +360,16 @@ def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, out_ptr, N, KW,
     b = tl.load(betas_ptr + ((words >> 28) & 15))
     s = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
     base = out_ptr + offs_n[:, None] * (KW * 8) + offs_g[None, :] * 8
-    # (l - 7.5)/8 * 8 is exact; then the reference's order: scale * (beta * level)
-    tl.store(base + 0, s * (b * (a0 * 8.0)), mask=mask)
-    tl.store(base + 1, s * (b * (a1 * 8.0)), mask=mask)
-    tl.store(base + 2, s * (b * (a2 * 8.0)), mask=mask)
-    tl.store(base + 3, s * (b * (a3 * 8.0)), mask=mask)
-    tl.store(base + 4, s * (b * (b0 * 8.0)), mask=mask)
-    tl.store(base + 5, s * (b * (b1 * 8.0)), mask=mask)
-    tl.store(base + 6, s * (b * (b2 * 8.0)), mask=mask)
-    tl.store(base + 7, s * (b * (b3 * 8.0)), mask=mask)
+    # (l - 7.5)/8 * 8 is exact; then the reference's order: scale * (beta * level), in fp32, cast on store
+    ty = out_ptr.dtype.element_ty
+    tl.store(base + 0, (s * (b * (a0 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 1, (s * (b * (a1 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 2, (s * (b * (a2 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 3, (s * (b * (a3 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 4, (s * (b * (b0 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 5, (s * (b * (b1 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 6, (s * (b * (b2 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 7, (s * (b * (b3 * 8.0))).to(ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------- host side
@@ -376,6 +377,12 @@ def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, out_ptr, N, KW,
 #: GPU default config (also the SASS benchmark's): 4 warps, 8 rows x 4 words (one 16-byte load) per thread.
 #: Chosen on the static SASS count only (no GPU timing yet).
 GPU_CONFIG = {"BLOCK_N": 1024, "BLOCK_G": 4, "num_warps": 4}
+#: above this many activation rows the GEMV kernel (one program per row, the weight decoded once per row) loses to
+#: decoding the weight once (:func:`box_dequant`, into a transient dense weight in x's dtype) + a dense matmul:
+#: at M rows the kernel issues M x 3.94 instructions per weight, the dequant path ~1 decode + 2 B written/read
+#: per weight plus a tensor-core GEMM.  Seen on an H200 (2026-11-30): prefill of 128 tokens through the GEMV
+#: kernel took 2.7x FP16's time on a Llama-3.2-1B-shaped model; the threshold itself is not tuned on a GPU.
+DEQUANT_MIN_M = 16
 
 
 def _check(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor, bias) -> None:
@@ -422,7 +429,8 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     ``x [..., K]`` fp16 / bf16 / fp32 (read as fp16 in the kernel), ``words`` int32 ``[N, K/8]``, ``row_scale``
     ``[N]`` (fp16), ``betas`` fp32 ``[16]``, ``bias`` ``[N]`` or None; returns ``[..., N]`` in ``x.dtype``.
     All tensors on the same device (CUDA, or CPU under ``TRITON_INTERPRET=1``).  ``config`` overrides
-    ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``.
+    ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``; ``{"DEQUANT": True}`` forces the prefill path (taken by
+    default on CUDA for ``M >`` :data:`DEQUANT_MIN_M`): :func:`box_dequant` into x's dtype + ``F.linear``.
     """
     _check(words, row_scale, betas, bias)
     n, kw = words.shape
@@ -431,6 +439,11 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     m = x2.shape[0]
     dev = x.device
     on_gpu = dev.type == "cuda"
+    if (config or {}).get("DEQUANT", config is None and on_gpu and m > DEQUANT_MIN_M):
+        # prefill: decode the weight once into x's dtype, then one dense GEMM (the tensor cores)
+        w = box_dequant(words, row_scale, betas, dtype=x2.dtype)
+        out = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x2.dtype))
+        return out.reshape(*lead, n)
     cfg = dict(config) if config is not None else choose_config(
         m, n, kw, on_gpu=on_gpu, sm_count=_sm_count(dev) if on_gpu else 132)
     split = int(cfg.get("SPLIT_K", 1))
@@ -469,12 +482,16 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     return out.reshape(*lead, n)
 
 
-def box_dequant(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
-    """``W [N, K]`` fp32 decoded by the kernel's lane arithmetic (tests: equals ``decode_rows`` bit for bit)."""
+def box_dequant(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``W [N, K]`` decoded by the kernel's lane arithmetic in fp32, stored in ``dtype`` (tests: the fp32 result
+    equals ``decode_rows`` bit for bit; other dtypes equal its cast)."""
     _check(words, row_scale, betas, None)
     n, kw = words.shape
-    out = torch.empty((n, 8 * kw), device=words.device, dtype=torch.float32)
-    bn, bg = 16, 8
+    if betas.dtype != torch.float32 or not betas.is_contiguous():
+        betas = betas.to(torch.float32).contiguous()
+    out = torch.empty((n, 8 * kw), device=words.device, dtype=dtype)
+    bn, bg = (16, 8) if words.device.type != "cuda" else (64, 16)
     _box_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(kw, bg))](
         words.contiguous(), row_scale, betas, out, n, kw, BLOCK_N=bn, BLOCK_G=bg)
     return out

@@ -66,6 +66,9 @@ def test_dequant_bit_identical_to_decode_rows(dev, kind):
     w = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev))
     ref = codec.decode_rows(words, scale.float())
     assert torch.equal(w.cpu(), ref)
+    # the prefill path's dequant into the activation dtype: the fp32 decode, cast
+    w16 = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev), dtype=torch.float16)
+    assert w16.dtype == torch.float16 and torch.equal(w16.cpu(), ref.half())
 
 
 # ------------------------------------------------------------------------------------- PTX emulator (GPU code)
@@ -279,6 +282,13 @@ def test_gemm_split_k_and_even_tiles(dev):
     # EVEN_N / EVEN_G (unmasked loads) and the split-K partial sums, with and without bias
     _check_gemm(dev, 1, 32, 32, torch.float16, bias=True, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 2})
     _check_gemm(dev, 3, 33, 21, torch.float16, bias=False, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 3})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gemm_dequant_prefill_path(dev, dtype):
+    """Prefill (M > DEQUANT_MIN_M on CUDA; forced here): dequant once into x's dtype, then one dense GEMM."""
+    _check_gemm(dev, 19, 40, 12, dtype, bias=True, config={"DEQUANT": True})
+    _check_gemm(dev, 5, 24, 9, dtype, bias=False, config={"DEQUANT": True})
 
 
 def test_gemm_gpu_tile_config(dev):

@@ -1,4 +1,4 @@
-"""``llmquant bench {gaussian,kernels,serve,memory}``: benchmarks, each owned by its library module.
+"""``llmquant bench {gaussian,kernels,serve,memory,decode}``: benchmarks, each owned by its library module.
 
 Each target module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
 """
@@ -14,11 +14,12 @@ TARGETS = {
                 "lattice GEMM kernels vs torch FP16/BF16 matmul (--sass: static SASS cost, no GPU)"),
     "serve": ("llmquant.serve.load_test", "concurrent clients against a running llmquant server"),
     "memory": ("llmquant.eval.memory", "bytes a model and its KV cache hold, peak RSS and decode s/token"),
+    "decode": ("llmquant.eval.decode_speed", "end-to-end decode tokens/s of quantized models vs FP16 (random weights)"),
 }
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("bench", help="benchmarks (gaussian, kernels, serve, memory)")
+    parser = sub.add_parser("bench", help="benchmarks (gaussian, kernels, serve, memory, decode)")
     targets = parser.add_subparsers(dest="bench_target", metavar="TARGET")
     for name, (module_name, help_text) in TARGETS.items():
         try:

@@ -1,0 +1,224 @@
+"""``llmquant bench decode``: end-to-end greedy decode speed of quantized models vs the FP16 model.
+
+Speed does not depend on what the weights are, so this benchmark needs no checkpoint and no data: it
+builds a randomly initialized model of a named shape (:data:`SHAPES`: the architecture of a real
+checkpoint, weights ``N(0, 0.02²)``, seeded), quantizes a copy of it per each ``--config`` (YAML, with
+``--set`` overrides applied to every config; calibration on random token ids, so use
+``weights.algorithm=rtn`` or accept a meaningless GPTQ), and measures in one process, one model at a time:
+
+* ``decode_tokens_per_s``: ``new_tokens`` greedy tokens after a ``prompt_tokens`` random prompt at batch
+  ``batch`` (``generate`` with ``min_new_tokens``; a KV-quantized model gets the packed cache of
+  :func:`llmquant.quant.kv_cache.make_cache`); the median of ``repeats`` runs after one warm-up run;
+* ``prefill_ms``: one forward of the prompt (median of ``repeats``);
+* ``weight_bytes``: bytes of the model's parameters and buffers on the device (each storage once);
+* ``peak_bytes`` (CUDA): ``torch.cuda.max_memory_allocated`` over the timed runs;
+* ``kernel_fallbacks``: the reasons the dispatcher logged for running a reference forward instead of a
+  Triton kernel (empty when every quantized module ran a kernel).
+
+Rows report ``speedup_vs_fp16`` = ours / FP16 tokens per second from the same run.  The FP model runs in
+``--dtype`` (fp16 on CUDA, fp32 on CPU).  On CPU the quantized models run the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import statistics
+import time
+
+import torch
+
+#: model shapes (transformers LlamaConfig fields) of real checkpoints; weights are random
+SHAPES = {
+    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                     "tie_word_embeddings": True, "rope_theta": 100000.0},
+    "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                     "tie_word_embeddings": True, "rope_theta": 500000.0},
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 128, "tie_word_embeddings": False},
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m",
+                   help="model shape (random weights; default: %(default)s)")
+    p.add_argument("--config", action="append", default=[],
+                   help="quantization config YAML (repeatable); none: only the FP model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every --config, e.g. weights.algorithm=rtn (repeatable)")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--calib-samples", type=int, default=4, help="random-token calibration rows (default: 4)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 (default: fp16 on CUDA, else fp32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+
+def random_model(shape: str, seed: int, device) -> torch.nn.Module:
+    """A float32 ``LlamaForCausalLM`` of ``SHAPES[shape]`` with seeded ``N(0, 0.02²)`` weights, norms 1."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                   **SHAPES[shape])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                torch.nn.init.normal_(p, std=0.02)
+    return model.float().eval()
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _held_bytes(model) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+class _Fallbacks(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.reasons: list[str] = []
+
+    def emit(self, record):
+        self.reasons.append(record.getMessage())
+
+
+@torch.no_grad()
+def measure(model, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
+    """Prefill ms and decode tokens/s of ``model`` on ``prompt [B, T]`` (medians of ``repeats``)."""
+    from llmquant.quant.kv_cache import make_cache
+
+    device = prompt.device
+    kw = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+          "pad_token_id": 0}
+    # the cache keyword: ``cache`` in newer transformers, ``past_key_values`` before
+    cache_kw = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+    def generate():
+        return model.generate(prompt, **{cache_kw: make_cache(model, prompt.shape[0])}, **kw)
+
+    generate()  # warm-up: compilation, autotuning, allocator
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    pre, dec = [], []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        t0 = time.perf_counter()
+        model(prompt, **{cache_kw: make_cache(model, prompt.shape[0])}, logits_to_keep=1)
+        _sync(device)
+        pre.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = generate()
+        _sync(device)
+        dec.append(time.perf_counter() - t0)
+        if out.shape[1] != prompt.shape[1] + new_tokens:
+            raise RuntimeError(f"generate returned {out.shape[1] - prompt.shape[1]} tokens, expected {new_tokens}")
+    prefill = statistics.median(pre)
+    # a generate call = one prefill + (new_tokens - 1) one-token steps: take the prefill out
+    step = (statistics.median(dec) - prefill) / max(1, new_tokens - 1)
+    res = {"prefill_ms": round(prefill * 1e3, 3), "decode_ms_per_token": round(step * 1e3, 4),
+           "decode_tokens_per_s": round(prompt.shape[0] / step, 2) if step > 0 else None,
+           "weight_bytes": _held_bytes(model)}
+    if device.type == "cuda":
+        res["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return res
+
+
+def run(shape: str, configs: list[str], overrides: list[str], prompt_tokens: int, new_tokens: int, batch: int,
+        repeats: int, calib_samples: int, device, dtype: torch.dtype, seed: int) -> dict:
+    from llmquant.api import quantize
+    from llmquant.config import load_config
+    from llmquant.quant.linear import set_backend
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab = SHAPES[shape]["vocab_size"]
+    prompt = torch.randint(3, vocab, (batch, prompt_tokens), generator=gen).to(device)
+    rows = []
+    fp = random_model(shape, seed, device)
+    fp_row = {"model": "fp", "dtype": str(dtype).replace("torch.", "")}
+    fp_row.update(measure(fp.to(dtype), prompt, new_tokens, repeats))
+    rows.append(fp_row)
+    del fp
+    backend = "triton" if device.type == "cuda" else "reference"
+    for path in configs:
+        cfg = load_config(path, list(overrides) + [f"model.backend={backend}"])
+        model = random_model(shape, seed, device)
+        calib = torch.randint(3, vocab, (calib_samples, cfg.calibration.seq_len), generator=gen).to(device)
+        t0 = time.perf_counter()
+        report = quantize(model, cfg, calib=calib, progress=False, log=lambda *a, **k: None)
+        q_s = time.perf_counter() - t0
+        set_backend(model, backend)
+        handler = _Fallbacks()
+        klog = logging.getLogger("llmquant.kernels")
+        old_level = klog.level
+        klog.setLevel(logging.INFO)
+        klog.addHandler(handler)
+        from llmquant.kernels import dispatch
+
+        dispatch._LOGGED.clear()  # log every reason again for this model
+        try:
+            row = {"model": cfg.name, "config": path, "overrides": list(overrides), "backend": backend,
+                   "dtype": str(dtype).replace("torch.", ""), "quantize_s": round(q_s, 1),
+                   "bits": report.get("bits")}
+            row.update(measure(model.to(dtype), prompt, new_tokens, repeats))
+        finally:
+            klog.removeHandler(handler)
+            klog.setLevel(old_level)
+        row["kernel_fallbacks"] = sorted(set(handler.reasons))
+        row["speedup_vs_fp16"] = round(row["decode_tokens_per_s"] / fp_row["decode_tokens_per_s"], 3) \
+            if row["decode_tokens_per_s"] and fp_row["decode_tokens_per_s"] else None
+        row["weight_bytes_vs_fp"] = round(row["weight_bytes"] / fp_row["weight_bytes"], 4)
+        rows.append(row)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"shape": shape, "shape_config": SHAPES[shape], "weights": f"random N(0, 0.02^2), seed {seed}",
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batch": batch, "repeats": repeats,
+            "rows": rows}
+
+
+def main(args) -> int:
+    from llmquant.api import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("llmquant bench decode: --device cuda but CUDA is not available; use --device cpu")
+        return 2
+    name = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        print(f"llmquant bench decode: --dtype {name!r} is not a floating dtype (float16, bfloat16, float32)")
+        return 2
+    for flag in ("prompt_tokens", "new_tokens", "batch", "repeats", "calib_samples"):
+        if getattr(args, flag) < 1:
+            print(f"llmquant bench decode: --{flag.replace('_', '-')} must be >= 1")
+            return 2
+    result = run(args.shape, args.config, args.set, args.prompt_tokens, args.new_tokens, args.batch,
+                 args.repeats, args.calib_samples, device, dtype, args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"llmquant bench decode  shape={result['shape']} (random weights)  device={result['device']}  "
+          f"batch={args.batch}  prompt={args.prompt_tokens}  new={args.new_tokens}")
+    print(f"{'model':<34} {'tok/s':>9} {'x FP':>7} {'prefill ms':>11} {'weight MB':>10}  fallbacks")
+    for r in result["rows"]:
+        print(f"{r['model']:<34} {r['decode_tokens_per_s']!s:>9} {r.get('speedup_vs_fp16', 1.0)!s:>7} "
+              f"{r['prefill_ms']:>11} {r['weight_bytes'] / 1e6:>10.1f}  {len(r.get('kernel_fallbacks', []))}")
+    return 0
