@@ -102,6 +102,10 @@ def bits_for_model(cfg, model, specs: dict | None = None) -> dict:
         from llmquant.quant.stored_bits import model_weight_bits
 
         bits["weights"] = model_weight_bits(model, specs)
+    if "embeddings" in bits:  # model.embed_dtype set: the stored figure of the embedding tensors
+        from llmquant.quant.stored_bits import model_embedding_bits
+
+        bits["embeddings"] = model_embedding_bits(model)
     return bits
 
 
@@ -114,7 +118,8 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     ``work_dir``: resume state (see :mod:`llmquant.quant.runner`).  With ``config.model.offload`` the
     model is kept on the CPU (moved there first) and each decoder layer visits ``config.model.device``
     only while it is quantized; the model ends on the CPU.  Calibration runs the reference forward; at
-    the end every quantized module gets ``config.model.backend``.  Returns a report:
+    the end every quantized module gets ``config.model.backend``, and with ``config.model.embed_dtype`` the input
+    embeddings and ``lm_head`` are stored in that dtype (:mod:`llmquant.models.embed_dtype`).  Returns a report:
     ``{"rotation_plan", "specs", "layers", "warnings", "bits", "seconds", "resumed_layers"}`` (``warnings``: the
     per-layer guard's flags, :mod:`llmquant.quant.guard`); the model also
     gets ``model.llmquant_specs`` and ``model.llmquant_config`` (used by :func:`save`).
@@ -155,6 +160,9 @@ def quantize(model, config, calib: torch.Tensor | None = None, tokenizer=None, *
     from llmquant.quant.linear import set_backend
 
     set_backend(model, cfg.model.backend)
+    from llmquant.models.embed_dtype import apply_embed_dtype
+
+    apply_embed_dtype(model, cfg)  # model.embed_dtype: embeddings / lm_head stored narrower (saved so)
     report["bits"] = bits_for_model(cfg, model, report["specs"])
     report["seconds"] = time.perf_counter() - t0
     model.llmquant_specs = report["specs"]

@@ -154,6 +154,7 @@ def test_box_config_validation_and_voronoi_hash_unchanged():
         d.pop(k)
     for k in ("backend", "offload", "weight_cache"):
         d["model"].pop(k)
+    d["model"].pop("embed_dtype")  # null: as before model.embed_dtype existed
     for section in ("weights", "activations", "kv"):  # Voronoi sections: as before box codes existed
         for k in ("code", "box_bits", "box_variant"):
             d[section].pop(k)

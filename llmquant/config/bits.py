@@ -14,7 +14,9 @@ Weights (per quantized linear with ``in_features = K``):
 The model figure is the parameter-weighted mean over all quantized linears.  Activations
 (per token, row of length ``K``) and KV (per token per head, ``head_dim`` entries) use the
 same formulas with their own scale granularity (``code: box``: the row's packed words + one fp16 scale).  Embeddings and ``lm_head`` stay in floating
-point and are not counted (as in the QuaRot / NestQuant papers).
+point and are not counted in these figures (as in the QuaRot / NestQuant papers); with ``model.embed_dtype`` set,
+the dict also has ``"embeddings"``: their stored bits per entry (:func:`embedding_bits`: 16 for float16 /
+bfloat16, 32 for float32), so a reduced-precision embedding is stated next to the other figures.
 """
 
 from __future__ import annotations
@@ -62,8 +64,18 @@ def dynamic_bits(d: DynamicQuantConfig, row: int) -> float:
     return d.bits + side / row
 
 
+#: bits of one entry of each floating-point storage dtype (``model.dtype`` / ``model.embed_dtype``)
+DTYPE_BITS = {"float32": 32.0, "float16": 16.0, "bfloat16": 16.0}
+
+
+def embedding_bits(cfg: Config) -> float:
+    """Stored bits per entry of the input embeddings and ``lm_head``: ``model.embed_dtype``, else ``model.dtype``."""
+    return DTYPE_BITS[cfg.model.embed_dtype or cfg.model.dtype]
+
+
 def model_bits(cfg: Config, linear_shapes: dict[str, tuple[int, int]], head_dim: int) -> dict[str, float]:
-    """``{"weights", "activations", "kv"}`` bits per entry for a model.
+    """``{"weights", "activations", "kv"}`` bits per entry for a model, plus ``"embeddings"``
+    (:func:`embedding_bits`) when ``model.embed_dtype`` is set.
 
     ``linear_shapes``: quantized linear name -> ``(out_features, in_features)``.  Weights are
     weighted by parameter count, activations by input width (one input row per linear call).
@@ -74,4 +86,7 @@ def model_bits(cfg: Config, linear_shapes: dict[str, tuple[int, int]], head_dim:
     wbits = sum(n * k * weight_bits(cfg.weights, k) for n, k in linear_shapes.values()) / n_params
     width = sum(k for _, k in linear_shapes.values())
     abits = sum(k * dynamic_bits(cfg.activations, k) for _, k in linear_shapes.values()) / width
-    return {"weights": wbits, "activations": abits, "kv": dynamic_bits(cfg.kv, head_dim)}
+    out = {"weights": wbits, "activations": abits, "kv": dynamic_bits(cfg.kv, head_dim)}
+    if cfg.model.embed_dtype is not None:
+        out["embeddings"] = embedding_bits(cfg)
+    return out

@@ -130,6 +130,8 @@ def validate(cfg: S.Config) -> S.Config:
     _check_choice("model.dtype", cfg.model.dtype, S.DTYPES)
     _check_choice("model.backend", cfg.model.backend, S.BACKENDS)
     _check_choice("model.weight_cache", cfg.model.weight_cache, S.WEIGHT_CACHE_MODES)
+    if cfg.model.embed_dtype is not None:
+        _check_choice("model.embed_dtype", cfg.model.embed_dtype, S.DTYPES)
     import re
 
     if not re.fullmatch(_DEVICE_RE, cfg.model.device):
@@ -355,6 +357,9 @@ def config_hash(cfg: S.Config, ignore: tuple[str, ...] = ("eval", "name", "metho
         d.pop(k, None)
     for k in RUNTIME_MODEL_KEYS:
         d.get("model", {}).pop(k, None)
+    model = d.get("model", {})
+    if model.get("embed_dtype", None) in (None, model.get("dtype")):  # the same model as before the key existed
+        model.pop("embed_dtype", None)
     for section in ("weights", "activations", "kv"):  # hashes of configs made before box codes
         if d.get(section, {}).get("code", "voronoi") == "voronoi":
             for k in BOX_WEIGHT_KEYS:

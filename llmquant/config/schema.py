@@ -9,7 +9,8 @@ Seeds live in the config (``model.seed`` for tiny random models, ``rotation.seed
 ``calibration.seed``), so a run is reproducible from its saved config alone.
 
 What gets quantized: every ``nn.Linear`` inside the decoder layers (the adapter's roles).
-Embeddings, the final norm and ``lm_head`` stay in floating point.
+Embeddings, the final norm and ``lm_head`` stay in floating point (embeddings and ``lm_head`` optionally stored
+in float16 / bfloat16: ``model.embed_dtype``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class ModelConfig:
     #: layer keeps its decoded weight (in the input's dtype) for speed, at the memory of a dense model.
     #: Same outputs either way.  Not part of the config hash.
     weight_cache: str = "none"
+    #: storage dtype of the input embeddings and ``lm_head`` (one tensor when tied): ``float32`` | ``float16`` |
+    #: ``bfloat16``, or null = ``dtype`` (what every checkpoint stored before this key existed).  They still
+    #: compute in ``dtype`` from the stored values (:mod:`llmquant.models.embed_dtype`); when set, ``bits``
+    #: reports ``embeddings`` (their stored bits per entry).  Part of the config hash unless null or ``dtype``.
+    embed_dtype: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ error report, never the codes):
 2. every decoder-layer linear of every role -> :func:`llmquant.quant.weights.quantize_linear` with no Hessian
    (nearest lattice point per 8-vector of ``W / s``, ``s`` = fp16 row RMS; or scalar RTN with clipping search),
    one activation quantizer shared per input group (:data:`llmquant.quant.structure.INPUT_GROUPS`);
-3. the KV quantizers; the backend of ``model.backend``.
+3. the KV quantizers; the backend of ``model.backend``; ``model.embed_dtype`` (embeddings / ``lm_head`` storage).
 
 The codes are bit-identical to ``llmquant.api.quantize(model, cfg)`` with the same config (tested).  Calibrated
 quantization (``algorithm: gptq``, LDLQ with bias correction) needs data and stays ``llmquant quantize``; a config
@@ -76,6 +76,9 @@ def quantize_rtn(model, cfg) -> dict:
         layer.to(next(layer.parameters()).device)  # the KV quantizers' betas, built on the CPU
         specs[i] = layer_specs
     set_backend(model, cfg.model.backend)
+    from llmquant.models.embed_dtype import apply_embed_dtype
+
+    apply_embed_dtype(model, cfg)  # model.embed_dtype, as llmquant.api.quantize
     model.llmquant_specs = specs
     model.llmquant_config = cfg
     return {"rotation_plan": plan, "specs": specs}

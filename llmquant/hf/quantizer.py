@@ -9,7 +9,9 @@ Registered as quant method ``"llmquant"`` (:func:`llmquant.hf.register`).  trans
   same rebuild as :func:`llmquant.quant.checkpoint.load_quantized`: rotation modules of the plan
   (``InputRotatedLinear`` around ``down_proj``, ``OutputRotated`` norms, Q/K Hadamard, the ``llmquant`` attention
   function), then ``LatticeLinear`` / ``ScalarLinear`` shells from the module specs with the activation and KV
-  quantizers of the config.  No ``nn.Linear`` is left for a quantized role.  The shells are built under
+  quantizers of the config.  No ``nn.Linear`` is left for a quantized role.  With ``model.embed_dtype`` the
+  input embeddings and ``lm_head`` get that storage dtype (:mod:`llmquant.models.embed_dtype`), as saved, and
+  ``update_dtype`` keeps the model's compute dtype at the config's ``model.dtype``.  The shells are built under
   ``torch.device("cpu")`` (not meta): codec objects hold plain tensors (the box code's β table) that no state
   dict restores, so they must be real; the cost is one zero-filled copy of the packed tensors in CPU memory,
   replaced tensor by tensor as the checkpoint loads (packed codes are ~4x smaller than bf16 weights).
@@ -82,6 +84,15 @@ class LlmquantHfQuantizer(HfQuantizer):
 
             check_rtn(quantization_config.llmquant_config)
 
+    def update_dtype(self, dtype):
+        """With ``model.embed_dtype`` the compute dtype is the llmquant config's ``model.dtype``: transformers would
+        otherwise take the embeddings' storage dtype (``save_pretrained`` writes the first floating parameter's
+        dtype into ``config.json``) for the whole model."""
+        cfg = self.quantization_config.llmquant_config
+        if self.pre_quantized and cfg.model.embed_dtype not in (None, cfg.model.dtype):
+            return getattr(torch, cfg.model.dtype)
+        return dtype
+
     def validate_environment(self, device_map=None, **kwargs):
         if isinstance(device_map, dict) and "disk" in device_map.values():
             raise ValueError("llmquant models cannot be offloaded to disk (device_map has 'disk'); "
@@ -93,6 +104,7 @@ class LlmquantHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         if not self.pre_quantized:
             return model
+        from llmquant.models.embed_dtype import apply_embed_dtype
         from llmquant.quant.checkpoint import install_quantized_structure
 
         qc = self.quantization_config
@@ -100,6 +112,7 @@ class LlmquantHfQuantizer(HfQuantizer):
         with torch.device("cpu"):
             install_quantized_structure(model, qc.llmquant_config, qc.rotation_plan, qc.quantized, where,
                                         source="config.json (quantization_config)")
+        apply_embed_dtype(model, qc.llmquant_config)  # model.embed_dtype: stored so in the weights files
         self._checkpoint_files = list(checkpoint_files or [])
         self._shared = _shared_buffers(model)
         ignore = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())

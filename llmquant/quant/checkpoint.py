@@ -29,9 +29,12 @@ JSON without that key).  Loading checks both, then validates the tensors (:func:
 with a :class:`CheckpointError` naming the file instead of loading wrong numbers.  Checkpoints
 written before these keys existed get the structural and range checks only.
 
-Loading builds the model from ``config.json``, re-installs the rotation modules from the saved
-plan, replaces the decoder linears by empty quantized modules from their specs (plus
-activation and KV quantizers from the config), then loads the state dict strictly.
+Loading builds the model from ``config.json`` with its parameters on the meta device (no dense weights,
+:mod:`llmquant.quant.materialize`), re-installs the rotation modules from the saved plan, replaces the decoder
+linears by empty quantized modules from their specs (plus activation and KV quantizers from the config),
+applies ``model.embed_dtype``, then reads every tensor of ``model.safetensors`` into its place; every
+parameter and persistent buffer must come from the file.  Peak memory: the checkpoint's tensors plus one
+tensor in flight (bit-identical to loading a dense model and ``load_state_dict``).
 """
 
 from __future__ import annotations
@@ -396,10 +399,14 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 
 def _storage_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
-    """Names of ``state`` grouped by shared storage (``save_model`` stores each group once)."""
+    """Names of ``state`` grouped by shared storage (``save_model`` stores each group once); meta tensors (no
+    storage) by identity, so pass ``state_dict(keep_vars=True)`` of a model built on the meta device."""
     groups: dict[object, list[str]] = {}
     for name, t in state.items():
-        key = (t.device, t.untyped_storage().data_ptr()) if t.numel() else name
+        if t.is_meta:
+            key = ("meta", id(t))
+        else:
+            key = (t.device, t.untyped_storage().data_ptr()) if t.numel() else name
         groups.setdefault(key, []).append(name)
     return list(groups.values())
 
@@ -480,12 +487,19 @@ def _index_problem(module) -> str | None:
     return None
 
 
+def _all_finite(t: torch.Tensor, block: int = 1 << 20) -> bool:
+    """``torch.isfinite(t).all()`` over blocks of ``block`` entries (``isfinite`` makes temporaries as large as its
+    input; an embedding table is hundreds of megabytes)."""
+    flat = t.detach().reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + block]).all()) for i in range(0, flat.numel(), block))
+
+
 def validate_loaded_values(model: torch.nn.Module, where: str | os.PathLike) -> None:
     """After loading: every floating-point parameter / buffer (scales, betas, norms, embeddings) is
     finite, and every code / beta-index tensor is in range (:func:`_index_problem`), so kernels never see
     an index outside their tables.  Raises :class:`CheckpointError` naming ``where`` and the tensor."""
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and t.numel() and not _all_finite(t):
             raise CheckpointError(f"{where}: tensor {name} has NaN/Inf values; the checkpoint is corrupt, "
                                   "re-run `llmquant quantize`")
     for mname, module in model.named_modules():
@@ -562,13 +576,21 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
     :func:`llmquant.quant.linear.set_backend`); None uses the checkpoint config's ``model.backend``
     (``auto`` for checkpoints written before the key existed).
     """
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from llmquant.config import ConfigError, config_from_dict
     from llmquant.config.schema import BACKENDS
     from llmquant.models.adapters import get_adapter
+    from llmquant.models.embed_dtype import apply_embed_dtype
     from llmquant.quant.linear import set_backend, set_weight_cache
+    from llmquant.quant.materialize import (
+        StateFileError,
+        empty_model,
+        read_state_file,
+        real_buffers,
+        release_free_heap,
+        restore_buffers,
+    )
 
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"load_quantized: backend={backend!r} is not one of {', '.join(BACKENDS)}")
@@ -586,25 +608,31 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
     get_adapter(hf_config)  # unsupported architecture: its own error, before building anything
     dtype = getattr(torch, cfg.model.dtype)
     try:
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        model = empty_model(hf_config, dtype)  # parameters on the meta device: no dense weights
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         raise _corrupt(path, HF_CONFIG_FILE, f"cannot build the model ({' '.join(str(exc).split())[:200]})") from None
-    model.eval()
+    built = real_buffers(model)
     install_quantized_structure(model, cfg, meta.get("rotation_plan"), meta.get("quantized", {}), path)
-    validate_state_file(path / WEIGHTS_FILE, model.state_dict())
+    apply_embed_dtype(model, cfg)  # model.embed_dtype: the file holds embeddings / lm_head in that dtype
+    release_free_heap()  # the shells' short-lived tensors, before the large tensors are read
+    expected = model.state_dict(keep_vars=True)
+    validate_state_file(path / WEIGHTS_FILE, expected)
+    restore_buffers(model, built, skip=expected)  # non-persistent buffers the rotation step moved to meta
+    try:
+        still_meta = read_state_file(model, path / WEIGHTS_FILE, device)
+    except StateFileError as exc:  # data the header check could not see
+        raise _corrupt(path, WEIGHTS_FILE, f"unreadable tensors ({' '.join(str(exc).split())[:200]})") from None
+    except OSError as exc:
+        raise _corrupt(path, WEIGHTS_FILE, f"unreadable ({' '.join(str(exc).split())[:200]})") from None
+    if still_meta:
+        raise CheckpointError(
+            f"{path}: state dict does not match the rebuilt model (missing {still_meta[:5]}); "
+            "the checkpoint is corrupt or from another llmquant"
+        )
     if device is not None:
         model.to(device)
-    try:
-        missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False,
-                                         device=str(device) if device is not None else "cpu")
-    except _read_errors() as exc:  # data the header check could not see
-        raise _corrupt(path, WEIGHTS_FILE, f"unreadable tensors ({' '.join(str(exc).split())[:200]})") from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: state dict does not match the rebuilt model (missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}); the checkpoint is corrupt or from another llmquant"
-        )
     validate_loaded_values(model, path / WEIGHTS_FILE)
+    release_free_heap()
     set_backend(model, backend if backend is not None else cfg.model.backend)
     set_weight_cache(model, cfg.model.weight_cache)  # the CLI's --weight-cache overrides it after loading
     tokenizer = None

@@ -8,7 +8,9 @@ submodules (``<prefix>.act_q.*``) and are not weights.  Bits = 8 x the bytes of 
 ``sum(in_features * out_features)`` over the module specs.  The same function reads sizes from a model's
 state dict (:func:`state_sizes`, before saving) or from a ``model.safetensors`` header
 (:func:`safetensors_sizes`: each tensor's ``data_offsets``), so ``results.json``'s ``bits.weights`` equals
-:func:`checkpoint_weight_bits` of the saved checkpoint exactly.
+:func:`checkpoint_weight_bits` of the saved checkpoint exactly.  Embeddings and ``lm_head`` are not weights of
+this figure; with ``model.embed_dtype`` set, ``bits.embeddings`` is their stored figure
+(:func:`model_embedding_bits`).
 """
 
 from __future__ import annotations
@@ -79,3 +81,14 @@ def checkpoint_weight_bits(path: str | os.PathLike, detail: bool = False):
     specs = json.loads((path / CONFIG_FILE).read_text()).get("quantized") or {}
     d = stored_weight_bits(safetensors_sizes(path / WEIGHTS_FILE), specs)
     return d if detail else d["weights"]
+
+
+def model_embedding_bits(model) -> float:
+    """Stored bits per entry of ``model``'s input embedding and ``lm_head`` weights (8 x bytes / entries over the
+    distinct tensors: a tied pair counts once), what :func:`llmquant.config.bits.embedding_bits` predicts from the
+    config."""
+    from llmquant.models.adapters import get_adapter
+
+    ad = get_adapter(model)
+    tensors = {id(w): w for w in (ad.get(model, "embed").weight, ad.get(model, "lm_head").weight)}.values()
+    return 8 * sum(w.numel() * w.element_size() for w in tensors) / sum(w.numel() for w in tensors)
