@@ -121,15 +121,17 @@ def test_requests_admitted_mid_decode_match_alone(tok):
         assert col.result.token_ids == _run_alone(engine, prompt, prm).token_ids
 
 
-@pytest.mark.parametrize("mode", ["sliding-layers", "dead-rows"])
+@pytest.mark.parametrize("mode", ["no-merge", "dead-rows"])
 def test_caches_that_cannot_merge_or_select(tok, monkeypatch, mode):
-    """A cache with sliding-window layers is compacted but never merged; one that cannot drop rows keeps
-    finished rows as dead rows.  Both still give each request's own tokens."""
+    """A cache that cannot be merged is compacted but new rows wait; one that cannot drop rows keeps
+    finished rows as dead rows.  Both still give each request's own tokens (sliding-window layers here;
+    their merging is tested in tests/test_serve_batch_merge.py)."""
     from transformers import DynamicCache
 
     model = tiny_random_model("mistral", seed=4)
     engine = Engine(model, tok, model_name="t")
     monkeypatch.setattr(batch_cache, "new_cache", lambda m, n: DynamicCache(config=m.config))
+    monkeypatch.setattr(batch_cache, "can_merge", lambda cache: False)
     if mode == "dead-rows":
         monkeypatch.setattr(batch_cache, "can_select", lambda cache: False)
     params = [SamplingParams(max_tokens=b, temperature=0.0) for b in (7, 2, 9)]
@@ -252,8 +254,8 @@ def test_stop_scanner_equals_whole_text_scan():
 
 
 def test_batched_greedy_on_kv_quantized_model_uses_packed_cache(tok):
-    """W4A4KV4 (rotations, packed lattice KV cache from make_cache): rows are compacted in the packed
-    cache, never merged; batched greedy == alone == full recompute."""
+    """W4A4KV4 (rotations, packed lattice KV cache from make_cache): the packed cache can drop and merge rows
+    (joins: tests/test_serve_batch_merge.py); batched greedy == alone == full recompute."""
     from pathlib import Path
 
     from llmquant.api import quantize
@@ -267,7 +269,7 @@ def test_batched_greedy_on_kv_quantized_model_uses_packed_cache(tok):
     reqs, cols = _requests(PROMPTS[:3], params)
     batch = engine._batch()
     batch.admit(reqs)
-    assert batch.selectable and not batch.accepting
+    assert batch.selectable and batch.mergeable and batch.accepting
     while not batch.empty:
         batch.step()
     for prompt, prm, col in zip(PROMPTS[:3], params, cols):

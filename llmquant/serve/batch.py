@@ -16,7 +16,8 @@ tokens of the request run alone (up to floating-point summation order; exact on 
 Between steps, finished rows (EOS, stop string, ``max_tokens``, context limit, cancelled, past the
 deadline) are answered and removed from the cache (:mod:`llmquant.serve.batch_cache`); new requests are
 prefilled as their own small batch and appended when the cache layout allows it (see
-:func:`~llmquant.serve.batch_cache.can_merge`), otherwise they wait until this batch is empty.
+:func:`~llmquant.serve.batch_cache.can_merge`: full-history and sliding-window transformers caches and the
+packed lattice KV cache of W4A4KV4 models do), otherwise they wait until this batch is empty.
 """
 
 from __future__ import annotations
