@@ -2,7 +2,9 @@
 
 PATH is an llmquant checkpoint directory or a model spec (``smollm2-135m``, hub id, local dir,
 ``.gguf``), loaded with :func:`llmquant.api.load`.  See :mod:`llmquant.serve.app` for the routes and
-:mod:`llmquant.serve.limits` for the ``--max-*`` / ``--request-timeout`` limits.
+:mod:`llmquant.serve.limits` for the ``--max-*`` / ``--request-timeout`` limits, which ``--limits FILE`` (YAML or
+JSON, keys = :class:`~llmquant.serve.limits.ServeLimits` fields, unknown keys are errors) sets too; flags given
+on the command line override the file.
 """
 
 from __future__ import annotations
