@@ -1,4 +1,5 @@
-"""W4A16 decode-GEMM for the b=3 √2E8 **box** code: ``y = x @ W^T (+ bias)``, weights as one int32 per 8-vector.
+"""W4A16 decode-GEMM for the b=3 √2E8 **box** code: ``y = x @ W^T (+ bias)``, weights as one int32 per 8-vector;
+a lattice path (γ = 1) and a level-table path (``box_variant: table``, companded γ) chosen by the constexpr ``TABLE``.
 
 Spec (the truth is :mod:`llmquant.lattice.box`, ``BoxCodec(b=3, code="hamming", gamma=1)`` = ``E8BoxCodec(3)``)
 ----------------------------------------------------------------------------------------------------------
@@ -17,6 +18,39 @@ codeword ``h_i = m_i`` (i < 4), ``h_{4+i} = m_i ^ P`` with ``P = popcount(m) & 1
     W[n, 8v + i] = row_scale[n] · betas[j] · (ℓ_i − 7.5)        (= β (h_i + 2 z_i + ½))
 
 exactly :meth:`BoxCodec.decode_rows` (reference: :func:`box_w4a16_reference`).
+
+**Level-table path** (``levels=`` given; constexpr ``TABLE``): the same words of a b=3 Hamming box code whose
+levels are not the lattice's ``ℓ − 7.5`` — ``box_variant: table`` (``BoxCodec(levels=...)``: 8 positive levels
+``λ_8..λ_15`` ascending, ``λ[ℓ] = −λ[15 − ℓ]``) or a companded γ (``λ[ℓ] = sgn(c)|c|^γ``, ``c = ℓ − 7.5``).
+``levels`` is the codec's signed 16-entry table ``BoxCodec.levels`` (fp32, index ``ℓ = 2 u_i + h_i``, ascending),
+read as is (the kernel needs no symmetry):
+
+    W[n, 8v + i] = row_scale[n] · betas[j] · levels[2 u_i + h_i]
+
+* Index decode (integer ops; PTX :data:`_TABLE_WORD_PTX` on CUDA, :func:`_table_levels` in Triton for the
+  interpreter and the dequant): ``w3 = w << 3`` puts ``u_i`` at bits ``[3i+3, 3i+6)``; bit ``3i+2`` (the top bit of
+  ``u_(i-1)``, or 0) receives ``h_i`` in one of two copies, ``D_even`` (i even: u fields :data:`TAB_U_EVEN`) /
+  ``D_odd`` (i odd: :data:`TAB_U_ODD`), by one LOP3 mux each with ``H[m]`` = the codeword of message ``m`` with
+  ``h_i`` at bit ``3i+2`` (:func:`hamming_h_table`, 16 int32 loaded per word like β).  Then
+  ``4 ℓ_i = (D >> 3i) & 0x3C`` is the byte offset of coordinate ``i``'s level.
+* Lookup: the level table (64 bytes, 64-byte aligned: the launcher copies it otherwise) stays in L1; each
+  coordinate is one ``ld.global.nc.f32`` at ``(base_lo | 4 ℓ_i, base_hi)`` (the offset ORed into the low word), so
+  a word costs 8 level loads + 1 β load + 1 ``H`` load, all from three 64-byte blocks.
+* Arithmetic and rounding: all fp32.  x is read exactly (unlike the lattice path, no rounding to fp16): fp16 and
+  bf16 halves are converted to fp32 once per 8-block (a bf16 is a shift or a mask), shared by the rows of a
+  thread; fp32 x as is.  Per word ``d = λ_0 x_0``, then 7 FMAs in coordinate order, then ``acc += β_j · d`` (one
+  FMA); the epilogue sums the ``BLOCK_G`` partial accumulators and multiplies by the row scale (no
+  ``DECODE_SCALE``).  Error = fp32 rounding of these sums only: far below the lattice path's fp16 lanes.
+* SASS of the main loop on sm_90 (same :data:`GPU_CONFIG`, ``kernels/sass.py``): **6.82 instructions per weight
+  with fp16 x, 6.77 with bf16 x, 0 shuffles, 0 spills, 80 registers**; per word (54.6 instructions, fp16 x):
+  12.2 LOP3, 11 IMAD (mostly copies of a table address's high word: every load needs its own 64-bit register
+  pair), 10.4 LDG (8 levels + β + H + the word tile), 9 SHF, 9 FFMA/FMUL, 2 for x (HADD2.F32 + R2UR per
+  8-block, shared by 8 rows).  The lanes of one warp load all read one 64-byte block (one L1 wavefront each, if
+  L1 serves one per clock: ~10.4 wavefronts per warp-word against ~13.7 issue cycles): issue-bound, as the cost
+  model assumes (it counts issue only).  **Not timed on a GPU.**
+  Measured alternatives (same tool): ``tl.load(levels_ptr + l)`` in plain Triton (64-bit pointer arithmetic per
+  coordinate) 8.53 instructions per weight, 255 registers, 21 spills; this PTX with the message spread by
+  ``mul.hi`` / ``popc`` instead of the ``H`` load 7.71 (80 registers); with a 64-bit ``add`` for the addresses 8.88.
 
 Kernel design (one int32 word = 8 weights per thread, no cross-lane work in the K loop)
 --------------------------------------------------------------------------------------
@@ -92,6 +126,68 @@ _NOT_MASK_ODD = tl.constexpr(_i32(~MASK_ODD & 0xFFFFFFFF))
 _LANE_MASK = tl.constexpr(LANE_MASK)
 _LANE_BASE = tl.constexpr(LANE_BASE)
 _DECODE_SCALE = tl.constexpr(DECODE_SCALE)
+#: table path: u fields of the even / odd coordinates in ``w << 3`` (bits [3i+3, 3i+6)); h_i goes to bit 3i+2
+TAB_U_EVEN = 0x00E38E38
+TAB_U_ODD = 0x071C71C0
+_TAB_U_EVEN = tl.constexpr(TAB_U_EVEN)
+_TAB_NOT_U_EVEN = tl.constexpr(_i32(~TAB_U_EVEN & 0xFFFFFFFF))
+_TAB_U_ODD = tl.constexpr(TAB_U_ODD)
+_TAB_NOT_U_ODD = tl.constexpr(_i32(~TAB_U_ODD & 0xFFFFFFFF))
+
+
+def hamming_h_table() -> list[int]:
+    """``H[m] = sum_i h_i(m) << (3i + 2)`` for the 16 messages of the extended Hamming code (``h`` as in the module
+    docstring): the codeword bits at the positions the table path muxes them into ``w << 3``."""
+    out = []
+    for m in range(16):
+        par = m.bit_count() & 1
+        h = [(m >> i) & 1 for i in range(4)] + [((m >> i) & 1) ^ par for i in range(4)]
+        out.append(sum(b << (3 * i + 2) for i, b in enumerate(h)))
+    return out
+
+
+def _table_word_ptx() -> str:
+    """PTX of one word on the table path (see the module docstring): ``$0`` (out, f32 bits) = ``$13 + betas[j] *
+    sum_i levels[l_i] * x_i`` for the word ``$1``, the fp32 activations ``$2..$9`` (``x_0..x_7``, f32 bits), the
+    addresses (u64, each 64-byte aligned: an offset < 64 is ORed into the low word) of the level table ``$10``,
+    the codeword-bit table :func:`hamming_h_table` ``$11`` and the β table ``$12``, and the accumulator ``$13``
+    (f32 bits).  fp32 products and sums, coordinate order 0..7."""
+    lines = [
+        "{",
+        ".reg .b32 t, e, w3, de, dd, tlo, thi, hlo, hhi, blo, bhi, s, o;",
+        ".reg .f32 beta, v, d, x, acc;",
+        ".reg .b64 a;",
+        "mov.b64 {tlo, thi}, $10;",
+        "mov.b64 {hlo, hhi}, $11;",
+        "mov.b64 {blo, bhi}, $12;",
+        "shr.u32 t, $1, 26;",
+        "lop3.b32 o, t, 0x3C, blo, 0xEA;",  # (j << 2) | blo
+        "mov.b64 a, {o, bhi};",
+        "ld.global.nc.f32 beta, [a];",
+        "shr.u32 t, $1, 22;",
+        "lop3.b32 o, t, 0x3C, hlo, 0xEA;",  # (m << 2) | hlo
+        "mov.b64 a, {o, hhi};",
+        "ld.global.nc.u32 e, [a];",  # h_i at bits 3i + 2
+        "shl.b32 w3, $1, 3;",
+        f"lop3.b32 de, w3, {TAB_U_EVEN}, e, 0xE2;",  # mux: u fields from w3, h bits from e
+        f"lop3.b32 dd, w3, {TAB_U_ODD}, e, 0xE2;",
+    ]
+    for i in range(8):
+        src = "de" if i % 2 == 0 else "dd"
+        if i:
+            lines.append(f"shr.u32 s, {src}, {3 * i};")
+            src = "s"
+        lines += [f"lop3.b32 o, {src}, 0x3C, tlo, 0xEA;",  # 4 l_i | table address
+                  "mov.b64 a, {o, thi};",
+                  "ld.global.nc.f32 v, [a];",
+                  f"mov.b32 x, ${2 + i};",
+                  "mul.rn.f32 d, v, x;" if i == 0 else "fma.rn.f32 d, v, x, d;"]
+    lines += ["mov.b32 acc, $13;", "fma.rn.f32 acc, beta, d, acc;", "mov.b32 $0, acc;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+_TABLE_WORD_PTX = _table_word_ptx()
+_TABLE_WORD_ASM = tl.constexpr(_TABLE_WORD_PTX)
 
 
 # PTX of one word: $0 (out, f32 bits) = $7 + betas[j] * sum_i ((l_i - 7.5)/8) * x_i for the word $1, the x pairs
@@ -195,6 +291,51 @@ def _word_lanes(w):
 
 
 @triton.jit
+def _table_levels(w, htab_ptr):
+    """The eight level indices ``l_i = 2 u_i + h_i`` (int32, in [0, 16)) of words ``w`` (table path; the same bit
+    operations as :data:`_TABLE_WORD_PTX`, see the module docstring)."""
+    e = tl.load(htab_ptr + ((w >> 24) & 15))
+    w3 = w << 3
+    de = (w3 & _TAB_U_EVEN) | (e & _TAB_NOT_U_EVEN)
+    dd = (w3 & _TAB_U_ODD) | (e & _TAB_NOT_U_ODD)
+    return ((de >> 2) & 15, (dd >> 5) & 15, (de >> 8) & 15, (dd >> 11) & 15,
+            (de >> 14) & 15, (dd >> 17) & 15, (de >> 20) & 15, (dd >> 23) & 15)
+
+
+@triton.jit
+def _half_lo(p):
+    """fp32 value of the fp16 in the low 16 bits of int32 ``p``."""
+    return (p & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _half_hi(p):
+    """fp32 value of the fp16 in the high 16 bits of int32 ``p``."""
+    return ((p >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _bx(v, words):
+    """fp32 ``v [BG]`` as int32 bits broadcast to the word tile ``[BN, BG]`` (an asm operand)."""
+    return tl.broadcast_to(v.to(tl.int32, bitcast=True)[None, :], words.shape)
+
+
+@triton.jit
+def _table_dot(words, levels_ptr, htab_ptr, x0, x1, x2, x3, x4, x5, x6, x7):
+    """fp32 ``sum_i levels[l_i] x_i`` of words ``[BN, BG]`` and the fp32 activations ``x_i`` ``[1, BG]`` (table path
+    in Triton, for the interpreter): a product and seven FMAs in coordinate order 0..7, as the PTX."""
+    l0, l1, l2, l3, l4, l5, l6, l7 = _table_levels(words, htab_ptr)
+    d = tl.load(levels_ptr + l0) * x0
+    d = tl.fma(tl.load(levels_ptr + l1), x1, d)
+    d = tl.fma(tl.load(levels_ptr + l2), x2, d)
+    d = tl.fma(tl.load(levels_ptr + l3), x3, d)
+    d = tl.fma(tl.load(levels_ptr + l4), x4, d)
+    d = tl.fma(tl.load(levels_ptr + l5), x5, d)
+    d = tl.fma(tl.load(levels_ptr + l6), x6, d)
+    return tl.fma(tl.load(levels_ptr + l7), x7, d)
+
+
+@triton.jit
 def _lane_values(r):
     """(lo, hi) fp32 values (l - 7.5)/8 of a lane register ``r`` (exact; the fp16 subtraction is exact)."""
     lo = (r & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) - 4.9375
@@ -288,6 +429,42 @@ def _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: 
 
 
 @triton.jit
+def _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: tl.constexpr):
+    """The eight fp32 activations ``x[8g + i]``, ``i = 0..7``, of the 8-blocks ``offs_g`` as ``[BLOCK_G]`` vectors
+    (table path: exact for every input dtype).  X_MODE 0: x_ptr is fp16 viewed as int32; 1: bf16 viewed as int32
+    (a bf16 is the high half of its fp32); 2: any float (8 loads)."""
+    if X_MODE == 2:
+        xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g * 8
+        if EVEN_G:
+            return (tl.load(xb + 0).to(tl.float32), tl.load(xb + 1).to(tl.float32), tl.load(xb + 2).to(tl.float32),
+                    tl.load(xb + 3).to(tl.float32), tl.load(xb + 4).to(tl.float32), tl.load(xb + 5).to(tl.float32),
+                    tl.load(xb + 6).to(tl.float32), tl.load(xb + 7).to(tl.float32))
+        return (tl.load(xb + 0, mask=g_ok, other=0.0).to(tl.float32),
+                tl.load(xb + 1, mask=g_ok, other=0.0).to(tl.float32),
+                tl.load(xb + 2, mask=g_ok, other=0.0).to(tl.float32),
+                tl.load(xb + 3, mask=g_ok, other=0.0).to(tl.float32),
+                tl.load(xb + 4, mask=g_ok, other=0.0).to(tl.float32),
+                tl.load(xb + 5, mask=g_ok, other=0.0).to(tl.float32),
+                tl.load(xb + 6, mask=g_ok, other=0.0).to(tl.float32),
+                tl.load(xb + 7, mask=g_ok, other=0.0).to(tl.float32))
+    xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g[:, None] * 4 + tl.arange(0, 4)[None, :]
+    if EVEN_G:
+        q = tl.load(xb)
+    else:
+        q = tl.load(xb, mask=g_ok[:, None], other=0)
+    qa, qb = tl.split(tl.reshape(q, (q.shape[0], 2, 2)))  # q[4g + 2a + b]: qa = b=0, qb = b=1
+    q0, q2 = tl.split(qa)  # q_k = (x_2k, x_2k+1)
+    q1, q3 = tl.split(qb)
+    if X_MODE == 0:
+        return _half_lo(q0), _half_hi(q0), _half_lo(q1), _half_hi(q1), _half_lo(q2), _half_hi(q2), _half_lo(q3), \
+            _half_hi(q3)
+    return ((q0 << 16).to(tl.float32, bitcast=True), (q0 & -65536).to(tl.float32, bitcast=True),
+            (q1 << 16).to(tl.float32, bitcast=True), (q1 & -65536).to(tl.float32, bitcast=True),
+            (q2 << 16).to(tl.float32, bitcast=True), (q2 & -65536).to(tl.float32, bitcast=True),
+            (q3 << 16).to(tl.float32, bitcast=True), (q3 & -65536).to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def _pair_dot(r, p):
     """fp32 sum of the two lane products of lane register ``r`` and x pair ``p`` (interpreter path)."""
     a, b = _lane_values(r)
@@ -298,10 +475,11 @@ def _pair_dot(r, p):
 
 @triton.jit
 def _box_w4a16_kernel(
-    x_ptr, w_ptr, scale_ptr, betas_ptr, bias_ptr, out_ptr, part_ptr,
+    x_ptr, w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, bias_ptr, out_ptr, part_ptr,
     M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_MODE: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    TABLE: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -318,8 +496,25 @@ def _box_w4a16_kernel(
             words = tl.load(w_rows + offs_g[None, :])
         else:
             words = tl.load(w_rows + offs_g[None, :], mask=n_ok[:, None] & g_ok[None, :], other=0)
-        p0, p1, p2, p3 = _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G, USE_ASM)
-        if USE_ASM:
+        if TABLE and USE_ASM:
+            # level table: one PTX block per word (index decode, 8 table loads from L1, fp32 FMAs, β)
+            x0, x1, x2, x3, x4, x5, x6, x7 = _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G)
+            acc = tl.inline_asm_elementwise(
+                _TABLE_WORD_ASM, "=r,r,r,r,r,r,r,r,r,r,l,l,l,r",
+                [words, _bx(x0, words), _bx(x1, words), _bx(x2, words), _bx(x3, words), _bx(x4, words),
+                 _bx(x5, words), _bx(x6, words), _bx(x7, words),
+                 tl.zeros(words.shape, tl.int64) + levels_ptr.to(tl.int64),
+                 tl.zeros(words.shape, tl.int64) + htab_ptr.to(tl.int64),
+                 tl.zeros(words.shape, tl.int64) + betas_ptr.to(tl.int64), acc.to(tl.int32, bitcast=True)],
+                dtype=tl.int32, is_pure=True, pack=1).to(tl.float32, bitcast=True)
+        elif TABLE:
+            # interpreter: the same index decode and fp32 arithmetic in Triton
+            x0, x1, x2, x3, x4, x5, x6, x7 = _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G)
+            beta = tl.load(betas_ptr + ((words >> 28) & 15))
+            acc += beta * _table_dot(words, levels_ptr, htab_ptr, x0[None, :], x1[None, :], x2[None, :], x3[None, :],
+                                     x4[None, :], x5[None, :], x6[None, :], x7[None, :])
+        elif USE_ASM:
+            p0, p1, p2, p3 = _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G, USE_ASM)
             acc = tl.inline_asm_elementwise(
                 _WORD_ASM, "=r,r,r,r,r,r,l,r",
                 [words, tl.broadcast_to(p0[None, :], words.shape), tl.broadcast_to(p1[None, :], words.shape),
@@ -328,13 +523,17 @@ def _box_w4a16_kernel(
                 dtype=tl.int32, is_pure=True, pack=1).to(tl.float32, bitcast=True)
         else:
             # interpreter: the same lanes; products and sums in fp32 of the fp16 x
+            p0, p1, p2, p3 = _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G, USE_ASM)
             beta = tl.load(betas_ptr + ((words >> 28) & 15))
             r0, r1, r2, r3 = _word_lanes(words)
             part = (_pair_dot(r0, p0[None, :]) + _pair_dot(r1, p1[None, :]) + _pair_dot(r2, p2[None, :])
                     + _pair_dot(r3, p3[None, :]))
             acc += beta * part
 
-    y = tl.sum(acc, axis=1) * _DECODE_SCALE
+    if TABLE:
+        y = tl.sum(acc, axis=1)
+    else:
+        y = tl.sum(acc, axis=1) * _DECODE_SCALE
     y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     if SPLIT_K == 1:
         if HAS_BIAS:
@@ -345,31 +544,54 @@ def _box_w4a16_kernel(
 
 
 @triton.jit
-def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, out_ptr, N, KW,
-                        BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-    """``W [N, K]`` (out's dtype: the fp32 decode, cast) from the words with the kernel's lane decode."""
+def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_ptr, N, KW,
+                        BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, TABLE: tl.constexpr = False):
+    """``W [N, K]`` (out's dtype: the fp32 decode, cast) from the words with the kernel's lane decode (``TABLE``:
+    the level-table decode, ``scale * (beta * levels[l])`` in fp32)."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     mask = (offs_n[:, None] < N) & (offs_g[None, :] < KW)
     words = tl.load(w_ptr + offs_n[:, None] * KW + offs_g[None, :], mask=mask, other=0)
-    r0, r1, r2, r3 = _word_lanes(words)
-    a0, b0 = _lane_values(r0)
-    a1, b1 = _lane_values(r1)
-    a2, b2 = _lane_values(r2)
-    a3, b3 = _lane_values(r3)
+    if TABLE:
+        _table_dequant_store(words, mask, offs_n, offs_g, N, KW, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_ptr)
+    else:
+        r0, r1, r2, r3 = _word_lanes(words)
+        a0, b0 = _lane_values(r0)
+        a1, b1 = _lane_values(r1)
+        a2, b2 = _lane_values(r2)
+        a3, b3 = _lane_values(r3)
+        b = tl.load(betas_ptr + ((words >> 28) & 15))
+        s = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
+        base = out_ptr + offs_n[:, None] * (KW * 8) + offs_g[None, :] * 8
+        # (l - 7.5)/8 * 8 is exact; then the reference's order: scale * (beta * level), in fp32, cast on store
+        ty = out_ptr.dtype.element_ty
+        tl.store(base + 0, (s * (b * (a0 * 8.0))).to(ty), mask=mask)
+        tl.store(base + 1, (s * (b * (a1 * 8.0))).to(ty), mask=mask)
+        tl.store(base + 2, (s * (b * (a2 * 8.0))).to(ty), mask=mask)
+        tl.store(base + 3, (s * (b * (a3 * 8.0))).to(ty), mask=mask)
+        tl.store(base + 4, (s * (b * (b0 * 8.0))).to(ty), mask=mask)
+        tl.store(base + 5, (s * (b * (b1 * 8.0))).to(ty), mask=mask)
+        tl.store(base + 6, (s * (b * (b2 * 8.0))).to(ty), mask=mask)
+        tl.store(base + 7, (s * (b * (b3 * 8.0))).to(ty), mask=mask)
+
+
+@triton.jit
+def _table_dequant_store(words, mask, offs_n, offs_g, N, KW, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_ptr):
+    """Table path of :func:`_box_dequant_kernel`: ``out[n, 8g + i] = scale[n] * (betas[j] * levels[l_i])`` in fp32
+    (the order of ``BoxCodec.decode_rows``), cast on store."""
+    l0, l1, l2, l3, l4, l5, l6, l7 = _table_levels(words, htab_ptr)
     b = tl.load(betas_ptr + ((words >> 28) & 15))
     s = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
     base = out_ptr + offs_n[:, None] * (KW * 8) + offs_g[None, :] * 8
-    # (l - 7.5)/8 * 8 is exact; then the reference's order: scale * (beta * level), in fp32, cast on store
     ty = out_ptr.dtype.element_ty
-    tl.store(base + 0, (s * (b * (a0 * 8.0))).to(ty), mask=mask)
-    tl.store(base + 1, (s * (b * (a1 * 8.0))).to(ty), mask=mask)
-    tl.store(base + 2, (s * (b * (a2 * 8.0))).to(ty), mask=mask)
-    tl.store(base + 3, (s * (b * (a3 * 8.0))).to(ty), mask=mask)
-    tl.store(base + 4, (s * (b * (b0 * 8.0))).to(ty), mask=mask)
-    tl.store(base + 5, (s * (b * (b1 * 8.0))).to(ty), mask=mask)
-    tl.store(base + 6, (s * (b * (b2 * 8.0))).to(ty), mask=mask)
-    tl.store(base + 7, (s * (b * (b3 * 8.0))).to(ty), mask=mask)
+    tl.store(base + 0, (s * (b * tl.load(levels_ptr + l0))).to(ty), mask=mask)
+    tl.store(base + 1, (s * (b * tl.load(levels_ptr + l1))).to(ty), mask=mask)
+    tl.store(base + 2, (s * (b * tl.load(levels_ptr + l2))).to(ty), mask=mask)
+    tl.store(base + 3, (s * (b * tl.load(levels_ptr + l3))).to(ty), mask=mask)
+    tl.store(base + 4, (s * (b * tl.load(levels_ptr + l4))).to(ty), mask=mask)
+    tl.store(base + 5, (s * (b * tl.load(levels_ptr + l5))).to(ty), mask=mask)
+    tl.store(base + 6, (s * (b * tl.load(levels_ptr + l6))).to(ty), mask=mask)
+    tl.store(base + 7, (s * (b * tl.load(levels_ptr + l7))).to(ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------- host side
@@ -385,7 +607,7 @@ GPU_CONFIG = {"BLOCK_N": 1024, "BLOCK_G": 4, "num_warps": 4}
 DEQUANT_MIN_M = 16
 
 
-def _check(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor, bias) -> None:
+def _check(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor, bias, levels=None) -> None:
     if words.dtype != torch.int32 or words.dim() != 2:
         raise ValueError(f"words must be int32 [N, K/8], got {words.dtype} {tuple(words.shape)}")
     n = words.shape[0]
@@ -395,6 +617,31 @@ def _check(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor, bi
         raise ValueError(f"betas must hold the 16 box-code scales, got {betas.numel()}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must be [N] = [{n}], got {tuple(bias.shape)}")
+    if levels is not None and levels.numel() != 16:
+        raise ValueError(f"levels must hold the 16 signed levels of a b=3 box code (BoxCodec.levels), got "
+                         f"{levels.numel()}")
+
+
+_H_TABLE: dict = {}
+
+
+def _h_table(dev: torch.device) -> torch.Tensor:
+    """:func:`hamming_h_table` as int32 ``[16]`` on ``dev`` (a fresh allocation: 64-byte aligned), cached."""
+    key = str(dev)
+    if key not in _H_TABLE:
+        _H_TABLE[key] = torch.tensor(hamming_h_table(), dtype=torch.int32, device=dev)
+    return _H_TABLE[key]
+
+
+def _table_arg(levels: torch.Tensor | None, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(levels_ptr, htab_ptr arguments, TABLE)``: the fp32 contiguous level table and the codeword-bit table, or
+    (unused) betas for the lattice path."""
+    if levels is None:
+        return betas, betas, False
+    if levels.dtype != torch.float32 or not levels.is_contiguous() or levels.data_ptr() % 64:
+        # the PTX ORs the offset 4 l into the low word of the address: fp32, contiguous, 64-byte aligned
+        levels = levels.to(torch.float32).contiguous().clone()
+    return levels, _h_table(levels.device), True
 
 
 def choose_config(m: int, n: int, kw: int, *, on_gpu: bool, sm_count: int = 132) -> dict:
@@ -423,16 +670,22 @@ def _sm_count(dev: torch.device) -> int:
 
 
 def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor,
-                     bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+                     bias: torch.Tensor | None = None, config: dict | None = None,
+                     levels: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W^T (+ bias)`` with ``W = BoxCodec(3, betas).decode_rows(words, row_scale)`` (module docstring).
 
-    ``x [..., K]`` fp16 / bf16 / fp32 (read as fp16 in the kernel), ``words`` int32 ``[N, K/8]``, ``row_scale``
-    ``[N]`` (fp16), ``betas`` fp32 ``[16]``, ``bias`` ``[N]`` or None; returns ``[..., N]`` in ``x.dtype``.
+    ``levels``: None for the √2E8 lattice variant (γ = 1); else the code's 16 signed levels ``BoxCodec.levels``
+    (fp32 ``[16]``, level table / companded codes): ``W = row_scale · betas[j] · levels[2 u_i + h_i]`` by the
+    table path (module docstring).
+
+    ``x [..., K]`` fp16 / bf16 / fp32 (read as fp16 by the lattice path, exactly by the table path), ``words``
+    int32 ``[N, K/8]``, ``row_scale`` ``[N]`` (fp16), ``betas`` fp32 ``[16]``, ``bias`` ``[N]`` or None; returns
+    ``[..., N]`` in ``x.dtype``.
     All tensors on the same device (CUDA, or CPU under ``TRITON_INTERPRET=1``).  ``config`` overrides
     ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``; ``{"DEQUANT": True}`` forces the prefill path (taken by
     default on CUDA for ``M >`` :data:`DEQUANT_MIN_M`): :func:`box_dequant` into x's dtype + ``F.linear``.
     """
-    _check(words, row_scale, betas, bias)
+    _check(words, row_scale, betas, bias, levels)
     n, kw = words.shape
     k = 8 * kw
     x2, lead = as_rows(x, k, "words")
@@ -441,7 +694,7 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     on_gpu = dev.type == "cuda"
     if (config or {}).get("DEQUANT", config is None and on_gpu and m > DEQUANT_MIN_M):
         # prefill: decode the weight once into x's dtype, then one dense GEMM (the tensor cores)
-        w = box_dequant(words, row_scale, betas, dtype=x2.dtype)
+        w = box_dequant(words, row_scale, betas, dtype=x2.dtype, levels=levels)
         out = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x2.dtype))
         return out.reshape(*lead, n)
     cfg = dict(config) if config is not None else choose_config(
@@ -467,12 +720,13 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
         x_mode, x_arg, x_stride = 2, x2, x2.stride(0)
     bn = cfg["BLOCK_N"]
     extra = {"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}
+    lv, ht, table = _table_arg(levels, betas)
     _box_w4a16_kernel[(triton.cdiv(n, bn), split, m)](
-        x_arg, words, row_scale, betas, bias if bias is not None else row_scale, out, part,
+        x_arg, words, row_scale, betas, lv, ht, bias if bias is not None else row_scale, out, part,
         m, n, kw, x_stride, out.stride(0), kw_per_split,
         HAS_BIAS=bias is not None, SPLIT_K=split, USE_ASM=on_gpu, X_MODE=x_mode,
         EVEN_N=n % bn == 0, EVEN_G=kw_per_split * split == kw,
-        BLOCK_N=bn, BLOCK_G=bg, **extra,
+        BLOCK_N=bn, BLOCK_G=bg, TABLE=table, **extra,
     )
     if split > 1:
         acc = part.sum(0)
@@ -483,28 +737,38 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
 
 
 def box_dequant(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``W [N, K]`` decoded by the kernel's lane arithmetic in fp32, stored in ``dtype`` (tests: the fp32 result
-    equals ``decode_rows`` bit for bit; other dtypes equal its cast)."""
-    _check(words, row_scale, betas, None)
+                dtype: torch.dtype = torch.float32, levels: torch.Tensor | None = None) -> torch.Tensor:
+    """``W [N, K]`` decoded by the kernel's lane arithmetic in fp32 (``levels`` given: the table path,
+    ``row_scale · (betas[j] · levels[l])``), stored in ``dtype`` (tests: the fp32 result equals ``decode_rows`` bit
+    for bit; other dtypes equal its cast)."""
+    _check(words, row_scale, betas, None, levels)
     n, kw = words.shape
     if betas.dtype != torch.float32 or not betas.is_contiguous():
         betas = betas.to(torch.float32).contiguous()
     out = torch.empty((n, 8 * kw), device=words.device, dtype=dtype)
     bn, bg = (16, 8) if words.device.type != "cuda" else (64, 16)
+    lv, ht, table = _table_arg(levels, betas)
     _box_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(kw, bg))](
-        words.contiguous(), row_scale, betas, out, n, kw, BLOCK_N=bn, BLOCK_G=bg)
+        words.contiguous(), row_scale, betas, lv, ht, out, n, kw, BLOCK_N=bn, BLOCK_G=bg, TABLE=table)
     return out
 
 
 def box_w4a16_reference(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor,
-                        bias: torch.Tensor | None = None) -> torch.Tensor:
+                        bias: torch.Tensor | None = None, levels: torch.Tensor | None = None) -> torch.Tensor:
     """Pure-PyTorch spec: ``x @ BoxCodec(3, betas).decode_rows(words, row_scale)^T (+ bias)`` in fp32, cast to
-    ``x.dtype``."""
+    ``x.dtype``; with ``levels`` (16 signed levels, antisymmetric: ``levels[15 - l] = -levels[l]``) the codec is
+    ``BoxCodec(3, betas, levels=levels[8:])``."""
     from llmquant.lattice.box import BoxCodec
 
-    _check(words, row_scale, betas, bias)
-    w = BoxCodec(3, betas.detach().float().cpu(), "hamming", 1.0).decode_rows(words, row_scale.float())
+    _check(words, row_scale, betas, bias, levels)
+    if levels is None:
+        codec = BoxCodec(3, betas.detach().float().cpu(), "hamming", 1.0)
+    else:
+        lv = levels.detach().float().cpu().flatten()
+        if not torch.equal(lv[:8], -lv[8:].flip(0)):
+            raise ValueError(f"levels must be antisymmetric (levels[15 - l] = -levels[l]), got {lv.tolist()}")
+        codec = BoxCodec(3, betas.detach().float().cpu(), "hamming", levels=lv[8:])
+    w = codec.decode_rows(words.cpu(), row_scale.float().cpu())
     y = x.float() @ w.to(x.device).T
     if bias is not None:
         y = y + bias.float()

@@ -4,7 +4,8 @@
 ``"triton"`` or ``"auto"``, with the *unquantized* input ``x``:
 
 * no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`; box-coded
-  layers, b = 3 lattice variant: :mod:`.box_w4a16`);
+  layers, b = 3 Hamming code: :mod:`.box_w4a16`, its lattice path for γ = 1 and its level-table path for a
+  level table (``box_variant: table``) or a companded γ);
 * box-coded layer (b = 3 Hamming / parity lattice code, integer-ratio β set) with a box activation quantizer
   (same kinds of code, any b) -> activations encoded once per token row by the quantizer's own
   encoder (:meth:`~llmquant.quant.activations.RowQuantizer.encode_rows`) + W4A4 int8 GEMM (:mod:`.box_w4a4`);
@@ -89,8 +90,9 @@ def unsupported_reason(layer, x: torch.Tensor) -> str | None:
 
 
 def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
-    """The box-code W4A16 kernel (:mod:`.box_w4a16`) reads b = 3 words of the √2E8 lattice variant (Hamming
-    code, γ = 1, no level table) and needs no activation quantizer; the box W4A4 kernel (:mod:`.box_w4a4`) reads
+    """The box-code W4A16 kernel (:mod:`.box_w4a16`) reads b = 3 words of the Hamming code (√2E8 lattice variant:
+    its lattice path; a level table or companded γ: its table path, fed ``codec.levels``) and needs no activation
+    quantizer; the box W4A4 kernel (:mod:`.box_w4a4`) reads
     b = 3 weight words of a lattice box code (Hamming or parity) with integer β ratios and a box activation
     quantizer of the same kind (any b)."""
     c = layer.codec
@@ -103,9 +105,9 @@ def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
         why = _integer_box_reason(layer, c, act.codec)
         if why is not None:
             return why
-    elif not (c.b == 3 and c.code == "hamming" and c.gamma == 1.0 and c.level_table is None):
-        return (f"box code b={c.b}, code={c.code}, gamma={c.gamma}, level table={c.level_table is not None} "
-                "(the box kernel reads the b=3 Hamming lattice variant only)")
+    elif not (c.b == 3 and c.code == "hamming"):
+        return (f"box code b={c.b}, code={c.code} (the box W4A16 kernel reads b=3 Hamming words: lattice variant "
+                "or level table)")
     reason = _input_reason(backend, x)
     if reason is None and x.shape[-1] != layer.in_features:
         reason = f"input has {x.shape[-1]} features, layer expects {layer.in_features}"
@@ -172,8 +174,8 @@ def _run(layer, x: torch.Tensor) -> torch.Tensor:
     if getattr(layer, "code", "voronoi") == "box":
         from .box_w4a16 import box_w4a16_matmul
 
-        betas = _device_betas(layer, x.device)
-        return box_w4a16_matmul(x, layer.words, layer.row_scale, betas, layer.bias)
+        betas, levels = _device_betas(layer, x.device), _device_levels(layer, x.device)
+        return box_w4a16_matmul(x, layer.words, layer.row_scale, betas, layer.bias, levels=levels)
     from llmquant.lattice.closest_point import generator_matrix
 
     gen = generator_matrix("E8")
@@ -204,6 +206,20 @@ def _device_betas(layer, device: torch.device) -> torch.Tensor:
     key = str(device)
     if key not in cache:
         cache[key] = layer.codec.betas.detach().to(device=device, dtype=torch.float32).contiguous().clone()
+    return cache[key]
+
+
+def _device_levels(layer, device: torch.device) -> torch.Tensor | None:
+    """None for the √2E8 lattice variant (γ = 1, no level table: the kernel's lattice path); else the codec's 16
+    signed levels ``codec.levels`` (level table or companded γ) as a contiguous fp32 tensor on ``device``, built
+    once per layer and device."""
+    c = layer.codec
+    if c.gamma == 1.0 and c.level_table is None:
+        return None
+    cache = layer.__dict__.setdefault("_kernel_levels", {})
+    key = str(device)
+    if key not in cache:
+        cache[key] = c.levels.detach().to(device=device, dtype=torch.float32).contiguous().clone()
     return cache[key]
 
 

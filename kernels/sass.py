@@ -320,16 +320,17 @@ def kernel_specs() -> list[dict]:
                       "tensor_flops_per_mac": 2.0, "int8": False},
         })
     # the box-code (b=3) W4A16 decode GEMV (kernels/box_w4a16.py): one int32 word per 8 weights + fp16 row scale
-    box_sig = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "bias_ptr": "*fp32",
-               "out_ptr": "*fp16", "part_ptr": "*fp32", "M": "i32", "N": "i32", "KW": "i32", "stride_xm": "i32",
-               "stride_om": "i32", "KW_PER_SPLIT": "i32"}
-    for xname, x_mode in (("fp16", 0), ("bf16", 1)):
+    # ("table": the level-table path, TABLE=True, of the shipped box_variant 'table' configs)
+    box_sig = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "levels_ptr": "*fp32",
+               "htab_ptr": "*i32", "bias_ptr": "*fp32", "out_ptr": "*fp16", "part_ptr": "*fp32", "M": "i32",
+               "N": "i32", "KW": "i32", "stride_xm": "i32", "stride_om": "i32", "KW_PER_SPLIT": "i32"}
+    for table, xname, x_mode in ((False, "fp16", 0), (False, "bf16", 1), (True, "fp16", 0), (True, "bf16", 1)):
         specs.append({
-            "kernel": "w4a16", "label": f"box b=3, decode GEMV (M=1), {xname} x",
+            "kernel": "w4a16", "label": f"box b=3{' table' if table else ''}, decode GEMV (M=1), {xname} x",
             "kernel_ref": "llmquant.kernels.box_w4a16:_box_w4a16_kernel",
             "signature": dict(box_sig, out_ptr=f"*{xname}"),
             "constexprs": {"HAS_BIAS": False, "SPLIT_K": 4, "USE_ASM": True, "X_MODE": x_mode, "EVEN_N": True,
-                           "EVEN_G": True, "BLOCK_N": 1024, "BLOCK_G": 4},
+                           "EVEN_G": True, "BLOCK_N": 1024, "BLOCK_G": 4, "TABLE": table},
             "num_warps": 4, "weights_per_iter": 1024 * 4 * 8,
             "divisible_by_16": ("N", "KW", "stride_xm", "stride_om", "KW_PER_SPLIT"),
             "model": {"type": "gemm", "m": M_SMALL, "block_m": 1, "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K,

@@ -2,7 +2,7 @@
 
 Needs triton and the ``cuobjdump`` shipped in its wheel (no GPU, no CUDA toolkit).  Under the CPU test
 session ``TRITON_INTERPRET=1`` is set (tests/conftest.py), so the compile runs in a subprocess without it;
-that path is what these tests exercise.  The first run compiles 10 configs (~2-3 min on 2 cores); Triton's
+that path is what these tests exercise.  The first run compiles 20 configs (~2-3 min on 2 cores); Triton's
 cache (~/.triton/cache) makes later runs take seconds.
 """
 
@@ -74,9 +74,9 @@ def test_bench_kernels_sass_json(tools, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list)
     assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard"}
-    # w4a16 x 3 tiles + box GEMV x 2 dtypes, w4a4 x 2 modes, encode, hadamard x 2 sizes, and the box W4A4
-    # kernel: 6 configs + its 2 activation int8-conversion rows
-    assert len(rows) == 18
+    # w4a16 x 3 tiles + box GEMV x 2 dtypes x (lattice, level-table path), w4a4 x 2 modes, encode, hadamard x 2
+    # sizes, and the box W4A4 kernel: 6 configs + its 2 activation int8-conversion rows
+    assert len(rows) == 20
     for r in rows:
         assert ROW_KEYS <= set(r), r.keys()
         assert r["arch"] == "sm_90"
@@ -96,11 +96,12 @@ def test_bench_kernels_sass_json(tools, capsys):
         assert r["shuffles"] > 0
         assert 50 < r["instructions_per_weight"] < 1000
     box = [r for r in rows if r["config"]["label"].startswith("box b=3")]
-    assert len(box) == 2
+    assert len(box) == 4 and sum(r["config"]["TABLE"] for r in box) == 2
     for r in box:
-        # the box-code GEMV (kernels/box_w4a16.py): no cross-lane work, no spills, ~4 instructions per weight
+        # the box-code GEMV (kernels/box_w4a16.py): no cross-lane work, no spills, ~4 instructions per weight on the
+        # lattice path, ~8 on the level-table path (8 L1 table loads + their addresses per word)
         assert r["region"] == "loop" and r["shuffles"] == 0 and r["spills"] == 0
-        assert r["instructions_per_weight"] < 5
+        assert r["instructions_per_weight"] < (10 if r["config"]["TABLE"] else 5)
     for r in rows:
         if r["kernel"] in ("encode", "hadamard"):
             assert r["region"] == "whole kernel"

@@ -5,7 +5,10 @@
 * the PTX block the GPU runs (``_WORD_PTX``) is executed by a small PTX emulator here (no GPU needed) and
   checked lane by lane against the same decode, and its 8-MAC against an fp64 dot;
 * the GEMM (split-K or not, bias on/off, odd shapes, M = 1, 3, 17, fp16 / fp32 / bf16 activations) is within
-  the fp16-rounding bound of the fp32 reference (the kernel reads x as fp16).
+  the fp16-rounding bound of the fp32 reference (the kernel reads x as fp16);
+* the level-table path (``levels=codec.levels``: the shipped ``box_variant: table`` code, and a companded γ): its
+  dequant is bit-identical to ``decode_rows``, its GEMM (GEMV, split-K, GPU tile, dequant prefill) within the
+  same bound.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 import torch
 from _kernels_support import kernel_device
 
-from llmquant.lattice.box import E8BoxCodec
+from llmquant.lattice.box import BoxCodec, E8BoxCodec, load_box_setting
 
 pytestmark = pytest.mark.kernels
 
@@ -41,12 +44,23 @@ def _random_words(n: int, kw: int, seed: int) -> torch.Tensor:
     return _to_i32((top << 24) | low)
 
 
-def _encoded_words(n: int, kw: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _table_codec() -> BoxCodec:
+    """The shipped level-table code of ``box_variant: table`` (b = 3, Hamming, 16 β, 8 positive levels)."""
+    st = load_box_setting(3, "table")
+    return BoxCodec(3, st["betas"], st["code"], levels=st["levels"])
+
+
+def _levels_arg(codec: BoxCodec):
+    """What the dispatcher passes: None for the γ = 1 lattice code, else the 16 signed levels."""
+    return None if codec.gamma == 1.0 and codec.level_table is None else codec.levels
+
+
+def _encoded_words(n: int, kw: int, seed: int, codec: BoxCodec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Words of the nearest codewords of a Gaussian W, and fp16 row scales (how LatticeLinear stores them)."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, 8 * kw, generator=g)
     scale = (w.pow(2).mean(1).sqrt()).half()
-    words = E8BoxCodec(3).encode((w / scale.float()[:, None]).reshape(n, kw, 8))
+    words = (codec or E8BoxCodec(3)).encode((w / scale.float()[:, None]).reshape(n, kw, 8))
     return words, scale
 
 
@@ -136,7 +150,7 @@ def run_word_ptx(ptx: str, args: dict, memory: dict) -> int:
             regs[lo], regs[hi] = v & 0xFFFF, v >> 16
             continue
         dst, *ops = [t.strip() for t in rest.split(",")]
-        if op == "ld.global.nc.f32":
+        if op in ("ld.global.nc.f32", "ld.global.nc.u32"):
             regs[dst] = memory[val(ops[0].strip("[]"))]
             continue
         a = [val(o) for o in ops]
@@ -144,6 +158,8 @@ def run_word_ptx(ptx: str, args: dict, memory: dict) -> int:
             r = a[0]
         elif op == "shr.u32":
             r = a[0] >> min(a[1], 32)
+        elif op == "shr.s32":
+            r = ((a[0] - ((a[0] >> 31) << 32)) >> min(a[1], 31)) & m32
         elif op == "shl.b32":
             r = (a[0] << min(a[1], 32)) & m32
         elif op == "and.b32":
@@ -156,6 +172,8 @@ def run_word_ptx(ptx: str, args: dict, memory: dict) -> int:
             r = a[0] * a[1]
         elif op == "mul.hi.u32":
             r = (a[0] * a[1]) >> 32
+        elif op == "mad.hi.u32":
+            r = (((a[0] * a[1]) >> 32) + a[2]) & m32
         elif op == "lop3.b32":
             lut = a[3]
             r = 0
@@ -179,6 +197,8 @@ def run_word_ptx(ptx: str, args: dict, memory: dict) -> int:
         elif op == "prmt.b32":  # default mode, selector without sign replication
             pool = a[0] | (a[1] << 32)
             r = sum(((pool >> (8 * ((a[2] >> (4 * k)) & 7))) & 0xFF) << (8 * k) for k in range(4))
+        elif op == "mul.rn.f32":
+            r = _f32_bits(float(np.float32(np.float64(_f32(a[0])) * _f32(a[1]))))
         elif op == "fma.rn.f32":
             r = _f32_bits(float(np.float32(np.float64(_f32(a[0])) * _f32(a[1]) + _f32(a[2]))))
         else:
@@ -243,28 +263,31 @@ def test_x_pair_ptx():
 # ------------------------------------------------------------------------------------------------------ GEMM
 
 
-def _check_gemm(dev, m, n, kw, dtype, bias, config=None, seed=0):
+def _check_gemm(dev, m, n, kw, dtype, bias, config=None, seed=0, codec=None):
     from llmquant.kernels.box_w4a16 import box_w4a16_matmul, box_w4a16_reference
 
-    codec = E8BoxCodec(3)
-    words, scale = _encoded_words(n, kw, seed=seed)
+    codec = codec or E8BoxCodec(3)
+    levels = _levels_arg(codec)
+    words, scale = _encoded_words(n, kw, seed=seed, codec=codec)
     g = torch.Generator().manual_seed(seed + 100)
     x = torch.randn(m, 8 * kw, generator=g).to(dtype)
     b = torch.randn(n, generator=g) if bias else None
     out = box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev),
-                           None if b is None else b.to(dev), config=config)
+                           None if b is None else b.to(dev), config=config,
+                           levels=None if levels is None else levels.to(dev))
     assert out.shape == (m, n) and out.dtype == dtype
     W = codec.decode_rows(words, scale.float()).double()
     exact = x.double() @ W.T + (0 if b is None else b.double())
     # the kernel's rounding: x to fp16 (exact for these values unless fp32), fp16 products / lane sums of the
-    # 8 terms of a word; bound by 2^-9 of the sum of |terms| (+ the output dtype's rounding)
+    # 8 terms of a word (table path: x exact, fp32 products and sums); bound by 2^-9 of the sum of |terms| (+ the
+    # output dtype's rounding)
     xh = x.to(torch.float16).double()
     mag = xh.abs() @ W.abs().T
     out_eps = {torch.float16: 2**-11, torch.bfloat16: 2**-8, torch.float32: 2**-24}[dtype]
     tol = mag * 2**-9 + exact.abs() * out_eps + (xh - x.double()).abs() @ W.abs().T + 1e-5
     err = (out.double().cpu() - exact).abs()
     assert (err <= tol).all(), f"max err {err.max():.3g}, worst excess {(err - tol).max():.3g}"
-    ref = box_w4a16_reference(x, words, scale, codec.betas, b)
+    ref = box_w4a16_reference(x, words, scale, codec.betas, b, levels=levels)
     assert ref.shape == out.shape
 
 
@@ -312,3 +335,161 @@ def test_gemm_leading_dims_and_errors(dev):
         box_w4a16_matmul(torch.randn(1, 40).half().to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev))
     with pytest.raises(ValueError, match="16 box-code scales"):
         box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas[:8].to(dev))
+
+
+# ------------------------------------------------------------------------------------------ level-table path
+
+
+def _gamma_codec() -> BoxCodec:
+    """A companded (γ = 1.3) Hamming box code: no level table, but levels sgn(c)|c|^γ (the same table path)."""
+    return BoxCodec(3, E8BoxCodec(3).betas, "hamming", gamma=1.3)
+
+
+@pytest.mark.parametrize("which", ["table", "gamma"])
+@pytest.mark.parametrize("kind", ["random", "encoded"])
+def test_table_dequant_bit_identical_to_decode_rows(dev, which, kind):
+    """The table path's index decode (l_i = 2 u_i + h_i) and ``scale * (beta * levels[l])`` in fp32, bit for bit."""
+    from llmquant.kernels.box_w4a16 import box_dequant
+
+    codec = _table_codec() if which == "table" else _gamma_codec()
+    assert codec.levels.numel() == 16 and codec.gamma != 1.0
+    if kind == "random":
+        words = _random_words(40, 24, seed=21)  # every top byte (m, j) appears
+        scale = (torch.rand(40, generator=torch.Generator().manual_seed(22)) + 0.25).half()
+    else:
+        words, scale = _encoded_words(33, 17, seed=23, codec=codec)
+    lv = codec.levels.to(dev)
+    w = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev), levels=lv)
+    ref = codec.decode_rows(words, scale.float())
+    assert torch.equal(w.cpu(), ref)
+    # the definition (fields, codeword table, level and β lookups), independently of box_lut
+    spec = (codec.decode_reference(words) * scale.float()[:, None, None]).reshape(ref.shape)
+    assert torch.equal(w.cpu(), spec)
+    w16 = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev), dtype=torch.float16, levels=lv)
+    assert w16.dtype == torch.float16 and torch.equal(w16.cpu(), ref.half())
+    # a wrong table gives a different W: the kernel really reads it
+    w_uni = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev))
+    assert not torch.equal(w_uni.cpu(), ref)
+
+
+def test_table_level_indices_match_fields():
+    """The table path's constants: the u-field masks of ``w << 3`` and the codeword-bit table (``h_i`` of message
+    ``m`` at bit ``3i + 2``) against the Hamming codewords (the whole index decode is checked bit for bit by the
+    dequant and PTX tests)."""
+    from llmquant.kernels import box_w4a16 as K
+
+    from llmquant.lattice.box import codewords
+
+    assert K.TAB_U_EVEN == sum(0b111 << (3 * i + 3) for i in (0, 2, 4, 6))
+    assert K.TAB_U_ODD == sum(0b111 << (3 * i + 3) for i in (1, 3, 5, 7))
+    H = K.hamming_h_table()
+    assert len(H) == 16
+    # the mux keeps each copy's own u fields and takes the h bit just below each of them from H
+    assert all(not (K.TAB_U_EVEN >> (3 * i + 2)) & 1 for i in (0, 2, 4, 6))
+    assert all(not (K.TAB_U_ODD >> (3 * i + 2)) & 1 for i in (1, 3, 5, 7))
+    for mm in range(16):
+        assert [(H[mm] >> (3 * i + 2)) & 1 for i in range(8)] == codewords("hamming")[mm].tolist()
+
+
+@pytest.mark.parametrize("which", ["table", "gamma"])
+def test_table_word_ptx_matches_box_decode(which):
+    """The GPU's table-path PTX (``_TABLE_WORD_PTX``), run by the emulator: each coordinate's level (one-hot x)
+    exactly ``betas[j] * levels[l_i]``, and a random x's 8-MAC + β-FMA equal to the fp32 computation in coordinate
+    order (the same roundings: a product, seven FMAs, one FMA with β)."""
+    from llmquant.kernels import box_w4a16 as K
+
+    codec = _table_codec() if which == "table" else _gamma_codec()
+    tbase, hbase, bbase = 0x7F00_0000_2000, 0x7F00_0000_3040, 0x7F00_0000_1000  # 64-byte aligned (the launcher's)
+    memory = {bbase + 4 * j: _f32_bits(float(b)) for j, b in enumerate(codec.betas.tolist())}
+    memory.update({tbase + 4 * i: _f32_bits(float(v)) for i, v in enumerate(codec.levels.tolist())})
+    memory.update({hbase + 4 * m: e for m, e in enumerate(K.hamming_h_table())})
+    words = _random_words(1, 300, seed=25)[0].tolist() + _encoded_words(1, 40, seed=26, codec=codec)[0][0].tolist()
+    g = torch.Generator().manual_seed(27)
+    f32 = np.float32
+    for w in words:
+        u = w & 0xFFFFFFFF
+        dec = codec.decode_reference(torch.tensor([w]))[0].tolist()  # fp32 beta * level
+        beta = f32(codec.betas[u >> 28])
+        for i in range(8):
+            x = [0.0] * 8
+            x[i] = 1.0
+            args = {"$1": u, **{f"${2 + k}": _f32_bits(x[k]) for k in range(8)}, "$10": tbase, "$11": hbase,
+                    "$12": bbase, "$13": _f32_bits(0.0)}
+            assert _f32(run_word_ptx(K._TABLE_WORD_PTX, args, memory)) == dec[i], (hex(u), i)
+        xs = (torch.randn(8, generator=g) * 3).half().float().tolist()
+        acc0 = 0.25
+        args = {"$1": u, **{f"${2 + k}": _f32_bits(xs[k]) for k in range(8)}, "$10": tbase, "$11": hbase,
+                "$12": bbase, "$13": _f32_bits(acc0)}
+        lv = [f32(codec.levels[v]) for v in _level_indices(codec, w)]
+        d = f32(lv[0] * f32(xs[0]))
+        for k in range(1, 8):
+            d = f32(np.float64(lv[k]) * xs[k] + np.float64(d))
+        want = f32(np.float64(beta) * np.float64(d) + acc0)
+        assert _f32(run_word_ptx(K._TABLE_WORD_PTX, args, memory)) == float(want), hex(u)
+
+
+def _level_indices(codec: BoxCodec, w: int) -> list[int]:
+    """Level indices ``2 u_i + h_i`` of one word, from ``BoxCodec.fields`` and the codeword table."""
+    from llmquant.lattice.box import codewords
+
+    u, m, _ = codec.fields(torch.tensor([w]))
+    return (2 * u[0] + codewords(codec.code)[m[0]]).tolist()
+
+
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_table_gemm_fp16_shapes(dev, m):
+    _check_gemm(dev, m, 37, 13, torch.float16, bias=False, seed=30 + m, codec=_table_codec())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_table_gemm_dtypes_bias(dev, dtype):
+    _check_gemm(dev, 2, 48, 16, dtype, bias=True, seed=41, codec=_table_codec())
+
+
+def test_table_gemm_split_k_gpu_tile_gamma(dev):
+    from llmquant.kernels.box_w4a16 import GPU_CONFIG
+
+    codec = _table_codec()
+    _check_gemm(dev, 1, 32, 32, torch.float16, bias=True, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 2},
+                codec=codec)
+    _check_gemm(dev, 3, 33, 21, torch.float16, bias=False, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 3},
+                codec=codec)
+    _check_gemm(dev, 1, 40, 12, torch.float16, bias=True, config=dict(GPU_CONFIG, SPLIT_K=2), codec=codec)
+    _check_gemm(dev, 2, 24, 9, torch.float16, bias=True, codec=_gamma_codec())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_table_gemm_dequant_prefill_path(dev, dtype):
+    _check_gemm(dev, 19, 40, 12, dtype, bias=True, config={"DEQUANT": True}, codec=_table_codec())
+
+
+def test_table_gemm_fp32_accumulation_is_tight(dev):
+    """The table path reads x exactly and multiplies and sums in fp32: the error is at fp32 level (n u |terms|,
+    u = 2^-24), far inside the fp16 lanes' 2^-9 (the lattice path could not pass this: it rounds x to fp16)."""
+    from llmquant.kernels.box_w4a16 import box_w4a16_matmul
+
+    codec = _table_codec()
+    kw = 16
+    words, scale = _encoded_words(24, kw, seed=51, codec=codec)
+    x = torch.randn(2, 8 * kw, generator=torch.Generator().manual_seed(52))
+    out = box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev), levels=codec.levels.to(dev),
+                           config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 1})
+    W = codec.decode_rows(words, scale.float()).double()
+    exact = x.double() @ W.T
+    bound = (x.double().abs() @ W.abs().T) * (8 * kw + 16) * 2**-24 + 1e-30
+    err = (out.double().cpu() - exact).abs()
+    assert (err <= bound).all(), f"max err {err.max():.3g}, worst excess {(err - bound).max():.3g}"
+
+
+def test_table_errors(dev):
+    from llmquant.kernels.box_w4a16 import box_w4a16_matmul, box_w4a16_reference
+
+    codec = _table_codec()
+    words, scale = _encoded_words(16, 4, seed=61, codec=codec)
+    x = torch.randn(1, 32).half()
+    with pytest.raises(ValueError, match="16 signed levels"):
+        box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev), levels=codec.levels[:8].to(dev))
+    bad = codec.levels.clone()
+    bad[0] = 1.0
+    with pytest.raises(ValueError, match="antisymmetric"):
+        box_w4a16_reference(x, words, scale, codec.betas, levels=bad)
