@@ -126,8 +126,8 @@ W4A4_VARIANTS = (("int", "int"), ("d8int8", "d8int8"))
 def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=None) -> list[dict]:
     """Rows for each (K, N) x M, all timed in this run against torch BF16 (and FP16) ``x @ W^T``:
 
-    * ``w4a16`` ``box b=3 lattice``: :func:`.box_w4a16.box_w4a16_matmul` (the deployable W4A16 kernel; 0.5 B
-      per weight + an fp16 row scale);
+    * ``w4a16`` ``box b=3 lattice`` / ``box b=3 table``: :func:`.box_w4a16.box_w4a16_matmul` (the deployable
+      W4A16 kernel, uniform levels / the shipped configs' level table; 0.5 B per weight + an fp16 row scale);
     * ``w4a16`` ``voronoi q=..``: :func:`.e8_decode_gemm.e8_decode_gemm` (the NestQuant-scheme reference
       kernel; 5/8 B per weight);
     * ``w4a4`` ``box <act>/<weight>`` for :data:`W4A4_VARIANTS`: the activation box encode of the ``[M, K]``
@@ -154,6 +154,9 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
     g = generator_matrix("E8")
     w16_codec = _box_codec("lattice")
     w16_betas = w16_codec.betas.to(dev, torch.float32).contiguous().clone()
+    table_codec = _box_codec("table")  # the shipped W4A16 configs' code: non-uniform levels, the kernel's TABLE path
+    table_betas = table_codec.betas.to(dev, torch.float32).contiguous().clone()
+    table_levels = table_codec.levels.to(dev, torch.float32).contiguous().clone()
     pairs = [(_box_codec(a), _box_codec(w), f"box {a}/{w}") for a, w in W4A4_VARIANTS]
     half = torch.float16 if on_gpu else torch.float32
     rows = []
@@ -173,6 +176,10 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
             t = timer(partial(box_w4a16_matmul, x, words, rs, w16_betas))
             r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
             r.update(config="box b=3 lattice", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3))
+            rows.append(r)
+            t = timer(partial(box_w4a16_matmul, x, words, rs, table_betas, levels=table_levels))
+            r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
+            r.update(config="box b=3 table", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3))
             rows.append(r)
             t = timer(partial(e8_decode_gemm, x, codes, bidx, betas, scale, g, q))
             r = _row("w4a16", k, n, m, t, tbf, n * k * 5 / 8 + 4 * n + act_bytes, "torch_bf16")
@@ -198,7 +205,7 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
                           "torch_fp16_us": round(t16, 3)})
                 rows.append(r)
             if on_row is not None:
-                for r in rows[-2 - len(pairs):]:
+                for r in rows[-3 - len(pairs):]:
                     on_row(r)
     return rows
 
