@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -237,7 +238,15 @@ class BoxCodec:
 
     # ------------------------------------------------------------------ encoder
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(words int32 (...), x_hat (..., 8))``: the nearest codeword of ``x (..., 8)`` and its words."""
+        """``(words int32 (...), x_hat (..., 8))``: the nearest codeword of ``x (..., 8)`` and its words
+        (:func:`llmquant.lattice.box_encode.nearest`: :func:`box_nearest`'s search with fewer tensor ops)."""
+        from . import box_encode
+
+        res = box_encode.nearest(self, x)
+        return res[4], res[3]
+
+    def quantize_reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`quantize` through :func:`box_nearest` and the word layout written out (the spec)."""
         j, m, u, x_hat = box_nearest(x, self.b, self.betas, self.code, self.gamma, levels=self.level_table)
         b = self.b
         w = (u << (b * torch.arange(8, device=u.device))).sum(-1) | (m << (8 * b)) | (j << (8 * b + self.m_bits))
@@ -245,11 +254,15 @@ class BoxCodec:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Words int32 ``(...)`` of the nearest codewords of ``x (..., 8)``."""
-        return self.quantize(x)[0]
+        from . import box_encode
+
+        return box_encode.nearest(self, x, want_xhat=False)[4]
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         """The nearest codeword, same shape and dtype as ``x``."""
-        return self.quantize(x)[1]
+        from . import box_encode
+
+        return box_encode.nearest(self, x, want_words=False)[3]
 
     # ------------------------------------------------------------------ decoder
     def fields(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -262,7 +275,17 @@ class BoxCodec:
         return u, (w >> (8 * b)) & ((1 << M) - 1), (w >> (8 * b + M)) & ((1 << self.k_bits) - 1)
 
     def decode(self, words: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``(..., 8)``: ``β_j λ[2 u_i + h_i]`` (unit-variance units)."""
+        """``(..., 8)``: ``β_j λ[2 u_i + h_i]`` (unit-variance units).  float32/float16/bfloat16: the table-driven
+        decoder :func:`llmquant.lattice.box_lut.decode_flat` (bit-identical to :meth:`decode_reference`)."""
+        from . import box_lut
+
+        if box_lut.supported(dtype) and not (torch.is_floating_point(words) or words.dtype == torch.bool):
+            return box_lut.decode_flat(self, words.reshape(-1, 1), dtype).view(*words.shape, 8)
+        return self.decode_reference(words, dtype)
+
+    def decode_reference(self, words: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """:meth:`decode` by the definition: fields, codeword table, level and β lookups (the spec the fast
+        decoder is tested against)."""
         u, m, j = self.fields(words)
         h = codewords(self.code).to(u.device)[m]
         lv = self.levels.to(device=u.device, dtype=dtype)[2 * u + h]
@@ -273,6 +296,10 @@ class BoxCodec:
         ``W[n, 8v:8v+8] = scales[n] * decode(words[n, v])``."""
         if words.dim() != 2 or scales.shape != words.shape[:1]:
             raise ValueError(f"expected words [N, K/8] and scales [N], got {tuple(words.shape)}, {tuple(scales.shape)}")
+        from . import box_lut
+
+        if box_lut.supported(dtype) and not (torch.is_floating_point(words) or words.dtype == torch.bool):
+            return box_lut.decode_flat(self, words, dtype, scales=scales)
         x = self.decode(words, dtype)
         return (scales.to(dtype)[:, None, None] * x).reshape(words.shape[0], -1)
 
@@ -398,6 +425,8 @@ def pack_word_stream(words: torch.Tensor, width: int) -> torch.Tensor:
         raise TypeError(f"words must be an integer tensor, got {words.dtype}")
     if not 1 <= width <= 32:
         raise ValueError(f"width must be in [1, 32], got {width}")
+    if width == 32 and words.dtype == torch.int32:  # one word per int32: the stream is the words
+        return words.clone(memory_format=torch.contiguous_format)
     lead, n = words.shape[:-1], words.shape[-1]
     w = words.to(torch.int64).reshape(-1, n) & ((1 << width) - 1)
     n_out = -(-width * n // 32)
@@ -415,6 +444,10 @@ def unpack_word_stream(stream: torch.Tensor, width: int, n: int) -> torch.Tensor
     lead = stream.shape[:-1]
     if stream.shape[-1] != -(-width * n // 32):
         raise ValueError(f"{n} words of {width} bits take {-(-width * n // 32)} int32, got {stream.shape[-1]}")
+    if width == 32 and stream.dtype == torch.int32:  # one word per int32: the stream is the words
+        return stream.clone()
+    if width == 16 and stream.dtype == torch.int32 and sys.byteorder == "little" and stream.is_contiguous():
+        return stream.view(torch.int16)[..., :n].to(torch.int32).bitwise_and_(0xFFFF)
     s = stream.to(torch.int64).reshape(-1, stream.shape[-1]) & 0xFFFFFFFF
     s = torch.cat([s, torch.zeros_like(s[:, :1])], 1)
     pos = width * torch.arange(n, device=s.device)

@@ -172,8 +172,8 @@ class RowQuantizer(nn.Module):
 def box_row_scale(x: torch.Tensor) -> torch.Tensor:
     """Per-row scale ``s [..., 1]`` of ``x [..., R]`` for the box code: ``RMS(x)`` rounded to fp16 (1 for a zero
     row), as for box-coded weights (:func:`llmquant.quant.weights.quantize_codec_linear`)."""
-    s = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
-    return torch.where(s > 0, s, torch.ones_like(s)).half().float()
+    s = x.pow(2).mean(dim=-1, keepdim=True).sqrt_()
+    return torch.where(s > 0, s, 1.0).half().float()
 
 
 def overload_radius(betas: torch.Tensor, q: int) -> float:

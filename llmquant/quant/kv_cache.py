@@ -177,9 +177,7 @@ class PackedRows:
             zero = live["zero"].float()[..., None]
             return (scale * (c.to(torch.float32) - zero)).to(dtype)
         if self.kind == "box":
-            codec, d = self.quant.codec, self.d
-            x = codec.decode(codec.unpack({"words": live["words"]}, d // 8)).reshape(*live["scale"].shape, d)
-            return (x * live["scale"].float()[..., None]).to(dtype)
+            return self._decoded_box(live, dtype)
         from llmquant.lattice.closest_point import coarse_closest_int
 
         q = self.quant
@@ -198,6 +196,21 @@ class PackedRows:
             x = (q.betas[j][..., None] * v).reshape(b, h, -1, nb * 8)
             out[:, :, sl] = x * live["scale"][:, :, sl].float()[..., None]
         return out
+
+    def _decoded_box(self, live: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """Box layout: ``(scale * decode(words)).to(dtype)`` with the product in float32, decoded by the pair
+        tables of :mod:`llmquant.lattice.box_lut` in chunks straight into the ``[B, H, T, D]`` output (b = 3: the
+        stored int32 are the words, nothing is unpacked)."""
+        from llmquant.lattice import box_lut
+
+        codec, d = self.quant.codec, self.d
+        words = live["words"]
+        if codec.word_bits != 32:
+            words = codec.unpack({"words": words}, d // 8)
+        out = torch.empty(*live["scale"].shape, d, dtype=dtype, device=words.device)
+        if not out.is_floating_point():
+            raise TypeError(f"LatticeKVCache: cannot decode keys/values into {dtype}")
+        return box_lut.decode_flat(codec, words, torch.float32, scales=live["scale"], out=out)
 
 
 _G2: dict = {}

@@ -89,12 +89,18 @@ class _PackedDecode(nn.Module):
         """Rows ``[n0, n1)`` of the decoded weight, float32 ``[n1 - n0, K]``."""
         raise NotImplementedError
 
-    def decode_weight(self) -> torch.Tensor:
-        """The decoded weight ``[N, K]`` float32 (freshly decoded, not kept)."""
-        out = torch.empty(self.out_features, self.in_features, dtype=torch.float32, device=self._device())
+    def decode_rows_into(self, n0: int, n1: int, out: torch.Tensor) -> torch.Tensor:
+        """Write rows ``[n0, n1)`` of the decoded weight into ``out [n1 - n0, K]`` (any float dtype: the float32
+        rows cast, as ``out.copy_(decode_rows(n0, n1))``); subclasses may decode straight into ``out``."""
+        return out.copy_(self.decode_rows(n0, n1))
+
+    def decode_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The decoded weight ``[N, K]`` (float32 values, cast to ``dtype``; freshly decoded, not kept)."""
+        out = torch.empty(self.out_features, self.in_features, dtype=dtype, device=self._device())
         r = self._tile_rows()
         for n0 in range(0, self.out_features, r):
-            out[n0:n0 + r] = self.decode_rows(n0, min(n0 + r, self.out_features))
+            n1 = min(n0 + r, self.out_features)
+            self.decode_rows_into(n0, n1, out[n0:n1])
         return out
 
     def _device(self) -> torch.device:
@@ -104,7 +110,7 @@ class _PackedDecode(nn.Module):
         key = (self._cache_key(), dtype)
         if self._w_cache is None or self._w_cache[0] != key:
             self._w_cache = None  # drop the stale copy before decoding the new one
-            self._w_cache = (key, self.decode_weight().to(dtype))
+            self._w_cache = (key, self.decode_weight(dtype))
         return self._w_cache[1]
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -128,7 +134,7 @@ class _PackedDecode(nn.Module):
                 w = kept[n0:n1]
             else:
                 w = _work_buffer((n1 - n0) * k, x.dtype, x.device).view(n1 - n0, k)
-                w.copy_(self.decode_rows(n0, n1))
+                self.decode_rows_into(n0, n1, w)
             outs.append(F.linear(x, w, None if bias is None else bias[n0:n1]))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
@@ -300,6 +306,24 @@ class LatticeLinear(_PackedDecode):
         if self._codec is None:
             self._codec = VoronoiCodec(self.lattice, self.q)
         return self._codec
+
+    def _box_words(self, n0: int, n1: int) -> torch.Tensor:
+        """Box layout: words ``[n1 - n0, K/8]`` of rows ``[n0, n1)`` (the packed rows themselves when a word is
+        one int32, b = 3; else unpacked)."""
+        packed = {n: getattr(self, n)[n0:n1] for n in self._packed_names}
+        if self.codec.word_bits == 32 and packed.get("words") is not None and packed["words"].dtype == torch.int32:
+            return packed["words"]
+        return self.codec.unpack(packed, self.in_features // 8)
+
+    def decode_rows_into(self, n0: int, n1: int, out: torch.Tensor) -> torch.Tensor:
+        """Box layout: :func:`llmquant.lattice.box_lut.decode_flat` straight into ``out`` (float32 product
+        ``row_scale * β λ``, then cast: bit-identical to ``out.copy_(decode_rows(n0, n1))``)."""
+        from llmquant.lattice import box_lut
+
+        if self.code == "box" and out.is_contiguous() and out.is_floating_point():
+            return box_lut.decode_flat(self.codec, self._box_words(n0, n1), torch.float32,
+                                       scales=self.row_scale[n0:n1], out=out)
+        return out.copy_(self.decode_rows(n0, n1))
 
     def decode_rows(self, n0: int, n1: int) -> torch.Tensor:
         """Rows ``[n0, n1)`` of ``W`` float32, vectorized in float32 (exact: the lattice arithmetic is on
