@@ -115,6 +115,27 @@ def run_downstream(model, tokenizer, tasks, limit, batch_size, data_dir=None) ->
     return run_tasks(model, tokenizer, tasks, limit=limit, batch_size=batch_size, data_dir=data_dir)
 
 
+def _with_fp_reference(path, results: dict) -> dict:
+    """``results`` plus ``fp_ppl`` / ``delta_ppl`` entries for the datasets just evaluated: the stored FP
+    perplexity is kept only when it was measured with the same protocol (tokens, context) as the new one
+    (``fp_ppl_details``; older checkpoints: the protocol of the stored quantized perplexity it was compared
+    with); otherwise it is set to null, so a 65,536-token perplexity is never compared with a 16,384-token FP."""
+    from llmquant.quant.checkpoint import read_results
+
+    old = read_results(path)
+    fp, fp_details = dict(old.get("fp_ppl") or {}), dict(old.get("fp_ppl_details") or {})
+    fp_ppl, delta = {}, {}
+    for name, v in results["ppl"].items():
+        new = results["ppl_details"][name]
+        ref = fp_details.get(name) or (old.get("ppl_details") or {}).get(name) or {}
+        same = all(ref.get(k) == new.get(k) for k in ("tokens", "context")) and fp.get(name) is not None
+        fp_ppl[name] = fp[name] if same else None
+        delta[name] = v - fp[name] if same else None
+    if not fp_ppl:
+        return results
+    return {**results, "fp_ppl": fp_ppl, "delta_ppl": delta}
+
+
 def main(args) -> int:
     import torch
 
@@ -142,7 +163,7 @@ def main(args) -> int:
         if tasks:
             results["tasks"] = run_downstream(model, tokenizer, tasks, args.limit, args.batch_size, data_dir)
     if ckpt:
-        update_results(args.model, results)
+        update_results(args.model, _with_fp_reference(args.model, results))
     if args.json:
         print(json.dumps(results, indent=2, default=float))
     else:

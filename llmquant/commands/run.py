@@ -110,7 +110,11 @@ def main(args) -> int:
         rows.append({"method": cfg.method, "setting": _setting(cfg.name, cfg.method), "bits": bits,
                      "ppl": res["ppl"], "delta": delta})
         if fp:
-            results = update_results(out, {"fp_ppl": fp, "delta_ppl": delta}) if cfg.quantizes_anything else results
+            # the FP reference's protocol (same as the run's evaluation): `llmquant eval` keeps fp_ppl only for
+            # a re-evaluation with the same protocol
+            fp_details = {d: {k: res["ppl_details"][d].get(k) for k in ("tokens", "context")} for d in datasets}
+            results = update_results(out, {"fp_ppl": fp, "delta_ppl": delta, "fp_ppl_details": fp_details}) \
+                if cfg.quantizes_anything else results
     print(f"\n{cfg.name}  (eval: context {cfg.eval.context}, max_tokens {cfg.eval.max_tokens}; saved to {out})")
     print(format_table(rows, datasets))
     if args.json:
