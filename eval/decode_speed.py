@@ -6,10 +6,11 @@ checkpoint, weights ``N(0, 0.02²)``, seeded), quantizes a copy of it per each `
 ``--set`` overrides applied to every config; calibration on random token ids, so use
 ``weights.algorithm=rtn`` or accept a meaningless GPTQ), and measures in one process, one model at a time:
 
-* ``decode_tokens_per_s``: ``new_tokens`` greedy tokens after a ``prompt_tokens`` random prompt at batch
-  ``batch`` (``generate`` with ``min_new_tokens``; a KV-quantized model gets the packed cache of
-  :func:`llmquant.quant.kv_cache.make_cache`); the median of ``repeats`` runs after one warm-up run;
-* ``prefill_ms``: one forward of the prompt (median of ``repeats``);
+* ``decode_tokens_per_s``: ``batch`` x the one-token greedy steps per second after a ``prompt_tokens``
+  random prompt (a prefill forward into the cache of :func:`llmquant.quant.kv_cache.make_cache`, the packed
+  cache for a KV-quantized model, then ``new_tokens - 1`` steps through it, timed together); the median of
+  ``repeats`` runs after one warm-up run;
+* ``prefill_ms``: the prefill forward of the prompt (median of ``repeats``);
 * ``weight_bytes``: bytes of the model's parameters and buffers on the device (each storage once);
 * ``peak_bytes`` (CUDA): ``torch.cuda.max_memory_allocated`` over the timed runs;
 * ``kernel_fallbacks``: the reasons the dispatcher logged for running a reference forward instead of a
@@ -101,40 +102,39 @@ class _Fallbacks(logging.Handler):
 
 @torch.no_grad()
 def measure(model, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
-    """Prefill ms and decode tokens/s of ``model`` on ``prompt [B, T]`` (medians of ``repeats``)."""
+    """Prefill ms and decode tokens/s of ``model`` on ``prompt [B, T]`` (medians of ``repeats``).
+
+    One run = a prefill forward of the prompt into a fresh cache (last position's logits only), then
+    ``new_tokens - 1`` greedy one-token steps through the same cache, each timed as a whole (no subtraction
+    of separately timed parts, so noise cannot make a time negative)."""
     from llmquant.quant.kv_cache import make_cache
 
     device = prompt.device
-    kw = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
-          "pad_token_id": 0}
     # the cache keyword: ``cache`` in newer transformers, ``past_key_values`` before
     cache_kw = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
-    def generate():
-        return model.generate(prompt, **{cache_kw: make_cache(model, prompt.shape[0])}, **kw)
+    def one_run() -> tuple[float, float]:
+        cache = make_cache(model, prompt.shape[0])
+        _sync(device)
+        t0 = time.perf_counter()
+        logits = model(prompt, **{cache_kw: cache}, logits_to_keep=1).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        _sync(device)
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            logits = model(nxt, **{cache_kw: cache}, logits_to_keep=1).logits
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+        _sync(device)
+        return t1 - t0, time.perf_counter() - t1
 
-    generate()  # warm-up: compilation, autotuning, allocator
+    one_run()  # warm-up: compilation, autotuning, allocator
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    pre, dec = [], []
-    for _ in range(max(1, repeats)):
-        _sync(device)
-        t0 = time.perf_counter()
-        model(prompt, **{cache_kw: make_cache(model, prompt.shape[0])}, logits_to_keep=1)
-        _sync(device)
-        pre.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        out = generate()
-        _sync(device)
-        dec.append(time.perf_counter() - t0)
-        if out.shape[1] != prompt.shape[1] + new_tokens:
-            raise RuntimeError(f"generate returned {out.shape[1] - prompt.shape[1]} tokens, expected {new_tokens}")
-    prefill = statistics.median(pre)
-    # a generate call = one prefill + (new_tokens - 1) one-token steps: take the prefill out
-    step = (statistics.median(dec) - prefill) / max(1, new_tokens - 1)
+    runs = [one_run() for _ in range(max(1, repeats))]
+    prefill = statistics.median(r[0] for r in runs)
+    step = statistics.median(r[1] for r in runs) / (new_tokens - 1)
     res = {"prefill_ms": round(prefill * 1e3, 3), "decode_ms_per_token": round(step * 1e3, 4),
-           "decode_tokens_per_s": round(prompt.shape[0] / step, 2) if step > 0 else None,
-           "weight_bytes": _held_bytes(model)}
+           "decode_tokens_per_s": round(prompt.shape[0] / step, 2), "weight_bytes": _held_bytes(model)}
     if device.type == "cuda":
         res["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return res
@@ -206,9 +206,9 @@ def main(args) -> int:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         print(f"llmquant bench decode: --dtype {name!r} is not a floating dtype (float16, bfloat16, float32)")
         return 2
-    for flag in ("prompt_tokens", "new_tokens", "batch", "repeats", "calib_samples"):
-        if getattr(args, flag) < 1:
-            print(f"llmquant bench decode: --{flag.replace('_', '-')} must be >= 1")
+    for flag, low in (("prompt_tokens", 1), ("new_tokens", 2), ("batch", 1), ("repeats", 1), ("calib_samples", 1)):
+        if getattr(args, flag) < low:
+            print(f"llmquant bench decode: --{flag.replace('_', '-')} must be >= {low}")
             return 2
     result = run(args.shape, args.config, args.set, args.prompt_tokens, args.new_tokens, args.batch,
                  args.repeats, args.calib_samples, device, dtype, args.seed)
