@@ -358,6 +358,21 @@ def _bf16_pair_to_half(v):
 
 
 @triton.jit
+def _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G: tl.constexpr):
+    """The 16 bytes of 8 half-precision activations ``x[8g .. 8g+8)`` (fp16 or bf16 viewed as int32) of the
+    8-blocks ``offs_g``, one 16-byte load per block, as four ``[BLOCK_G]`` int32 words ``q_k = (x_2k, x_2k+1)``."""
+    xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g[:, None] * 4 + tl.arange(0, 4)[None, :]
+    if EVEN_G:
+        q = tl.load(xb)
+    else:
+        q = tl.load(xb, mask=g_ok[:, None], other=0)
+    qa, qb = tl.split(tl.reshape(q, (q.shape[0], 2, 2)))  # q[4g + 2a + b]: qa = b=0, qb = b=1
+    q0, q2 = tl.split(qa)
+    q1, q3 = tl.split(qb)
+    return q0, q1, q2, q3
+
+
+@triton.jit
 def _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: tl.constexpr,
              USE_ASM: tl.constexpr):
     """The half2 pairs (x_p, x_{p+4}) of the 8-blocks ``offs_g`` of activation row ``row`` as int32 [BLOCK_G].
@@ -389,14 +404,7 @@ def _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: 
         p2 = _half_bits(x2) | (_half_bits(x6) << 16)
         p3 = _half_bits(x3) | (_half_bits(x7) << 16)
     else:
-        xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g[:, None] * 4 + tl.arange(0, 4)[None, :]
-        if EVEN_G:
-            q = tl.load(xb)
-        else:
-            q = tl.load(xb, mask=g_ok[:, None], other=0)
-        qa, qb = tl.split(tl.reshape(q, (q.shape[0], 2, 2)))  # q[4g + 2a + b]: qa = b=0, qb = b=1
-        q0, q2 = tl.split(qa)
-        q1, q3 = tl.split(qb)
+        q0, q1, q2, q3 = _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G)
         if X_MODE == 0 and USE_ASM:  # one PRMT per pair
             p0 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [q0, q2], dtype=tl.int32,
                                            is_pure=True, pack=1)
@@ -447,14 +455,7 @@ def _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: tl
                 tl.load(xb + 5, mask=g_ok, other=0.0).to(tl.float32),
                 tl.load(xb + 6, mask=g_ok, other=0.0).to(tl.float32),
                 tl.load(xb + 7, mask=g_ok, other=0.0).to(tl.float32))
-    xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g[:, None] * 4 + tl.arange(0, 4)[None, :]
-    if EVEN_G:
-        q = tl.load(xb)
-    else:
-        q = tl.load(xb, mask=g_ok[:, None], other=0)
-    qa, qb = tl.split(tl.reshape(q, (q.shape[0], 2, 2)))  # q[4g + 2a + b]: qa = b=0, qb = b=1
-    q0, q2 = tl.split(qa)  # q_k = (x_2k, x_2k+1)
-    q1, q3 = tl.split(qb)
+    q0, q1, q2, q3 = _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G)  # q_k = (x_2k, x_2k+1)
     if X_MODE == 0:
         return _half_lo(q0), _half_hi(q0), _half_lo(q1), _half_hi(q1), _half_lo(q2), _half_hi(q2), _half_lo(q3), \
             _half_hi(q3)
