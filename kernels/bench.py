@@ -113,10 +113,9 @@ def _random_words(n: int, kw: int, gen: torch.Generator, device) -> torch.Tensor
 
 
 def _box_codec(variant: str):
-    from llmquant.lattice.box import BoxCodec, load_box_setting
+    from llmquant.lattice.box import shipped_box_codec
 
-    st = load_box_setting(3, variant)
-    return BoxCodec(3, st["betas"], st["code"], st.get("gamma", 1.0), st.get("levels"))
+    return shipped_box_codec(3, variant)
 
 
 #: W4A4 variants timed on CUDA: (activation setting, weight setting) of ``load_box_setting(3, ...)``

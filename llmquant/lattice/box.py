@@ -313,6 +313,13 @@ class BoxCodec:
         return unpack_word_stream(packed["words"], self.word_bits, n_vec)
 
 
+def shipped_box_codec(b: int, variant: str = "lattice") -> BoxCodec:
+    """The :class:`BoxCodec` of the shipped setting :func:`load_box_setting` ``(b, variant)`` (its code, γ, β
+    set and level table)."""
+    st = load_box_setting(b, variant)
+    return BoxCodec(b, st["betas"], st["code"], st.get("gamma", 1.0), st.get("levels"))
+
+
 def E8BoxCodec(b: int = 3, betas=None) -> BoxCodec:
     """The √2E8 box code: ``BoxCodec(b, betas, code="hamming", gamma=1)``."""
     return BoxCodec(b, betas, "hamming", 1.0)

@@ -210,13 +210,11 @@ def row_quantizer_from_config(d, k_hint: int | None = None) -> RowQuantizer | No
         return RowQuantizer("scalar", bits=d.bits, symmetric=d.symmetric, clip_ratio=d.clip_ratio)
     code = getattr(d, "code", "voronoi")
     if code == "box":
-        from llmquant.lattice.box import WIDTHS, BoxCodec, load_box_setting
+        from llmquant.lattice.box import WIDTHS, shipped_box_codec
 
         if d.box_bits not in WIDTHS:
             raise ValueError(f"box_bits: {d.box_bits!r} must be one of {WIDTHS}")
-        st = load_box_setting(d.box_bits, d.box_variant)
-        return RowQuantizer("box", codec=BoxCodec(d.box_bits, st["betas"], st["code"], st.get("gamma", 1.0),
-                                                  st.get("levels")))
+        return RowQuantizer("box", codec=shipped_box_codec(d.box_bits, d.box_variant))
     if code != "voronoi":
         raise ValueError(f"code: {code!r} must be 'voronoi' or 'box'")
     from llmquant.lattice.beta_search import load_beta_set

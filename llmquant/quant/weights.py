@@ -35,10 +35,9 @@ def weight_betas(wcfg) -> torch.Tensor:
 
 def weight_codec(wcfg):
     """The box codec of ``weights.code: box`` (shipped setting ``load_box_setting(box_bits, box_variant)``)."""
-    from llmquant.lattice.box import BoxCodec, load_box_setting
+    from llmquant.lattice.box import shipped_box_codec
 
-    st = load_box_setting(wcfg.box_bits, wcfg.box_variant)
-    return BoxCodec(wcfg.box_bits, st["betas"], st["code"], st.get("gamma", 1.0), st.get("levels"))
+    return shipped_box_codec(wcfg.box_bits, wcfg.box_variant)
 
 
 def quantize_codec_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, codec, act_q=None,

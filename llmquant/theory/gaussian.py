@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from llmquant.lattice.beta_sets import load_beta_set
-from llmquant.lattice.box import BoxCodec, load_box_setting
+from llmquant.lattice.box import BoxCodec, shipped_box_codec
 from llmquant.lattice.nested import NestedLatticeQuantizer, load_shift
 from llmquant.lattice.rate import scalar_stream_bits, stream_bits
 
@@ -137,8 +137,7 @@ def _fp16(t: torch.Tensor) -> torch.Tensor:
 
 def box_codec(method: Method) -> BoxCodec:
     """The :class:`BoxCodec` of a ``kind="box"`` method (shipped setting ``method.box`` for b = ``method.q``)."""
-    cfg = load_box_setting(method.q, method.box or "lattice")
-    return BoxCodec(method.q, cfg["betas"], cfg["code"], cfg.get("gamma"), cfg.get("levels"))
+    return shipped_box_codec(method.q, method.box or "lattice")
 
 
 def stored_stream_bits(n: int, method: Method) -> int:
