@@ -16,6 +16,14 @@ checkpoint, weights ``N(0, 0.02²)``, seeded), quantizes a copy of it per each `
 * ``kernel_fallbacks``: the reasons the dispatcher logged for running a reference forward instead of a
   Triton kernel (empty when every quantized module ran a kernel).
 
+``--cuda-graph`` (CUDA only) adds, per row, the same decode timed through a transformers ``StaticCache`` with
+the one-token step (forward + greedy argmax) captured once in a CUDA graph and replayed per token
+(:func:`measure_static`): ``graph_decode_ms_per_token``, ``graph_decode_tokens_per_s``,
+``graph_speedup_vs_fp16`` (ours graphed / FP16 graphed), ``graph_tokens_match`` (the replayed tokens equal the
+same static-cache steps run eagerly), or ``graph_error`` (why capture was not possible, e.g. a packed lattice
+KV cache, which is not a static cache).  Batch-1 eager decoding is bound by per-call host work (Python,
+dispatch, kernel launches); the graph removes it for FP16 and ours alike, leaving the kernels' own time.
+
 Rows report ``speedup_vs_fp16`` = ours / FP16 tokens per second from the same run.  The FP model runs in
 ``--dtype`` (fp16 on CUDA, fp32 on CPU).  On CPU the quantized models run the PyTorch reference.
 """
@@ -58,6 +66,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 (default: fp16 on CUDA, else fp32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time decode with a StaticCache and the one-token step captured in a CUDA graph "
+                        "(CUDA only)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 
 
@@ -110,8 +121,7 @@ def measure(model, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
     from llmquant.quant.kv_cache import make_cache
 
     device = prompt.device
-    # the cache keyword: ``cache`` in newer transformers, ``past_key_values`` before
-    cache_kw = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    cache_kw = _cache_kw(model)
 
     def one_run() -> tuple[float, float]:
         cache = make_cache(model, prompt.shape[0])
@@ -140,8 +150,106 @@ def measure(model, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict:
     return res
 
 
+def _cache_kw(model) -> str:
+    """The cache keyword of ``model.forward``: ``cache`` in newer transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def set_cache_length(cache, length: int) -> None:
+    """Rewind every layer of a transformers ``StaticCache`` to ``length`` tokens (its in-place
+    ``cumulative_length`` counter; the stored keys/values past it are overwritten by the next updates)."""
+    layers = getattr(cache, "layers", None) or []
+    done = 0
+    for layer in layers:
+        n = getattr(layer, "cumulative_length", None)
+        if isinstance(n, torch.Tensor):
+            n.fill_(length)
+            done += 1
+        elif isinstance(n, int):
+            layer.cumulative_length = length
+            done += 1
+    if not layers or done != len(layers):
+        raise RuntimeError(f"set_cache_length: {type(cache).__name__} has no per-layer cumulative_length counters "
+                           "(this transformers version's StaticCache is not supported by the graph benchmark)")
+
+
+@torch.no_grad()
+def measure_static(model, prompt: torch.Tensor, new_tokens: int, repeats: int, graph: bool) -> dict:
+    """Decode through a transformers ``StaticCache`` (fixed addresses), optionally with a CUDA graph.
+
+    One model call per step: ``tok [B, 1]`` -> forward with ``logits_to_keep=1`` -> argmax -> ``out [B, 1]``.
+    The prompt is prefilled eagerly once; the step runs eagerly twice (on a side stream when ``graph``: Triton
+    compilation, allocator warm-up), the cache is rewound to the prompt (:func:`set_cache_length`) and, when
+    ``graph``, the step is captured in a ``torch.cuda.CUDAGraph``.  A run = rewind, then ``new_tokens - 1``
+    steps (graph replays, or eager calls), feeding each ``out`` back into ``tok``; timed as a whole; the median
+    of ``repeats`` runs.  Returns ``{"decode_ms_per_token", "decode_tokens_per_s", "tokens"}`` (``tokens`` the
+    ``[B, new_tokens - 1]`` greedy tokens of the last run, for comparing graph and eager)."""
+    from transformers import StaticCache
+
+    device = prompt.device
+    batch, t = prompt.shape
+    kw = _cache_kw(model)
+    cache = StaticCache(config=model.config, max_cache_len=t + new_tokens + 2)
+    first = model(prompt, **{kw: cache}, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+    tok = first.clone()
+    steps = new_tokens - 1
+    toks = torch.empty((batch, steps), dtype=torch.long, device=device)
+
+    def step() -> torch.Tensor:
+        return model(tok, **{kw: cache}, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+
+    if graph:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        set_cache_length(cache, t)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = step()
+    else:
+        for _ in range(2):
+            step()
+    timings = []
+    for _ in range(max(1, repeats) + 1):  # the first run warms the replay path up and is not counted
+        set_cache_length(cache, t)
+        tok.copy_(first)
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            if graph:
+                g.replay()
+            else:
+                out = step()
+            tok.copy_(out)
+            toks[:, i] = out[:, 0]
+        _sync(device)
+        timings.append(time.perf_counter() - t0)
+    per = statistics.median(timings[1:]) / steps
+    return {"decode_ms_per_token": round(per * 1e3, 4), "decode_tokens_per_s": round(batch / per, 2),
+            "tokens": toks.cpu()}
+
+
+def _graph_fields(model, prompt, new_tokens: int, repeats: int) -> dict:
+    """The ``graph_*`` fields of a row (module docstring); a failure to capture is reported, not raised."""
+    from llmquant.quant.kv_cache import kv_quantized_attention
+
+    if kv_quantized_attention(model):
+        return {"graph_error": "KV-quantized model: its packed LatticeKVCache is not a static cache"}
+    try:
+        eager = measure_static(model, prompt, new_tokens, 1, graph=False)
+        res = measure_static(model, prompt, new_tokens, repeats, graph=True)
+    except Exception as exc:  # noqa: BLE001 - a benchmark row reports why capture failed; other rows still run
+        return {"graph_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return {"graph_decode_ms_per_token": res["decode_ms_per_token"],
+            "graph_decode_tokens_per_s": res["decode_tokens_per_s"],
+            "graph_tokens_match": bool(torch.equal(res["tokens"], eager["tokens"]))}
+
+
 def run(shape: str, configs: list[str], overrides: list[str], prompt_tokens: int, new_tokens: int, batch: int,
-        repeats: int, calib_samples: int, device, dtype: torch.dtype, seed: int) -> dict:
+        repeats: int, calib_samples: int, device, dtype: torch.dtype, seed: int, cuda_graph: bool = False) -> dict:
     from llmquant.api import quantize
     from llmquant.config import load_config
     from llmquant.quant.linear import set_backend
@@ -153,6 +261,8 @@ def run(shape: str, configs: list[str], overrides: list[str], prompt_tokens: int
     fp = random_model(shape, seed, device)
     fp_row = {"model": "fp", "dtype": str(dtype).replace("torch.", "")}
     fp_row.update(measure(fp.to(dtype), prompt, new_tokens, repeats))
+    if cuda_graph:
+        fp_row.update(_graph_fields(fp, prompt, new_tokens, repeats))
     rows.append(fp_row)
     del fp
     backend = "triton" if device.type == "cuda" else "reference"
@@ -177,6 +287,8 @@ def run(shape: str, configs: list[str], overrides: list[str], prompt_tokens: int
                    "dtype": str(dtype).replace("torch.", ""), "quantize_s": round(q_s, 1),
                    "bits": report.get("bits")}
             row.update(measure(model.to(dtype), prompt, new_tokens, repeats))
+            if cuda_graph:
+                row.update(_graph_fields(model, prompt, new_tokens, repeats))
         finally:
             klog.removeHandler(handler)
             klog.setLevel(old_level)
@@ -184,6 +296,9 @@ def run(shape: str, configs: list[str], overrides: list[str], prompt_tokens: int
         row["speedup_vs_fp16"] = round(row["decode_tokens_per_s"] / fp_row["decode_tokens_per_s"], 3) \
             if row["decode_tokens_per_s"] and fp_row["decode_tokens_per_s"] else None
         row["weight_bytes_vs_fp"] = round(row["weight_bytes"] / fp_row["weight_bytes"], 4)
+        if row.get("graph_decode_tokens_per_s") and fp_row.get("graph_decode_tokens_per_s"):
+            row["graph_speedup_vs_fp16"] = round(row["graph_decode_tokens_per_s"]
+                                                 / fp_row["graph_decode_tokens_per_s"], 3)
         rows.append(row)
         del model
         if device.type == "cuda":
@@ -210,8 +325,11 @@ def main(args) -> int:
         if getattr(args, flag) < low:
             print(f"llmquant bench decode: --{flag.replace('_', '-')} must be >= {low}")
             return 2
+    if args.cuda_graph and device.type != "cuda":
+        print("llmquant bench decode: --cuda-graph needs a CUDA device (--device cuda)")
+        return 2
     result = run(args.shape, args.config, args.set, args.prompt_tokens, args.new_tokens, args.batch,
-                 args.repeats, args.calib_samples, device, dtype, args.seed)
+                 args.repeats, args.calib_samples, device, dtype, args.seed, cuda_graph=args.cuda_graph)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -221,4 +339,8 @@ def main(args) -> int:
     for r in result["rows"]:
         print(f"{r['model']:<34} {r['decode_tokens_per_s']!s:>9} {r.get('speedup_vs_fp16', 1.0)!s:>7} "
               f"{r['prefill_ms']:>11} {r['weight_bytes'] / 1e6:>10.1f}  {len(r.get('kernel_fallbacks', []))}")
+        if args.cuda_graph:
+            print(f"{'  + CUDA graph':<34} {r.get('graph_decode_tokens_per_s', '-')!s:>9} "
+                  f"{r.get('graph_speedup_vs_fp16', 1.0 if r['model'] == 'fp' else '-')!s:>7}  "
+                  f"{r.get('graph_error', '')}")
     return 0

@@ -44,6 +44,8 @@ SHAPES = {
     "smollm2": [(576, 576), (576, 192), (576, 1536), (1536, 576)],
 }
 GPU_M = (1, 4, 16, 64, 256, 2048)
+#: the CUDA kernel groups ``bench_cuda`` can time (``--kernels``)
+KERNEL_GROUPS = ("box-w4a16", "voronoi-w4a16", "box-w4a4")
 CPU_M = (1, 16, 64)
 
 
@@ -52,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight shapes (default: all on CUDA, smollm2 on CPU)")
     p.add_argument("--m", type=int, nargs="+", default=None,
                    help=f"token counts M (default {list(GPU_M)} on CUDA, {list(CPU_M)} on CPU)")
+    p.add_argument("--kernels", nargs="+", choices=KERNEL_GROUPS, default=list(KERNEL_GROUPS),
+                   help="CUDA kernel groups to time (default: all): box-w4a16 (lattice + table paths), voronoi-w4a16 "
+                        "(the NestQuant-scheme reference kernel, slow at large M), box-w4a4")
     p.add_argument("--q", type=int, default=14, help="Voronoi modulus of the weight/activation codes (<= 16)")
     p.add_argument("--k-betas", type=int, default=4, help="number of betas of the random lattice weights")
     p.add_argument("--repeats", type=int, default=5, help="CPU timing repeats (best of)")
@@ -122,7 +127,8 @@ def _box_codec(variant: str):
 W4A4_VARIANTS = (("int", "int"), ("d8int8", "d8int8"))
 
 
-def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=None) -> list[dict]:
+def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=None,
+               kernels=KERNEL_GROUPS) -> list[dict]:
     """Rows for each (K, N) x M, all timed in this run against torch BF16 (and FP16) ``x @ W^T``:
 
     * ``w4a16`` ``box b=3 lattice`` / ``box b=3 table``: :func:`.box_w4a16.box_w4a16_matmul` (the deployable
@@ -134,6 +140,7 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
       :func:`.box_w4a4.box_w4a4_matmul`; ``time_us`` = encode + GEMM; the online Hadamard of the input
       is timed beside it (``hadamard_us``).
 
+    ``kernels``: the groups of :data:`KERNEL_GROUPS` to time (rows of the others are left out).
     ``timer``/``device``: tests run this on the CPU interpreter with a trivial timer (never reported).
     ``on_row(row)``: called as each row is done (``main`` prints it to stderr, so a run stopped by a time
     limit keeps what it measured)."""
@@ -172,21 +179,24 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
             t16 = timer(partial(torch.matmul, x, w16.T))
             tbf = timer(partial(torch.matmul, xbf, wbf.T))
             act_bytes = 2 * m * k + 2 * m * n
-            t = timer(partial(box_w4a16_matmul, x, words, rs, w16_betas))
-            r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
-            r.update(config="box b=3 lattice", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3))
-            rows.append(r)
-            t = timer(partial(box_w4a16_matmul, x, words, rs, table_betas, levels=table_levels))
-            r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
-            r.update(config="box b=3 table", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3))
-            rows.append(r)
-            t = timer(partial(e8_decode_gemm, x, codes, bidx, betas, scale, g, q))
-            r = _row("w4a16", k, n, m, t, tbf, n * k * 5 / 8 + 4 * n + act_bytes, "torch_bf16")
-            r.update(config=f"voronoi q={q} k={n_betas}", torch_fp16_us=round(t16, 3),
-                     speedup_vs_fp16=round(t16 / t, 3))
-            rows.append(r)
-            t_had = timer(partial(hadamard_transform, x, signs))
-            for x_codec, w_codec, label in pairs:
+            n_before = len(rows)
+            if "box-w4a16" in kernels:
+                t = timer(partial(box_w4a16_matmul, x, words, rs, w16_betas))
+                r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
+                r.update(config="box b=3 lattice", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3))
+                rows.append(r)
+                t = timer(partial(box_w4a16_matmul, x, words, rs, table_betas, levels=table_levels))
+                r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
+                r.update(config="box b=3 table", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3))
+                rows.append(r)
+            if "voronoi-w4a16" in kernels:
+                t = timer(partial(e8_decode_gemm, x, codes, bidx, betas, scale, g, q))
+                r = _row("w4a16", k, n, m, t, tbf, n * k * 5 / 8 + 4 * n + act_bytes, "torch_bf16")
+                r.update(config=f"voronoi q={q} k={n_betas}", torch_fp16_us=round(t16, 3),
+                         speedup_vs_fp16=round(t16 / t, 3))
+                rows.append(r)
+            t_had = timer(partial(hadamard_transform, x, signs)) if "box-w4a4" in kernels else None
+            for x_codec, w_codec, label in (pairs if "box-w4a4" in kernels else []):
                 act = RowQuantizer("box", codec=x_codec)
 
                 def encode(act=act, x=x):
@@ -204,7 +214,7 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
                           "torch_fp16_us": round(t16, 3)})
                 rows.append(r)
             if on_row is not None:
-                for r in rows[-3 - len(pairs):]:
+                for r in rows[n_before:]:
                     on_row(r)
     return rows
 
@@ -335,7 +345,8 @@ def main(args) -> int:
     }
     if on_gpu:
         result["rows"] = bench_cuda(shapes, ms, args.q, args.k_betas, args.seed,
-                                    on_row=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+                                    on_row=lambda r: print(json.dumps(r), file=sys.stderr, flush=True),
+                                    kernels=tuple(args.kernels))
         result["note"] += ("; w4a16 rows: the box b=3 lattice kernel and the Voronoi reference-scheme kernel; "
                            "w4a4 rows: box activation encode (PyTorch) + the box W4A4 int8 kernel")
     else:

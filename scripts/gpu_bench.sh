@@ -1,8 +1,13 @@
 #!/bin/bash
-# One prepared GPU session (the `device` tool: one H200): kernel correctness against the PyTorch reference on
-# the GPU, `llmquant bench kernels --json` (box W4A16 / W4A4 kernels vs torch BF16/FP16, measured), and
-# `llmquant bench decode` (end-to-end greedy decode, random-weight models of real shapes, vs FP16).
-# Usage: OUT=/some/dir bash scripts/gpu_bench.sh     (every step has its own timeout; outputs land in $OUT)
+# One prepared GPU session (the `device` tool: one H200, ~10 minutes of command time):
+#   1. `llmquant bench kernels --json`: box W4A16 (lattice + table paths), Voronoi W4A16 and box W4A4 kernels vs torch
+#      BF16/FP16 at M = 1, 16 on the Llama-3-8B shapes, then M = 2048 without the slow Voronoi reference kernel;
+#   2. `llmquant bench decode --cuda-graph`: end-to-end greedy decode of a random-weight Llama-3.2-1B-shaped model,
+#      FP16 vs E8 box W4A16 (`int` = the kernel's lattice path; shipped `table` = its level-table path), eager and
+#      with the one-token step captured in a CUDA graph (StaticCache);
+#   3. kernel correctness against the PyTorch reference on the GPU (box W4A16 table/dequant paths, box W4A4).
+# Usage: OUT=/some/dir bash scripts/gpu_bench.sh   (each step has its own time limit; stdout -> NAME.log, stderr ->
+# NAME.err in $OUT; the kernel benchmark writes one JSON row per line to stderr as it goes)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONWARNINGS=ignore
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -11,19 +16,18 @@ cd "$(dirname "$0")/.."
   python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$OUT/install.log" 2>&1 || { echo "install failed"; tail -5 "$OUT/install.log"; }
-python3 -c "import llmquant.cli, llmquant.kernels.box_w4a16" || exit 1
-step() {  # step NAME SECONDS CMD...: run with a timeout, stdout+stderr to $OUT/NAME.log, print rc + seconds
+python3 -c "import llmquant.cli, llmquant.kernels.box_w4a16, eval.decode_speed" || exit 1
+step() {  # step NAME SECONDS CMD...: run with a timeout, stdout to $OUT/NAME.log, stderr to $OUT/NAME.err
   local name=$1 secs=$2; shift 2; local t0=$SECONDS
-  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  timeout "$secs" "$@" > "$OUT/$name.log" 2> "$OUT/$name.err"; local rc=$?
   echo "== $name rc=$rc $((SECONDS - t0))s"
 }
-step pytest_kernels 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_box.py tests/test_box_w4a4.py \
-  tests/test_kernels_box_dispatch.py tests/test_kernels_hadamard.py
+DEC="python3 -m llmquant.cli bench decode --shape llama-3.2-1b --json --cuda-graph --config configs/smollm2-135m-e8-w4a16.yaml --set weights.algorithm=rtn"
+step kernels_m1_16 ${T_K1:-120} python3 -m llmquant.cli bench kernels --json --shapes llama3-8b --m 1 16
+step decode_int ${T_D1:-140} $DEC --set weights.box_variant=int
+step kernels_m2048 ${T_K2:-90} python3 -m llmquant.cli bench kernels --json --shapes llama3-8b --m 2048 --kernels box-w4a16 box-w4a4
+step decode_table ${T_D2:-140} $DEC
+step pytest_kernels ${T_P:-70} python3 -m pytest -q -x -p no:cacheprovider tests/test_box_w4a4.py \
+  tests/test_kernels_box.py -k "table or dequant or w4a4"
 tail -3 "$OUT/pytest_kernels.log"
-step bench_kernels 170 python3 -m llmquant.cli bench kernels --json
-step decode_smollm2 110 python3 -m llmquant.cli bench decode --shape smollm2-135m --json \
-  --config configs/smollm2-135m-e8-w4a16.yaml --config configs/smollm2-135m-e8-w4a4kv4.yaml \
-  --set weights.algorithm=rtn --set weights.box_variant=int
-step decode_llama1b 110 python3 -m llmquant.cli bench decode --shape llama-3.2-1b --json \
-  --config configs/smollm2-135m-e8-w4a16.yaml --set weights.algorithm=rtn --set weights.box_variant=int
 python3 scripts/gpu_summary.py "$OUT"

@@ -1,11 +1,14 @@
-"""Print a short table of the JSON logs scripts/gpu_bench.sh wrote (the last lines of the device reply)."""
+"""Print a short table of what scripts/gpu_bench.sh wrote to $OUT (the last lines of the device reply).
+
+Kernel rows come from the benchmark's stderr (one JSON row per line, written as each is measured, so a step
+stopped by its time limit still shows what it measured); decode rows from the JSON document on stdout."""
 
 import json
 import sys
 from pathlib import Path
 
 
-def _json(path: Path):
+def _doc(path: Path):
     text = path.read_text() if path.exists() else ""
     start = text.find("{")
     if start < 0:
@@ -16,28 +19,48 @@ def _json(path: Path):
         return None
 
 
+def _rows(path: Path) -> list[dict]:
+    rows = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "kernel" in row:
+                rows.append(row)
+    return rows
+
+
+def _tail(path: Path) -> str:
+    return path.read_text()[-1200:] if path.exists() else "(missing)"
+
+
 def main(out: str) -> None:
     out = Path(out)
-    k = _json(out / "bench_kernels.log")
-    if k:
-        print("kernels", k.get("device"), k.get("backend"))
-        for r in k["rows"]:
+    for name in sorted(p.stem for p in out.glob("kernels_*.err")):
+        rows = _rows(out / f"{name}.err")
+        print(f"{name}: {len(rows)} rows")
+        if not rows:
+            print(_tail(out / f"{name}.err"))
+        for r in rows:
             extra = f" enc {r['encode_us']} gemm {r['gemm_us']} (x{r['gemm_speedup']})" if "gemm_us" in r else ""
             print(f"{r['kernel']:6} {r.get('config', ''):22} K{r['K']:>6} N{r['N']:>6} M{r['M']:>5} "
-                  f"{r['time_us']:>9.1f}us bf16 {r['torch_bf16_us']:>9.1f}us x{r['speedup']:<6} {r['GBps']:>7}GB/s{extra}")
-    else:
-        print("kernels: no JSON;", (out / "bench_kernels.log").read_text()[-1500:] if (out / "bench_kernels.log").exists() else "")
-    for name in ("decode_smollm2", "decode_llama1b"):
-        d = _json(out / f"{name}.log")
+                  f"{r['time_us']:>9.1f}us bf16 {r['torch_bf16_us']:>9.1f}us x{r['speedup']:<6} "
+                  f"{r['GBps']:>7}GB/s{extra}")
+    for name in sorted(p.stem for p in out.glob("decode_*.log")):
+        d = _doc(out / f"{name}.log")
         if not d:
-            p = out / f"{name}.log"
-            print(name, "no JSON;", p.read_text()[-1500:] if p.exists() else "")
+            print(name, "no JSON;", _tail(out / f"{name}.err"))
             continue
         print(name, d["shape"], d["device"], "batch", d["batch"], "prompt", d["prompt_tokens"], "new", d["new_tokens"])
         for r in d["rows"]:
+            graph = (f"graph {r['graph_decode_tokens_per_s']} tok/s x{r.get('graph_speedup_vs_fp16', 1.0)} "
+                     f"match {r.get('graph_tokens_match')}" if "graph_decode_tokens_per_s" in r
+                     else f"graph error {r.get('graph_error')}")
             print(f"  {r['model']:28} {r['decode_tokens_per_s']!s:>9} tok/s x{r.get('speedup_vs_fp16', 1.0)!s:<6} "
                   f"prefill {r['prefill_ms']}ms weights {r['weight_bytes'] / 1e6:.1f}MB "
-                  f"peak {r.get('peak_bytes', 0) / 1e6:.0f}MB fallbacks {r.get('kernel_fallbacks', [])}")
+                  f"peak {r.get('peak_bytes', 0) / 1e6:.0f}MB fallbacks {r.get('kernel_fallbacks', [])} | {graph}")
 
 
 if __name__ == "__main__":
