@@ -6,7 +6,9 @@
 * **Method**: the method name, what is quantized (weights / activations / KV cache, with lattice, modulus
   ``q``, ``k`` betas or the box code / scalar bits), the rotation, the calibration protocol;
 * **Stored bits** per entry from ``results["bits"]`` (weights: the stored figure, bytes of the packed tensors
-  over the weight count; activations / KV: the bits of the code the config selects);
+  over the weight count; activations / KV: the bits of the code the config selects; embeddings / ``lm_head``:
+  their storage dtype ``model.embed_dtype``, or "model dtype" when it is null, and ``bits.embeddings``, present
+  only when ``model.embed_dtype`` is set);
 * **Results**: one table row per perplexity dataset (quantized, FP, difference; tokens and context from
   ``ppl_details``) and per downstream task metric (``results["tasks"]``); absent sections say so;
 * **Usage**: how to load it (``import llmquant`` then ``AutoModelForCausalLM.from_pretrained``) and the
@@ -80,6 +82,17 @@ def _part(section: dict | None) -> str:
     return str(m)
 
 
+def _embed_storage(cfg: dict) -> tuple[str, str]:
+    """``(short, long)`` names of the storage dtype of the input embeddings and ``lm_head``: ``model.embed_dtype``
+    (e.g. ``("bfloat16", "bfloat16 (computed in float32)")``), or, when it is null or absent (checkpoints written
+    before the key existed), ``("model dtype", "the model dtype (float32)")``."""
+    model = cfg.get("model") or {}
+    dtype, embed = model.get("dtype", "?"), model.get("embed_dtype")
+    if embed is None:
+        return "model dtype", f"the model dtype ({dtype})"
+    return embed, (f"{embed} (the model dtype)" if embed == dtype else f"{embed} (computed in {dtype})")
+
+
 def _fmt(x) -> str:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return str(x)
@@ -126,6 +139,7 @@ def model_card(meta: dict, results: dict, name: str = "checkpoint") -> str:
               f"- Weights: {_part(cfg.get('weights'))}",
               f"- Activations: {_part(cfg.get('activations'))}",
               f"- KV cache: {_part(cfg.get('kv'))}",
+              f"- Embeddings / lm_head: not quantized, stored in {_embed_storage(cfg)[1]}",
               "- Rotation: " + (f"random Hadamard (QuaRot-style), seed {rot.get('seed')}, norm gains "
                                 f"{rot.get('norm_gains', 'fold')}, online down_proj {rot.get('online_down')}, "
                                 f"V/O {rot.get('v_o')}, Q/K {rot.get('qk')}" if plan else "none"),
@@ -135,9 +149,13 @@ def model_card(meta: dict, results: dict, name: str = "checkpoint") -> str:
     lines += ["## Stored bits per entry", "", "| tensor | bits |", "|---|---|"]
     for key in ("weights", "activations", "kv"):
         lines.append(f"| {key} | {_fmt(bits[key]) if key in bits else '-'} |")
+    lines.append(f"| embeddings / lm_head ({_embed_storage(cfg)[0]}) | "
+                 f"{_fmt(bits['embeddings']) if 'embeddings' in bits else '-'} |")
     lines += ["", ("Weights: bytes of every tensor of the quantized linears (codes, beta indices, scales, biases) "
                    "over the number of weights, as stored in the safetensors file.  Activations / KV: bits per "
-                   "entry of the runtime code, computed from the config (llmquant.config.bits)."), ""]
+                   "entry of the runtime code, computed from the config (llmquant.config.bits).  Embeddings / "
+                   "lm_head: floating point, in the storage dtype `model.embed_dtype` (null: the model dtype); "
+                   "their stored bits per entry are reported only when `model.embed_dtype` is set."), ""]
     rows = _results_rows(results)
     lines += ["## Results", ""]
     if rows:
