@@ -1,7 +1,8 @@
 #!/bin/bash
 # One prepared GPU session (the `device` tool: one H200, ~10 minutes of command time):
-#   1. `llmquant bench kernels --json`: box W4A16 (lattice + table paths), Voronoi W4A16 and box W4A4 kernels vs torch
-#      BF16/FP16 at M = 1, 16 on the Llama-3-8B shapes, then M = 2048 without the slow Voronoi reference kernel;
+#   1. `llmquant bench kernels --json`: box W4A16 (lattice + table paths) and box W4A4 kernels vs torch BF16/FP16
+#      (CUDA-graph replay timing: GPU time, no host overhead) at M = 1, 16 on the Llama-3.2-1B and Llama-3-8B
+#      shapes, then M = 2048;
 #   2. `llmquant bench decode --cuda-graph`: end-to-end greedy decode of a random-weight Llama-3.2-1B-shaped model,
 #      FP16 vs E8 box W4A16 (`int` = the kernel's lattice path; shipped `table` = its level-table path), eager and
 #      with the one-token step captured in a CUDA graph (StaticCache);
@@ -23,7 +24,9 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, stdout to $OUT/NAME.lo
   echo "== $name rc=$rc $((SECONDS - t0))s"
 }
 DEC="python3 -m llmquant.cli bench decode --shape llama-3.2-1b --json --cuda-graph --config configs/smollm2-135m-e8-w4a16.yaml --set weights.algorithm=rtn"
-step kernels_m1_16 ${T_K1:-120} python3 -m llmquant.cli bench kernels --json --shapes llama3-8b --m 1 16
+# M = 1, 16 without the Voronoi reference kernel (its autotuned compile alone outlasted a 120 s limit)
+step kernels_1b ${T_K1:-70} python3 -m llmquant.cli bench kernels --json --shapes llama-3.2-1b --m 1 16 --kernels box-w4a16 box-w4a4
+step kernels_8b ${T_K1:-70} python3 -m llmquant.cli bench kernels --json --shapes llama3-8b --m 1 16 --kernels box-w4a16 box-w4a4
 step decode_int ${T_D1:-140} $DEC --set weights.box_variant=int
 step kernels_m2048 ${T_K2:-90} python3 -m llmquant.cli bench kernels --json --shapes llama3-8b --m 2048 --kernels box-w4a16 box-w4a4
 step decode_table ${T_D2:-140} $DEC

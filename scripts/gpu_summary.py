@@ -47,7 +47,8 @@ def main(out: str) -> None:
             extra = f" enc {r['encode_us']} gemm {r['gemm_us']} (x{r['gemm_speedup']})" if "gemm_us" in r else ""
             print(f"{r['kernel']:6} {r.get('config', ''):22} K{r['K']:>6} N{r['N']:>6} M{r['M']:>5} "
                   f"{r['time_us']:>9.1f}us bf16 {r['torch_bf16_us']:>9.1f}us x{r['speedup']:<6} "
-                  f"{r['GBps']:>7}GB/s{extra}")
+                  f"{r['GBps']:>7}GB/s{extra} [{r.get('timer')}]"
+                  + (f" eager {r['eager_us']} (fp16 eager {r['torch_fp16_eager_us']})" if "eager_us" in r else ""))
     for name in sorted(p.stem for p in out.glob("decode_*.log")):
         d = _doc(out / f"{name}.log")
         if not d:
