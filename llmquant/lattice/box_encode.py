@@ -48,8 +48,9 @@ class _Consts:
             self.mids = torch.stack(mids).view(1, 2, 1, 1, -1)
         self.select = _select_matrix(codec.code, device)
         self.nc = self.select.shape[0]
-        self.rows = torch.arange(self.nc * self.betas.numel(), device=device)[:, None]
-        self.no_row = torch.tensor(self.rows.shape[0], device=device)
+        # row ids as int16 (|C| k <= 2^(M+K) = 256): the (k |C|, n) where/amin pass moves 2 bytes per entry, not 8
+        self.rows = torch.arange(self.nc * self.betas.numel(), device=device, dtype=torch.int16)[:, None]
+        self.no_row = torch.tensor(self.rows.shape[0], device=device, dtype=torch.int16)
         self.H = codewords(codec.code).to(device)
         self.ar8 = torch.arange(8, device=device)
         self.shifts = b * self.ar8
@@ -91,7 +92,7 @@ def _search(c: _Consts, yt: torch.Tensor):
     E *= c.bsq
     E = E.reshape(-1, n)
     # exact argmin over rows, ties to the smallest row (E >= +0, finite or +inf): the smallest row equal to the min
-    idx = torch.where(E == E.amin(0), c.rows, c.no_row).amin(0)
+    idx = torch.where(E == E.amin(0), c.rows, c.no_row).amin(0).to(torch.int64)
     return idx // c.nc, idx % c.nc, idx, U, L
 
 
@@ -99,7 +100,6 @@ def nearest(codec, x: torch.Tensor, want_words: bool = True, want_xhat: bool = T
     """``(j, m, u, x_hat, words)`` of :func:`llmquant.lattice.box.box_nearest` for ``codec`` (words int32 as
     :meth:`BoxCodec.quantize` builds them); ``u``/``words`` None unless ``want_words``, ``x_hat`` None unless
     ``want_xhat``."""
-    from llmquant.lattice.box import _to_int32
     from llmquant.lattice.closest_point import check_finite
 
     if not torch.is_floating_point(x):
@@ -115,30 +115,46 @@ def nearest(codec, x: torch.Tensor, want_words: bool = True, want_xhat: bool = T
         e = torch.empty(lead, dtype=torch.int64, device=x.device)
         return (e, e.clone(), torch.empty(x.shape, dtype=torch.int64, device=x.device) if want_words else None,
                 torch.empty_like(x) if want_xhat else None, e.to(torch.int32) if want_words else None)
-    js, ms, jms, us, ls = [], [], [], [], []
-    for s in range(0, n, CHUNK):
-        yc = y[s:s + CHUNK]
-        nn_ = yc.shape[0]
-        j, m, jm, U, L = _search(c, yc.T.contiguous())
-        grid, hoff = c.grid(nn_)
-        # flat index of (j, parity h_i -> slot 1 - h_i, i, v) in the (k, 2, 8, n) tensors
-        flat = (grid + (j * (16 * nn_))[:, None]).sub_(hoff.index_select(0, m))
-        js.append(j)
-        ms.append(m)
-        jms.append(jm)
-        if want_words:
-            us.append(U.take(flat).to(torch.int64))
-        if want_xhat:
-            ls.append(c.betas.take(j)[:, None] * L.take(flat))
-    cat = (lambda v: v[0] if len(v) == 1 else torch.cat(v))
-    j, m = cat(js), cat(ms)
-    u = words = x_hat = None
-    if want_words:
-        u = cat(us)
-        # top byte (m, j) = |C| j + m since |C| = 2^M
-        w = (u << c.shifts).sum(-1).bitwise_or_(cat(jms) << (8 * c.b))
-        words = (w.view(torch.int32)[0::2] if sys.byteorder == "little" and w.numel() else _to_int32(w)).reshape(lead)
-        u = u.reshape(x.shape)
-    if want_xhat:
-        x_hat = cat(ls).to(x.dtype).reshape(x.shape)
+    if n <= CHUNK:  # one search chunk (every decode-time call): no output buffers, no copies
+        j, m, u, xh, words = _chunk(c, y, want_words, want_xhat)
+    else:
+        # several chunks: every output is allocated once up front and each chunk writes its slice, so nothing
+        # a chunk keeps is allocated between the next chunk's temporaries (which then reuse the same freed
+        # blocks: the C allocator's resident size stays at one chunk's working set, not ratcheting up per chunk)
+        j = torch.empty(n, dtype=torch.int64, device=x.device)
+        m = torch.empty_like(j)
+        u = torch.empty(n, 8, dtype=torch.int64, device=x.device) if want_words else None
+        words = torch.empty(n, dtype=torch.int32, device=x.device) if want_words else None
+        xh = torch.empty(n, 8, dtype=torch.float32, device=x.device) if want_xhat else None
+        for s in range(0, n, CHUNK):
+            e = min(s + CHUNK, n)
+            res = _chunk(c, y[s:e], want_words, want_xhat)
+            for buf, part in zip((j, m, u, xh, words), res):
+                if buf is not None:
+                    buf[s:e] = part
+            del res
+    words = None if words is None else words.reshape(lead)
+    u = None if u is None else u.reshape(x.shape)
+    x_hat = None if xh is None else xh.to(x.dtype).reshape(x.shape)
     return j.reshape(lead), m.reshape(lead), u, x_hat, words
+
+
+def _chunk(c: _Consts, yc: torch.Tensor, want_words: bool, want_xhat: bool):
+    """``(j, m (n,) int64, u (n, 8) int64 | None, x_hat (n, 8) float32 | None, words (n,) int32 | None)`` of one
+    search chunk ``yc (n, 8)``."""
+    from llmquant.lattice.box import _to_int32
+
+    nn_ = yc.shape[0]
+    j, m, jm, U, L = _search(c, yc.T.contiguous())
+    grid, hoff = c.grid(nn_)
+    # flat index of (j, parity h_i -> slot 1 - h_i, i, v) in the (k, 2, 8, n) tensors
+    flat = (grid + (j * (16 * nn_))[:, None]).sub_(hoff.index_select(0, m))
+    u = words = xh = None
+    if want_words:
+        u = U.take(flat).to(torch.int64)
+        # top byte (m, j) = |C| j + m since |C| = 2^M
+        w = (u << c.shifts).sum(-1).bitwise_or_(jm << (8 * c.b))
+        words = w.view(torch.int32)[0::2] if sys.byteorder == "little" else _to_int32(w)
+    if want_xhat:
+        xh = c.betas.take(j)[:, None] * L.take(flat)
+    return j, m, u, xh, words

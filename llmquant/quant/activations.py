@@ -122,6 +122,8 @@ class RowQuantizer(nn.Module):
 
     def quantize_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x [..., R]`` row by row (last dim); returns the same shape and dtype."""
+        if self.kind == "box" and x.dim() and x.numel() > box_chunk_rows(x.shape[-1]) * x.shape[-1]:
+            return self._box_fake_quant_chunked(x, box_chunk_rows(x.shape[-1]))
         dtype = x.dtype
         xf = x.to(torch.float32)
         if self.kind == "scalar":
@@ -149,12 +151,47 @@ class RowQuantizer(nn.Module):
         hit = self._enc_memo.get(x)
         if hit is not None:
             return hit
+        if x.dim() == 0:
+            raise ValueError("box activation quantizer: needs rows [..., R], got a 0-dim tensor")
+        if x.shape[-1] % 8:
+            raise ValueError(f"box activation quantizer: row length {x.shape[-1]} is not divisible by 8")
+        rows = box_chunk_rows(x.shape[-1])
+        if x.numel() > rows * x.shape[-1]:
+            return self._enc_memo.put(x, self._box_encode_chunked(x, rows))
         xf = x.to(torch.float32)
-        if xf.shape[-1] % 8:
-            raise ValueError(f"box activation quantizer: row length {xf.shape[-1]} is not divisible by 8")
         s = box_row_scale(xf)
         words = self.codec.encode((xf / s).reshape(*xf.shape[:-1], -1, 8))
         return self._enc_memo.put(x, (words, s.squeeze(-1)))
+
+    def _box_fake_quant_chunked(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """:meth:`quantize_rows` of the box code, ``rows`` rows at a time into one output (same ops per row, same
+        search chunks: bit-identical; no temporary larger than one chunk of rows)."""
+        r = x.shape[-1]
+        if r % 8:
+            raise ValueError(f"box activation quantizer: row length {r} is not divisible by 8")
+        x2 = x.reshape(-1, r)
+        out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+        for r0 in range(0, x2.shape[0], rows):
+            xf = x2[r0:r0 + rows].to(torch.float32)
+            s = box_row_scale(xf)
+            x_hat = self.codec.fake_quant((xf / s).reshape(xf.shape[0], -1, 8))
+            out[r0:r0 + rows] = x_hat.reshape(xf.shape) * s
+            del xf, s, x_hat
+        return out.reshape(x.shape)
+
+    def _box_encode_chunked(self, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_rows`' ``(words, scales)``, ``rows`` rows at a time (bit-identical, as above)."""
+        r = x.shape[-1]
+        x2 = x.reshape(-1, r)
+        words = torch.empty(x2.shape[0], r // 8, dtype=torch.int32, device=x.device)
+        scales = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+        for r0 in range(0, x2.shape[0], rows):
+            xf = x2[r0:r0 + rows].to(torch.float32)
+            s = box_row_scale(xf)
+            words[r0:r0 + rows] = self.codec.encode((xf / s).reshape(xf.shape[0], -1, 8))
+            scales[r0:r0 + rows] = s.squeeze(-1)
+            del xf, s
+        return words.reshape(*x.shape[:-1], r // 8), scales.reshape(x.shape[:-1])
 
     def overload_radius(self) -> float:
         """:func:`overload_radius` of this quantizer's ``betas`` and ``q``."""
@@ -167,6 +204,23 @@ class RowQuantizer(nn.Module):
     def clear_memo(self) -> None:
         self._memo.clear()
         self._enc_memo.clear()
+
+
+#: about this many 8-vectors are box-encoded per chunk of rows (:func:`box_chunk_rows`)
+ENCODE_VECTORS = 16384
+
+
+def box_chunk_rows(r: int) -> int:
+    """Rows of length ``r`` box-encoded at once by :meth:`RowQuantizer.quantize_rows` / :meth:`~RowQuantizer.encode_rows`:
+    a multiple of ``u = CHUNK / gcd(r / 8, CHUNK)`` rows (``CHUNK`` = :data:`llmquant.lattice.box_encode.CHUNK`), so
+    every chunk of rows holds whole search chunks of 8-vectors and the search runs on the same chunks as on the
+    whole tensor (bit-identical), about :data:`ENCODE_VECTORS` vectors (at least ``u`` rows).  Bounds the encode's
+    temporaries (``x / s``, the decoded rows, the words) by one chunk of rows instead of all ``T`` tokens."""
+    from llmquant.lattice.box_encode import CHUNK
+
+    nv = max(1, r // 8)
+    unit = CHUNK // math.gcd(nv, CHUNK)
+    return unit * max(1, ENCODE_VECTORS // (unit * nv))
 
 
 def box_row_scale(x: torch.Tensor) -> torch.Tensor:

@@ -102,8 +102,12 @@ class PackedRows:
         if d % 8:
             raise ValueError(f"LatticeKVCache: head_dim {d} is not divisible by 8")
         if self.kind == "box":
-            from llmquant.quant.activations import box_row_scale
+            from llmquant.quant.activations import box_chunk_rows, box_row_scale
 
+            rows = box_chunk_rows(d)
+            if x.numel() > rows * d:  # a long prefill: encode a chunk of rows at a time (bit-identical)
+                words, s = self.quant._box_encode_chunked(x, rows)
+                return {"words": self.quant.codec.pack(words)["words"], "scale": s.half()}
             s = box_row_scale(xf)
             words = self.quant.codec.encode((xf / s).reshape(*xf.shape[:-1], d // 8, 8))
             return {"words": self.quant.codec.pack(words)["words"], "scale": s[..., 0].half()}
