@@ -441,28 +441,39 @@ def _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: tl
     """The eight fp32 activations ``x[8g + i]``, ``i = 0..7``, of the 8-blocks ``offs_g`` as ``[BLOCK_G]`` vectors
     (table path: exact for every input dtype).  X_MODE 0: x_ptr is fp16 viewed as int32; 1: bf16 viewed as int32
     (a bf16 is the high half of its fp32); 2: any float (8 loads)."""
+    # one return at the end: Triton compiles every statement after a constexpr ``if ...: return`` for every
+    # specialization (fp32 x would reach the int32 shifts below: a compile error the interpreter does not see)
     if X_MODE == 2:
         xb = x_ptr + row.to(tl.int64) * stride_xm + offs_g * 8
         if EVEN_G:
-            return (tl.load(xb + 0).to(tl.float32), tl.load(xb + 1).to(tl.float32), tl.load(xb + 2).to(tl.float32),
-                    tl.load(xb + 3).to(tl.float32), tl.load(xb + 4).to(tl.float32), tl.load(xb + 5).to(tl.float32),
-                    tl.load(xb + 6).to(tl.float32), tl.load(xb + 7).to(tl.float32))
-        return (tl.load(xb + 0, mask=g_ok, other=0.0).to(tl.float32),
-                tl.load(xb + 1, mask=g_ok, other=0.0).to(tl.float32),
-                tl.load(xb + 2, mask=g_ok, other=0.0).to(tl.float32),
-                tl.load(xb + 3, mask=g_ok, other=0.0).to(tl.float32),
-                tl.load(xb + 4, mask=g_ok, other=0.0).to(tl.float32),
-                tl.load(xb + 5, mask=g_ok, other=0.0).to(tl.float32),
-                tl.load(xb + 6, mask=g_ok, other=0.0).to(tl.float32),
-                tl.load(xb + 7, mask=g_ok, other=0.0).to(tl.float32))
-    q0, q1, q2, q3 = _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G)  # q_k = (x_2k, x_2k+1)
-    if X_MODE == 0:
-        return _half_lo(q0), _half_hi(q0), _half_lo(q1), _half_hi(q1), _half_lo(q2), _half_hi(q2), _half_lo(q3), \
-            _half_hi(q3)
-    return ((q0 << 16).to(tl.float32, bitcast=True), (q0 & -65536).to(tl.float32, bitcast=True),
-            (q1 << 16).to(tl.float32, bitcast=True), (q1 & -65536).to(tl.float32, bitcast=True),
-            (q2 << 16).to(tl.float32, bitcast=True), (q2 & -65536).to(tl.float32, bitcast=True),
-            (q3 << 16).to(tl.float32, bitcast=True), (q3 & -65536).to(tl.float32, bitcast=True))
+            x0 = tl.load(xb + 0).to(tl.float32)
+            x1 = tl.load(xb + 1).to(tl.float32)
+            x2 = tl.load(xb + 2).to(tl.float32)
+            x3 = tl.load(xb + 3).to(tl.float32)
+            x4 = tl.load(xb + 4).to(tl.float32)
+            x5 = tl.load(xb + 5).to(tl.float32)
+            x6 = tl.load(xb + 6).to(tl.float32)
+            x7 = tl.load(xb + 7).to(tl.float32)
+        else:
+            x0 = tl.load(xb + 0, mask=g_ok, other=0.0).to(tl.float32)
+            x1 = tl.load(xb + 1, mask=g_ok, other=0.0).to(tl.float32)
+            x2 = tl.load(xb + 2, mask=g_ok, other=0.0).to(tl.float32)
+            x3 = tl.load(xb + 3, mask=g_ok, other=0.0).to(tl.float32)
+            x4 = tl.load(xb + 4, mask=g_ok, other=0.0).to(tl.float32)
+            x5 = tl.load(xb + 5, mask=g_ok, other=0.0).to(tl.float32)
+            x6 = tl.load(xb + 6, mask=g_ok, other=0.0).to(tl.float32)
+            x7 = tl.load(xb + 7, mask=g_ok, other=0.0).to(tl.float32)
+    else:
+        q0, q1, q2, q3 = _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G)  # q_k = (x_2k, x_2k+1)
+        if X_MODE == 0:
+            x0, x1, x2, x3 = _half_lo(q0), _half_hi(q0), _half_lo(q1), _half_hi(q1)
+            x4, x5, x6, x7 = _half_lo(q2), _half_hi(q2), _half_lo(q3), _half_hi(q3)
+        else:
+            x0, x1 = (q0 << 16).to(tl.float32, bitcast=True), (q0 & -65536).to(tl.float32, bitcast=True)
+            x2, x3 = (q1 << 16).to(tl.float32, bitcast=True), (q1 & -65536).to(tl.float32, bitcast=True)
+            x4, x5 = (q2 << 16).to(tl.float32, bitcast=True), (q2 & -65536).to(tl.float32, bitcast=True)
+            x6, x7 = (q3 << 16).to(tl.float32, bitcast=True), (q3 & -65536).to(tl.float32, bitcast=True)
+    return x0, x1, x2, x3, x4, x5, x6, x7
 
 
 @triton.jit
@@ -545,54 +556,61 @@ def _box_w4a16_kernel(
 
 
 @triton.jit
+def _interleave8(v0, v1, v2, v3, v4, v5, v6, v7):
+    """``[BN, BG]`` x 8 -> ``[BN, BG * 8]`` with element ``(n, 8 g + i) = v_i[n, g]`` (joins, then one reshape):
+    the 8 weights of a word contiguous, so that a thread's values of one word are one vector store."""
+    p = tl.join(tl.join(v0, v4), tl.join(v2, v6))  # [BN, BG, c, b] = v_(4c + 2b)
+    q = tl.join(tl.join(v1, v5), tl.join(v3, v7))  # v_(4c + 2b + 1)
+    t = tl.join(p, q)  # [BN, BG, c, b, a] = v_(4c + 2b + a)
+    return tl.reshape(t, (t.shape[0], t.shape[1] * 8))
+
+
+@triton.jit
 def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_ptr, N, KW,
                         BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, TABLE: tl.constexpr = False):
     """``W [N, K]`` (out's dtype: the fp32 decode, cast) from the words with the kernel's lane decode (``TABLE``:
-    the level-table decode, ``scale * (beta * levels[l])`` in fp32)."""
+    the level-table decode, ``scale * (beta * levels[l])`` in fp32).
+
+    The eight decoded ``[BLOCK_N, BLOCK_G]`` planes are interleaved into the ``[BLOCK_N, 8 BLOCK_G]`` tile of ``W``
+    (:func:`_interleave8`) and written by one ``tl.store``: each thread stores whole words (16 bytes of fp16), a warp
+    a contiguous row segment (coalesced; 8 strided scalar stores per word before)."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     mask = (offs_n[:, None] < N) & (offs_g[None, :] < KW)
     words = tl.load(w_ptr + offs_n[:, None] * KW + offs_g[None, :], mask=mask, other=0)
+    b = tl.load(betas_ptr + ((words >> 28) & 15))
+    s = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
     if TABLE:
-        _table_dequant_store(words, mask, offs_n, offs_g, N, KW, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_ptr)
+        # out[n, 8g + i] = scale[n] * (betas[j] * levels[l_i]) in fp32 (the order of BoxCodec.decode_rows)
+        l0, l1, l2, l3, l4, l5, l6, l7 = _table_levels(words, htab_ptr)
+        v0 = s * (b * tl.load(levels_ptr + l0))
+        v1 = s * (b * tl.load(levels_ptr + l1))
+        v2 = s * (b * tl.load(levels_ptr + l2))
+        v3 = s * (b * tl.load(levels_ptr + l3))
+        v4 = s * (b * tl.load(levels_ptr + l4))
+        v5 = s * (b * tl.load(levels_ptr + l5))
+        v6 = s * (b * tl.load(levels_ptr + l6))
+        v7 = s * (b * tl.load(levels_ptr + l7))
     else:
         r0, r1, r2, r3 = _word_lanes(words)
         a0, b0 = _lane_values(r0)
         a1, b1 = _lane_values(r1)
         a2, b2 = _lane_values(r2)
         a3, b3 = _lane_values(r3)
-        b = tl.load(betas_ptr + ((words >> 28) & 15))
-        s = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
-        base = out_ptr + offs_n[:, None] * (KW * 8) + offs_g[None, :] * 8
         # (l - 7.5)/8 * 8 is exact; then the reference's order: scale * (beta * level), in fp32, cast on store
-        ty = out_ptr.dtype.element_ty
-        tl.store(base + 0, (s * (b * (a0 * 8.0))).to(ty), mask=mask)
-        tl.store(base + 1, (s * (b * (a1 * 8.0))).to(ty), mask=mask)
-        tl.store(base + 2, (s * (b * (a2 * 8.0))).to(ty), mask=mask)
-        tl.store(base + 3, (s * (b * (a3 * 8.0))).to(ty), mask=mask)
-        tl.store(base + 4, (s * (b * (b0 * 8.0))).to(ty), mask=mask)
-        tl.store(base + 5, (s * (b * (b1 * 8.0))).to(ty), mask=mask)
-        tl.store(base + 6, (s * (b * (b2 * 8.0))).to(ty), mask=mask)
-        tl.store(base + 7, (s * (b * (b3 * 8.0))).to(ty), mask=mask)
-
-
-@triton.jit
-def _table_dequant_store(words, mask, offs_n, offs_g, N, KW, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_ptr):
-    """Table path of :func:`_box_dequant_kernel`: ``out[n, 8g + i] = scale[n] * (betas[j] * levels[l_i])`` in fp32
-    (the order of ``BoxCodec.decode_rows``), cast on store."""
-    l0, l1, l2, l3, l4, l5, l6, l7 = _table_levels(words, htab_ptr)
-    b = tl.load(betas_ptr + ((words >> 28) & 15))
-    s = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
-    base = out_ptr + offs_n[:, None] * (KW * 8) + offs_g[None, :] * 8
+        v0 = s * (b * (a0 * 8.0))
+        v1 = s * (b * (a1 * 8.0))
+        v2 = s * (b * (a2 * 8.0))
+        v3 = s * (b * (a3 * 8.0))
+        v4 = s * (b * (b0 * 8.0))
+        v5 = s * (b * (b1 * 8.0))
+        v6 = s * (b * (b2 * 8.0))
+        v7 = s * (b * (b3 * 8.0))
     ty = out_ptr.dtype.element_ty
-    tl.store(base + 0, (s * (b * tl.load(levels_ptr + l0))).to(ty), mask=mask)
-    tl.store(base + 1, (s * (b * tl.load(levels_ptr + l1))).to(ty), mask=mask)
-    tl.store(base + 2, (s * (b * tl.load(levels_ptr + l2))).to(ty), mask=mask)
-    tl.store(base + 3, (s * (b * tl.load(levels_ptr + l3))).to(ty), mask=mask)
-    tl.store(base + 4, (s * (b * tl.load(levels_ptr + l4))).to(ty), mask=mask)
-    tl.store(base + 5, (s * (b * tl.load(levels_ptr + l5))).to(ty), mask=mask)
-    tl.store(base + 6, (s * (b * tl.load(levels_ptr + l6))).to(ty), mask=mask)
-    tl.store(base + 7, (s * (b * tl.load(levels_ptr + l7))).to(ty), mask=mask)
+    tile = _interleave8(v0.to(ty), v1.to(ty), v2.to(ty), v3.to(ty), v4.to(ty), v5.to(ty), v6.to(ty), v7.to(ty))
+    offs_k = tl.program_id(1) * (BLOCK_G * 8) + tl.arange(0, BLOCK_G * 8)
+    tl.store(out_ptr + offs_n.to(tl.int64)[:, None] * (KW * 8) + offs_k[None, :], tile,
+             mask=(offs_n[:, None] < N) & (offs_k[None, :] < KW * 8))
 
 
 # ---------------------------------------------------------------------------------------------- host side

@@ -9,6 +9,7 @@ cache (~/.triton/cache) makes later runs take seconds.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -133,3 +134,43 @@ def test_signature_errors_name_the_arguments(tools):
 
     with pytest.raises((ValueError, RuntimeError), match="missing .*bidx_ptr"):
         static_cost(_e8_dequant_kernel, {"codes_ptr": "*i32"}, {"BLOCK_N": 16}, weights_per_iter=1)
+
+
+def test_box_w4a16_fp32_and_dequant_specializations_compile_for_sm90(tools):
+    """Specializations the benchmark rows do not cover compile for sm_90 with the GPU's inline PTX (``USE_ASM``):
+    fp32 x (``X_MODE = 2``) on the level-table and lattice paths (the table one once failed to compile: a constexpr
+    early ``return`` let Triton type the int32 shifts of the half-precision branch on fp32 x; the interpreter never
+    sees it), masked tiles with bias and no split; and the dequant kernel (prefill) for every output dtype, whose
+    eight decoded planes are interleaved and stored as whole 16-byte words (coalesced), never 2-byte scalars."""
+    from llmquant.kernels.sass import _run_jobs, kernel_specs
+
+    box = next(s for s in kernel_specs() if s["label"].startswith("box b=3"))
+    jobs = []
+    for table, x_mode, xsig, out, extra in (
+            (True, 2, "*fp32", "*fp32", {}),
+            (False, 2, "*fp32", "*fp32", {}),
+            (True, 2, "*fp32", "*bf16", {"HAS_BIAS": True, "SPLIT_K": 1, "EVEN_N": False, "EVEN_G": False}),
+            (False, 1, "*i32", "*bf16", {"HAS_BIAS": True, "SPLIT_K": 1, "EVEN_N": False, "EVEN_G": False})):
+        jobs.append({"kernel_ref": box["kernel_ref"], "signature": dict(box["signature"], x_ptr=xsig, out_ptr=out),
+                     "constexprs": dict(box["constexprs"], TABLE=table, X_MODE=x_mode, **extra),
+                     "weights_per_iter": box["weights_per_iter"], "arch": "sm_90", "num_warps": 4, "num_stages": 3,
+                     "divisible_by_16": list(box["divisible_by_16"]), "keep_sass": False})
+    deq_sig = {"w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "levels_ptr": "*fp32",
+               "htab_ptr": "*i32", "N": "i32", "KW": "i32"}
+    deq = [(table, out) for table in (False, True) for out in ("*fp16", "*bf16", "*fp32")]
+    for table, out in deq:
+        jobs.append({"kernel_ref": "llmquant.kernels.box_w4a16:_box_dequant_kernel",
+                     "signature": dict(deq_sig, out_ptr=out), "constexprs": {"BLOCK_N": 64, "BLOCK_G": 16,
+                                                                             "TABLE": table},
+                     "weights_per_iter": 64 * 16 * 8, "arch": "sm_90", "num_warps": 4, "num_stages": 3,
+                     "divisible_by_16": ["N", "KW"], "keep_sass": True})
+    rows = _run_jobs(jobs)
+    for r in rows[:4]:
+        assert r["region"] == "loop" and r["spills"] == 0 and r["shuffles"] == 0
+        assert r["instructions_per_weight"] < 10
+    for (table, out), r in zip(deq, rows[4:]):
+        assert r["spills"] == 0
+        stores = [ln for ln in r["sass"].splitlines() if re.search(r"\bSTG\.", ln)]
+        # 64 x 16 words per CTA, 128 threads: 8 words per thread, one 16-byte store each (fp32: two)
+        assert stores and all("STG.E.128" in ln for ln in stores), (table, out, stores[:4])
+        assert len(stores) == (16 if out == "*fp32" else 8), (table, out, len(stores))
