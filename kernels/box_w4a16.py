@@ -373,6 +373,51 @@ def _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G: tl.constexpr):
 
 
 @triton.jit
+def _pairs_from_f32(x0, x1, x2, x3, x4, x5, x6, x7):
+    """The half2 pairs ``(x_p, x_{p+4})`` (int32 bits, x rounded to fp16) of eight float activations."""
+    p0 = _half_bits(x0) | (_half_bits(x4) << 16)
+    p1 = _half_bits(x1) | (_half_bits(x5) << 16)
+    p2 = _half_bits(x2) | (_half_bits(x6) << 16)
+    p3 = _half_bits(x3) | (_half_bits(x7) << 16)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _pairs_from_words(q0, q1, q2, q3, X_MODE: tl.constexpr, USE_ASM: tl.constexpr):
+    """The half2 pairs ``(x_p, x_{p+4})`` from the four int32 words ``q_k = (x_2k, x_2k+1)`` of an 8-block
+    (:func:`_x_int32_words`; X_MODE 0: fp16, 1: bf16, rounded to fp16), any shape."""
+    if X_MODE == 0 and USE_ASM:  # one PRMT per pair
+        p0 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [q0, q2], dtype=tl.int32,
+                                       is_pure=True, pack=1)
+        p1 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [q0, q2], dtype=tl.int32,
+                                       is_pure=True, pack=1)
+        p2 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [q1, q3], dtype=tl.int32,
+                                       is_pure=True, pack=1)
+        p3 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [q1, q3], dtype=tl.int32,
+                                       is_pure=True, pack=1)
+    elif X_MODE == 1 and USE_ASM:  # bf16 -> f32 (a shift or a mask), two f32 -> f16x2 in one cvt
+        p0 = tl.inline_asm_elementwise(_BF16_LO_PAIR, "=r,r,r", [q0, q2], dtype=tl.int32, is_pure=True, pack=1)
+        p1 = tl.inline_asm_elementwise(_BF16_HI_PAIR, "=r,r,r", [q0, q2], dtype=tl.int32, is_pure=True, pack=1)
+        p2 = tl.inline_asm_elementwise(_BF16_LO_PAIR, "=r,r,r", [q1, q3], dtype=tl.int32, is_pure=True, pack=1)
+        p3 = tl.inline_asm_elementwise(_BF16_HI_PAIR, "=r,r,r", [q1, q3], dtype=tl.int32, is_pure=True, pack=1)
+    elif X_MODE == 0:  # q0 = (x0, x1), q1 = (x2, x3), q2 = (x4, x5), q3 = (x6, x7)
+        p0 = (q0 & 0xFFFF) | (q2 << 16)
+        p1 = ((q0 >> 16) & 0xFFFF) | (q2 & -65536)
+        p2 = (q1 & 0xFFFF) | (q3 << 16)
+        p3 = ((q1 >> 16) & 0xFFFF) | (q3 & -65536)
+    else:
+        h0, h1 = _bf16_pair_to_half(q0)
+        h2, h3 = _bf16_pair_to_half(q1)
+        h4, h5 = _bf16_pair_to_half(q2)
+        h6, h7 = _bf16_pair_to_half(q3)
+        p0 = h0 | (h4 << 16)
+        p1 = h1 | (h5 << 16)
+        p2 = h2 | (h6 << 16)
+        p3 = h3 | (h7 << 16)
+    return p0, p1, p2, p3
+
+
+@triton.jit
 def _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: tl.constexpr,
              USE_ASM: tl.constexpr):
     """The half2 pairs (x_p, x_{p+4}) of the 8-blocks ``offs_g`` of activation row ``row`` as int32 [BLOCK_G].
@@ -399,40 +444,10 @@ def _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: 
             x5 = tl.load(xb + 5, mask=g_ok, other=0.0)
             x6 = tl.load(xb + 6, mask=g_ok, other=0.0)
             x7 = tl.load(xb + 7, mask=g_ok, other=0.0)
-        p0 = _half_bits(x0) | (_half_bits(x4) << 16)
-        p1 = _half_bits(x1) | (_half_bits(x5) << 16)
-        p2 = _half_bits(x2) | (_half_bits(x6) << 16)
-        p3 = _half_bits(x3) | (_half_bits(x7) << 16)
+        p0, p1, p2, p3 = _pairs_from_f32(x0, x1, x2, x3, x4, x5, x6, x7)
     else:
         q0, q1, q2, q3 = _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G)
-        if X_MODE == 0 and USE_ASM:  # one PRMT per pair
-            p0 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [q0, q2], dtype=tl.int32,
-                                           is_pure=True, pack=1)
-            p1 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [q0, q2], dtype=tl.int32,
-                                           is_pure=True, pack=1)
-            p2 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [q1, q3], dtype=tl.int32,
-                                           is_pure=True, pack=1)
-            p3 = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [q1, q3], dtype=tl.int32,
-                                           is_pure=True, pack=1)
-        elif X_MODE == 1 and USE_ASM:  # bf16 -> f32 (a shift or a mask), two f32 -> f16x2 in one cvt
-            p0 = tl.inline_asm_elementwise(_BF16_LO_PAIR, "=r,r,r", [q0, q2], dtype=tl.int32, is_pure=True, pack=1)
-            p1 = tl.inline_asm_elementwise(_BF16_HI_PAIR, "=r,r,r", [q0, q2], dtype=tl.int32, is_pure=True, pack=1)
-            p2 = tl.inline_asm_elementwise(_BF16_LO_PAIR, "=r,r,r", [q1, q3], dtype=tl.int32, is_pure=True, pack=1)
-            p3 = tl.inline_asm_elementwise(_BF16_HI_PAIR, "=r,r,r", [q1, q3], dtype=tl.int32, is_pure=True, pack=1)
-        elif X_MODE == 0:  # q0 = (x0, x1), q1 = (x2, x3), q2 = (x4, x5), q3 = (x6, x7)
-            p0 = (q0 & 0xFFFF) | (q2 << 16)
-            p1 = ((q0 >> 16) & 0xFFFF) | (q2 & -65536)
-            p2 = (q1 & 0xFFFF) | (q3 << 16)
-            p3 = ((q1 >> 16) & 0xFFFF) | (q3 & -65536)
-        else:
-            h0, h1 = _bf16_pair_to_half(q0)
-            h2, h3 = _bf16_pair_to_half(q1)
-            h4, h5 = _bf16_pair_to_half(q2)
-            h6, h7 = _bf16_pair_to_half(q3)
-            p0 = h0 | (h4 << 16)
-            p1 = h1 | (h5 << 16)
-            p2 = h2 | (h6 << 16)
-            p3 = h3 | (h7 << 16)
+        p0, p1, p2, p3 = _pairs_from_words(q0, q1, q2, q3, X_MODE, USE_ASM)
     return p0, p1, p2, p3
 
 
@@ -465,14 +480,22 @@ def _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE: tl.constexpr, EVEN_G: tl
             x7 = tl.load(xb + 7, mask=g_ok, other=0.0).to(tl.float32)
     else:
         q0, q1, q2, q3 = _x_int32_words(x_ptr, row, stride_xm, offs_g, g_ok, EVEN_G)  # q_k = (x_2k, x_2k+1)
-        if X_MODE == 0:
-            x0, x1, x2, x3 = _half_lo(q0), _half_hi(q0), _half_lo(q1), _half_hi(q1)
-            x4, x5, x6, x7 = _half_lo(q2), _half_hi(q2), _half_lo(q3), _half_hi(q3)
-        else:
-            x0, x1 = (q0 << 16).to(tl.float32, bitcast=True), (q0 & -65536).to(tl.float32, bitcast=True)
-            x2, x3 = (q1 << 16).to(tl.float32, bitcast=True), (q1 & -65536).to(tl.float32, bitcast=True)
-            x4, x5 = (q2 << 16).to(tl.float32, bitcast=True), (q2 & -65536).to(tl.float32, bitcast=True)
-            x6, x7 = (q3 << 16).to(tl.float32, bitcast=True), (q3 & -65536).to(tl.float32, bitcast=True)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _f32_from_words(q0, q1, q2, q3, X_MODE)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _f32_from_words(q0, q1, q2, q3, X_MODE: tl.constexpr):
+    """The eight fp32 activations (exact) of an 8-block from its int32 words ``q_k = (x_2k, x_2k+1)``; X_MODE 0:
+    fp16, 1: bf16 (a bf16 is the high half of its fp32); any shape."""
+    if X_MODE == 0:
+        x0, x1, x2, x3 = _half_lo(q0), _half_hi(q0), _half_lo(q1), _half_hi(q1)
+        x4, x5, x6, x7 = _half_lo(q2), _half_hi(q2), _half_lo(q3), _half_hi(q3)
+    else:
+        x0, x1 = (q0 << 16).to(tl.float32, bitcast=True), (q0 & -65536).to(tl.float32, bitcast=True)
+        x2, x3 = (q1 << 16).to(tl.float32, bitcast=True), (q1 & -65536).to(tl.float32, bitcast=True)
+        x4, x5 = (q2 << 16).to(tl.float32, bitcast=True), (q2 & -65536).to(tl.float32, bitcast=True)
+        x6, x7 = (q3 << 16).to(tl.float32, bitcast=True), (q3 & -65536).to(tl.float32, bitcast=True)
     return x0, x1, x2, x3, x4, x5, x6, x7
 
 
@@ -663,14 +686,34 @@ def _table_arg(levels: torch.Tensor | None, betas: torch.Tensor) -> tuple[torch.
     return levels, _h_table(levels.device), True
 
 
+#: small-M configs (2 <= M <= DEQUANT_MIN_M, :mod:`.box_w4a16_rows`: one decode per word for M_BLOCK rows), by
+#: M_BLOCK; chosen on the static SASS count only (sm_90, fp16 x, instructions per weight per row: 2.89 / 1.96 / 1.54
+#: against the one-row kernel's 3.94; 96 / 126 / 128 registers, 0 spills).  M > 8 runs cdiv(M, 8) row blocks.
+ROWS_CONFIGS = {2: {"BLOCK_N": 256, "BLOCK_G": 4, "num_warps": 4, "M_BLOCK": 2},
+                4: {"BLOCK_N": 256, "BLOCK_G": 4, "num_warps": 4, "M_BLOCK": 4},
+                8: {"BLOCK_N": 128, "BLOCK_G": 4, "num_warps": 4, "M_BLOCK": 8}}
+
+
+def _rows_block(m: int) -> int:
+    """M_BLOCK for ``m`` activation rows: the smallest of 2, 4, 8 holding them (8 above 8)."""
+    return 2 if m <= 2 else 4 if m <= 4 else 8
+
+
 def choose_config(m: int, n: int, kw: int, *, on_gpu: bool, sm_count: int = 132) -> dict:
-    """Tile config: fixed small tiles in the interpreter; on GPU ``GPU_CONFIG`` and a split-K that puts
-    about two CTAs per SM (``sm_count``) while keeping >= 4 K iterations per split."""
+    """Tile config: fixed small tiles in the interpreter; on GPU ``GPU_CONFIG`` (M = 1) or ``ROWS_CONFIGS`` (M > 1,
+    the small-M kernel), ``BLOCK_N`` no wider than N rounded up to a power of two (>= 128: a thread owns >= 1 row;
+    a 1024-row tile on N = 512 left half the threads masked), and a split-K that puts about two CTAs per SM
+    (``sm_count``) while keeping >= 4 K iterations per split."""
+    mb = _rows_block(m) if m > 1 else 1
     if not on_gpu:
         bg = 16 if kw >= 16 else 8
-        return {"BLOCK_N": 32 if n > 16 else 16, "BLOCK_G": bg, "SPLIT_K": 1}
-    cfg = dict(GPU_CONFIG)
-    tiles = triton.cdiv(n, cfg["BLOCK_N"]) * max(1, m)
+        cfg = {"BLOCK_N": 32 if n > 16 else 16, "BLOCK_G": bg, "SPLIT_K": 1}
+        if mb > 1:
+            cfg["M_BLOCK"] = mb
+        return cfg
+    cfg = dict(GPU_CONFIG) if mb == 1 else dict(ROWS_CONFIGS[mb])
+    cfg["BLOCK_N"] = min(cfg["BLOCK_N"], max(128, triton.next_power_of_2(max(1, n))))
+    tiles = triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(max(1, m), mb)
     split = 1
     while tiles * split < 2 * sm_count and kw // (cfg["BLOCK_G"] * split * 2) >= 4:
         split *= 2
@@ -701,7 +744,9 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     int32 ``[N, K/8]``, ``row_scale`` ``[N]`` (fp16), ``betas`` fp32 ``[16]``, ``bias`` ``[N]`` or None; returns
     ``[..., N]`` in ``x.dtype``.
     All tensors on the same device (CUDA, or CPU under ``TRITON_INTERPRET=1``).  ``config`` overrides
-    ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``; ``{"DEQUANT": True}`` forces the prefill path (taken by
+    ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``, ``M_BLOCK`` (> 1: the small-M kernel of
+    :mod:`.box_w4a16_rows`, the default for ``1 < M <=`` :data:`DEQUANT_MIN_M`; absent or 1: one program per row);
+    ``{"DEQUANT": True}`` forces the prefill path (taken by
     default on CUDA for ``M >`` :data:`DEQUANT_MIN_M`): :func:`box_dequant` into x's dtype + ``F.linear``.
     """
     _check(words, row_scale, betas, bias, levels)
@@ -740,13 +785,18 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     bn = cfg["BLOCK_N"]
     extra = {"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}
     lv, ht, table = _table_arg(levels, betas)
-    _box_w4a16_kernel[(triton.cdiv(n, bn), split, m)](
-        x_arg, words, row_scale, betas, lv, ht, bias if bias is not None else row_scale, out, part,
-        m, n, kw, x_stride, out.stride(0), kw_per_split,
-        HAS_BIAS=bias is not None, SPLIT_K=split, USE_ASM=on_gpu, X_MODE=x_mode,
-        EVEN_N=n % bn == 0, EVEN_G=kw_per_split * split == kw,
-        BLOCK_N=bn, BLOCK_G=bg, TABLE=table, **extra,
-    )
+    args = (x_arg, words, row_scale, betas, lv, ht, bias if bias is not None else row_scale, out, part,
+            m, n, kw, x_stride, out.stride(0), kw_per_split)
+    consts = dict(HAS_BIAS=bias is not None, SPLIT_K=split, USE_ASM=on_gpu, X_MODE=x_mode,
+                  EVEN_N=n % bn == 0, EVEN_G=kw_per_split * split == kw, BLOCK_N=bn, BLOCK_G=bg, TABLE=table, **extra)
+    mb = int(cfg.get("M_BLOCK", 1))
+    if mb > 1:
+        # small M: one decode per word for mb rows (kernels/box_w4a16_rows.py), bit-identical per row
+        from .box_w4a16_rows import _box_w4a16_rows_kernel
+
+        _box_w4a16_rows_kernel[(triton.cdiv(n, bn), split, triton.cdiv(m, mb))](*args, M_BLOCK=mb, **consts)
+    else:
+        _box_w4a16_kernel[(triton.cdiv(n, bn), split, m)](*args, **consts)
     if split > 1:
         acc = part.sum(0)
         if bias is not None:

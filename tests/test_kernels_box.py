@@ -113,11 +113,12 @@ def _h2(fn, a: int, *rest: int) -> int:
     return out
 
 
-def run_word_ptx(ptx: str, args: dict, memory: dict) -> int:
+def run_word_ptx(ptx: str, args: dict, memory: dict, outputs: int = 0):
     """Execute the straight-line PTX of ``_WORD_PTX`` (the subset it uses) on Python ints.
 
     ``args``: ``{"$1": word, ...}`` (u32 / u64 bit patterns); ``memory``: address -> u32 for ``ld.global``.
-    Returns the u32 written to ``$0``.  fp16 ops round once from the exact value (fp64 holds it here).
+    Returns the u32 written to ``$0`` (``outputs > 0``: the list of ``$0 .. $(outputs-1)``).  fp16 ops round once
+    from the exact value (fp64 holds it here).
     """
     regs: dict = dict(args)
     m32 = 0xFFFFFFFF
@@ -204,6 +205,8 @@ def run_word_ptx(ptx: str, args: dict, memory: dict) -> int:
         else:
             raise AssertionError(f"PTX op not emulated: {op}")
         regs[dst] = r
+    if outputs:
+        return [regs[f"${i}"] for i in range(outputs)]
     return regs["$0"]
 
 
@@ -493,3 +496,81 @@ def test_table_errors(dev):
     bad[0] = 1.0
     with pytest.raises(ValueError, match="antisymmetric"):
         box_w4a16_reference(x, words, scale, codec.betas, levels=bad)
+
+
+# ------------------------------------------------------------------------------ small-M kernel (box_w4a16_rows)
+
+
+def test_rows_ptx_equals_word_ptx():
+    """The small-M kernel's GPU code, run by the emulator: the decode block (5 outputs) then the per-row block give
+    the one-row ``_WORD_PTX`` result bit for bit (random words, random x and accumulators)."""
+    from llmquant.kernels import box_w4a16 as K
+    from llmquant.kernels import box_w4a16_rows as R
+
+    codec = E8BoxCodec(3)
+    base = 0x7F00_0000_1000
+    memory = {base + 4 * j: _f32_bits(float(b)) for j, b in enumerate(codec.betas.tolist())}
+    words = _random_words(1, 256, seed=71)[0].tolist() + _encoded_words(1, 40, seed=72)[0][0].tolist()
+    g = torch.Generator().manual_seed(73)
+    for w in words:
+        u = w & 0xFFFFFFFF
+        v = run_word_ptx(R._DECODE_PTX, {"$5": u, "$6": base}, memory, outputs=5)
+        for _ in range(3):  # three rows share the decode
+            xs = (torch.randn(8, generator=g) * 3).half().float().tolist()
+            pairs = [_f16_bits(xs[p]) | (_f16_bits(xs[p + 4]) << 16) for p in range(4)]
+            acc = _f32_bits(float(torch.randn(1, generator=g)))
+            want = run_word_ptx(K._WORD_PTX, {"$1": u, "$2": pairs[0], "$3": pairs[1], "$4": pairs[2],
+                                              "$5": pairs[3], "$6": base, "$7": acc}, memory)
+            got = run_word_ptx(R._ROW_PTX, {"$1": v[0], "$2": v[1], "$3": v[2], "$4": v[3], "$5": pairs[0],
+                                            "$6": pairs[1], "$7": pairs[2], "$8": pairs[3], "$9": v[4],
+                                            "$10": acc}, memory)
+            assert got == want, hex(u)
+
+
+@pytest.mark.parametrize("which", ["table", "gamma"])
+def test_rows_table_decode_ptx(which):
+    """The small-M kernel's table decode block: the 8 levels ``levels[l_i]`` and ``betas[j]`` of every word (the
+    per-row MACs are Triton fp32 ops in the order of ``_TABLE_WORD_PTX``: a product, seven FMAs, one β FMA)."""
+    from llmquant.kernels import box_w4a16 as K
+    from llmquant.kernels import box_w4a16_rows as R
+
+    codec = _table_codec() if which == "table" else _gamma_codec()
+    tbase, hbase, bbase = 0x7F00_0000_2000, 0x7F00_0000_3040, 0x7F00_0000_1000
+    memory = {bbase + 4 * j: _f32_bits(float(b)) for j, b in enumerate(codec.betas.tolist())}
+    memory.update({tbase + 4 * i: _f32_bits(float(v)) for i, v in enumerate(codec.levels.tolist())})
+    memory.update({hbase + 4 * m: e for m, e in enumerate(K.hamming_h_table())})
+    for w in _random_words(1, 300, seed=74)[0].tolist():
+        u = w & 0xFFFFFFFF
+        out = run_word_ptx(R._TABLE_DECODE_PTX, {"$9": u, "$10": tbase, "$11": hbase, "$12": bbase}, memory,
+                           outputs=9)
+        want = [_f32_bits(float(codec.levels[i])) for i in _level_indices(codec, w)]
+        assert out[:8] == want and out[8] == _f32_bits(float(codec.betas[u >> 28])), hex(u)
+
+
+@pytest.mark.parametrize("which", ["lattice", "table"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_rows_kernel_bit_identical_to_one_row_kernel(dev, which, dtype):
+    """M = 2..11 through the small-M kernel (M_BLOCK 2, 4, 8; masked rows, split-K, bias) equals the one-row kernel
+    (one program per row, the same tiles) bit for bit, and the default config takes it for 1 < M."""
+    from llmquant.kernels.box_w4a16 import box_w4a16_matmul, choose_config
+
+    codec = E8BoxCodec(3) if which == "lattice" else _table_codec()
+    levels = _levels_arg(codec)
+    words, scale = _encoded_words(37, 21, seed=81, codec=codec)
+    g = torch.Generator().manual_seed(82)
+    bias = torch.randn(37, generator=g)
+    args = (words.to(dev), scale.to(dev), codec.betas.to(dev))
+    lv = None if levels is None else levels.to(dev)
+    for m, mb, split, b in ((2, 2, 1, None), (3, 4, 2, bias), (11, 8, 3, bias)):
+        x = (torch.randn(m, 8 * 21, generator=g) * 2).to(dtype).to(dev)
+        bb = None if b is None else b.to(dev)
+        cfg = {"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": split}
+        one = box_w4a16_matmul(x, *args, bb, config=cfg, levels=lv)
+        rows = box_w4a16_matmul(x, *args, bb, config=dict(cfg, M_BLOCK=mb), levels=lv)
+        assert torch.equal(rows, one), (m, mb, split)
+    # and a row alone (M = 1) gives the same bits
+    assert torch.equal(box_w4a16_matmul(x[m - 1:], *args, bb, config=cfg, levels=lv), one[m - 1:])
+    assert choose_config(3, 37, 21, on_gpu=False)["M_BLOCK"] == 4 and "M_BLOCK" not in choose_config(
+        1, 37, 21, on_gpu=False)
+    gpu = choose_config(16, 4096, 512, on_gpu=True)
+    assert gpu["M_BLOCK"] == 8 and gpu["SPLIT_K"] >= 1

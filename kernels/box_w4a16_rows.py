@@ -1,0 +1,284 @@
+"""Small-M (2..16 rows) variant of the box W4A16 GEMV (:mod:`.box_w4a16`): each weight word is decoded **once per
+program** and applied to ``M_BLOCK`` activation rows, instead of once per row.
+
+Same spec, bit layout and arithmetic as :func:`.box_w4a16.box_w4a16_matmul` (see its module docstring); only the
+work split differs.  Grid ``(cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, M_BLOCK))``; a program owns the word tile
+``[BLOCK_N, BLOCK_G]`` of each K step and the rows ``rows = M_BLOCK pid_m + [0, M_BLOCK)``, and accumulates
+``acc [M_BLOCK, BLOCK_N, BLOCK_G]`` (one fp32 partial per row and word, as the one-row kernel's ``[BLOCK_N,
+BLOCK_G]``).  Per K step:
+
+* x: for each row, the same 16-byte 8-block load and half2 / fp32 conversion as the one-row kernel (masked rows
+  ``>= M`` read 0 and are not stored).
+* Lattice path: on CUDA the word decode is one PTX block with five outputs, :data:`_DECODE_PTX` (the lane
+  registers after the offset, ``v_p = ((ℓ_p − 7.5)/8, (ℓ_{p+4} − 7.5)/8)`` as half2, and ``β_j``), then per row
+  :data:`_ROW_PTX` (4 packed fp16 MACs, the lane sum, the conversion and ``acc += β · partial``): together exactly
+  the instructions of the one-row :data:`.box_w4a16._WORD_PTX`, in the same order, so every row's result is
+  **bit-identical** to the one-row kernel's (the tests run both PTX blocks in the emulator against ``_WORD_PTX``).
+  Under the interpreter the same Triton ops as the one-row kernel's interpreter path.
+* Level-table path: the index decode and the 8 level loads + β once per word (:data:`_TABLE_DECODE_PTX`, nine
+  outputs; in Triton under the interpreter), then per row ``d = λ_0 x_0``, seven FMAs, ``acc = fma(β, d, acc)``
+  (the interpreter: ``acc += β d``, as the one-row kernel's interpreter path).
+* Epilogue as the one-row kernel: ``sum`` over the word axis, ``DECODE_SCALE`` (lattice), row scale, then bias and
+  the cast (``SPLIT_K = 1``) or fp32 partials ``[SPLIT_K, M, N]``.
+
+Cost per word (lattice, fp16 x, instructions of a thread): decode ≈ 20 once, then ≈ 7 per row (HMUL2 + 3 HFMA2 +
+HADD + conversion + FFMA), against ≈ 27 + 4.5 per row re-decoded by the one-row kernel's grid: the static SASS
+counts are in the ``bench kernels --sass`` rows and the helper report of issue 9.  **Not timed on a GPU.**
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .box_w4a16 import (
+    _DECODE_SCALE, LANE_BASE, LANE_MASK, LANE_OFFSET, MASK_EVEN, MASK_ODD, TAB_U_EVEN, TAB_U_ODD, _f32_from_words,
+    _i32, _pair_dot, _pairs_from_f32, _pairs_from_words, _table_levels, _word_lanes,
+)
+
+# decode of one word: $0..$3 = v_p (half2 bits, (l - 7.5)/8 in both lanes), $4 = beta_j (f32 bits), for the word $5
+# and the address $6 of betas (u64, 64-byte aligned: the low word cannot carry).  The lines of _WORD_PTX up to the
+# four HADD2s.
+_DECODE_PTX = f"""
+{{
+.reg .b32 mw, x31, pc, lbp, ie, io, de, dd, s0, s1, s3, r0, r1, r2, r3, j, blo, bhi, alo;
+.reg .b32 kme, kmo, klm, klb, koff;
+.reg .b64 addr, prod;
+mov.b32 kme, {MASK_EVEN};
+mov.b32 kmo, {MASK_ODD};
+mov.b32 klm, {LANE_MASK};
+mov.b32 klb, {LANE_BASE};
+mov.b32 koff, {_i32(LANE_OFFSET)};
+mov.b64 {{blo, bhi}}, $6;
+shr.u32 j, $5, 28;
+mad.lo.u32 alo, j, 4, blo;
+mov.b64 addr, {{alo, bhi}};
+ld.global.nc.u32 $4, [addr];
+and.b32 mw, $5, 0x0F000000;
+popc.b32 pc, mw;
+shl.b32 pc, pc, 17;
+lop3.b32 lbp, pc, 0x20000, klb, 0xEA;
+mul.wide.u32 prod, mw, 0x880880;
+mov.b64 {{x31, ie}}, prod;
+mul.hi.u32 io, mw, 0x2202200;
+lop3.b32 de, $5, kme, ie, 0xE2;
+lop3.b32 dd, $5, kmo, io, 0xE2;
+shf.l.wrap.b32 s0, x31, de, 6;
+shl.b32 s1, dd, 3;
+shr.u32 s3, dd, 3;
+lop3.b32 r0, s0, klm, lbp, 0x6A;
+lop3.b32 r1, s1, klm, lbp, 0x6A;
+lop3.b32 r2, de, klm, lbp, 0x6A;
+lop3.b32 r3, s3, klm, lbp, 0x6A;
+add.rn.f16x2 $0, r0, koff;
+add.rn.f16x2 $1, r1, koff;
+add.rn.f16x2 $2, r2, koff;
+add.rn.f16x2 $3, r3, koff;
+}}
+"""
+
+# one row of one word: $0 (f32 bits) = $10 + $9 * (fp16 sum of the 8 products), v_p = $1..$4, x pairs $5..$8 (half2
+# (x_p, x_{p+4})), beta $9 (f32 bits), accumulator $10: the lines of _WORD_PTX after the HADD2s.
+_ROW_PTX = """
+{
+.reg .b32 a;
+.reg .b16 lo, hi, hs;
+.reg .f32 fs, beta, accin, accout;
+mul.rn.f16x2 a, $1, $5;
+fma.rn.f16x2 a, $2, $6, a;
+fma.rn.f16x2 a, $3, $7, a;
+fma.rn.f16x2 a, $4, $8, a;
+mov.b32 {lo, hi}, a;
+add.rn.f16 hs, lo, hi;
+cvt.f32.f16 fs, hs;
+mov.b32 beta, $9;
+mov.b32 accin, $10;
+fma.rn.f32 accout, beta, fs, accin;
+mov.b32 $0, accout;
+}
+"""
+
+
+def _table_decode_ptx() -> str:
+    """PTX of one word's table decode: ``$0..$7`` = ``levels[l_i]`` (f32 bits), ``$8`` = ``betas[j]``, for the word
+    ``$9`` and the 64-byte aligned addresses of the level table ``$10``, the codeword-bit table ``$11`` and betas
+    ``$12`` (the index decode and loads of :func:`.box_w4a16._table_word_ptx`, without the MACs)."""
+    lines = [
+        "{",
+        ".reg .b32 t, e, w3, de, dd, tlo, thi, hlo, hhi, blo, bhi, s, o;",
+        ".reg .b64 a;",
+        "mov.b64 {tlo, thi}, $10;",
+        "mov.b64 {hlo, hhi}, $11;",
+        "mov.b64 {blo, bhi}, $12;",
+        "shr.u32 t, $9, 26;",
+        "lop3.b32 o, t, 0x3C, blo, 0xEA;",
+        "mov.b64 a, {o, bhi};",
+        "ld.global.nc.u32 $8, [a];",
+        "shr.u32 t, $9, 22;",
+        "lop3.b32 o, t, 0x3C, hlo, 0xEA;",
+        "mov.b64 a, {o, hhi};",
+        "ld.global.nc.u32 e, [a];",
+        "shl.b32 w3, $9, 3;",
+        f"lop3.b32 de, w3, {TAB_U_EVEN}, e, 0xE2;",
+        f"lop3.b32 dd, w3, {TAB_U_ODD}, e, 0xE2;",
+    ]
+    for i in range(8):
+        src = "de" if i % 2 == 0 else "dd"
+        if i:
+            lines.append(f"shr.u32 s, {src}, {3 * i};")
+            src = "s"
+        lines += [f"lop3.b32 o, {src}, 0x3C, tlo, 0xEA;", "mov.b64 a, {o, thi};", f"ld.global.nc.u32 ${i}, [a];"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+_TABLE_DECODE_PTX = _table_decode_ptx()
+_DECODE_ASM = tl.constexpr(_DECODE_PTX)
+_ROW_ASM = tl.constexpr(_ROW_PTX)
+_TABLE_DECODE_ASM = tl.constexpr(_TABLE_DECODE_PTX)
+
+
+@triton.jit
+def _x_rows_words(x_ptr, rows, stride_xm, offs_g, x_ok):
+    """``_x_int32_words`` for ``[M_BLOCK]`` rows: four ``[M_BLOCK, BLOCK_G]`` int32 words ``q_k = (x_2k, x_2k+1)``
+    (one 16-byte load per row and 8-block; ``x_ok [M_BLOCK, BLOCK_G]`` masks rows >= M and blocks >= KW to 0)."""
+    xb = (x_ptr + rows.to(tl.int64)[:, None, None] * stride_xm + offs_g[None, :, None] * 4
+          + tl.arange(0, 4)[None, None, :])
+    q = tl.load(xb, mask=x_ok[:, :, None], other=0)
+    qa, qb = tl.split(tl.reshape(q, (q.shape[0], q.shape[1], 2, 2)))
+    q0, q2 = tl.split(qa)
+    q1, q3 = tl.split(qb)
+    return q0, q1, q2, q3
+
+
+@triton.jit
+def _x_rows_f32_raw(x_ptr, rows, stride_xm, offs_g, x_ok):
+    """Eight ``[M_BLOCK, BLOCK_G]`` loads of x (X_MODE 2: any float dtype, as stored)."""
+    xb = x_ptr + rows.to(tl.int64)[:, None] * stride_xm + offs_g[None, :] * 8
+    return (tl.load(xb + 0, mask=x_ok, other=0.0), tl.load(xb + 1, mask=x_ok, other=0.0),
+            tl.load(xb + 2, mask=x_ok, other=0.0), tl.load(xb + 3, mask=x_ok, other=0.0),
+            tl.load(xb + 4, mask=x_ok, other=0.0), tl.load(xb + 5, mask=x_ok, other=0.0),
+            tl.load(xb + 6, mask=x_ok, other=0.0), tl.load(xb + 7, mask=x_ok, other=0.0))
+
+
+@triton.jit
+def _x_rows_pairs(x_ptr, rows, stride_xm, offs_g, x_ok, X_MODE: tl.constexpr, USE_ASM: tl.constexpr):
+    """The half2 pairs ``(x_p, x_{p+4})`` ``[M_BLOCK, BLOCK_G]`` of the rows (as the one-row ``_x_pairs``)."""
+    if X_MODE == 2:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_rows_f32_raw(x_ptr, rows, stride_xm, offs_g, x_ok)
+        p0, p1, p2, p3 = _pairs_from_f32(x0, x1, x2, x3, x4, x5, x6, x7)
+    else:
+        q0, q1, q2, q3 = _x_rows_words(x_ptr, rows, stride_xm, offs_g, x_ok)
+        p0, p1, p2, p3 = _pairs_from_words(q0, q1, q2, q3, X_MODE, USE_ASM)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _x_rows_f32(x_ptr, rows, stride_xm, offs_g, x_ok, X_MODE: tl.constexpr):
+    """The eight fp32 activations ``[M_BLOCK, BLOCK_G]`` of the rows (as the one-row ``_x_f32``: exact)."""
+    if X_MODE == 2:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_rows_f32_raw(x_ptr, rows, stride_xm, offs_g, x_ok)
+        x0, x1, x2, x3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+        x4, x5, x6, x7 = x4.to(tl.float32), x5.to(tl.float32), x6.to(tl.float32), x7.to(tl.float32)
+    else:
+        q0, q1, q2, q3 = _x_rows_words(x_ptr, rows, stride_xm, offs_g, x_ok)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _f32_from_words(q0, q1, q2, q3, X_MODE)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _i2f(v):
+    return v.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _box_w4a16_rows_kernel(
+    x_ptr, w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, bias_ptr, out_ptr, part_ptr,
+    M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_MODE: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    TABLE: tl.constexpr, M_BLOCK: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = tl.program_id(2) * M_BLOCK + tl.arange(0, M_BLOCK)
+    r_ok = rows < M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * KW
+    acc = tl.zeros((M_BLOCK, BLOCK_N, BLOCK_G), dtype=tl.float32)
+    g_begin = pid_k * KW_PER_SPLIT
+    for g0 in range(g_begin, g_begin + KW_PER_SPLIT, BLOCK_G):
+        offs_g = g0 + tl.arange(0, BLOCK_G)
+        g_ok = offs_g < KW
+        if EVEN_N and EVEN_G:
+            words = tl.load(w_rows + offs_g[None, :])
+        else:
+            words = tl.load(w_rows + offs_g[None, :], mask=n_ok[:, None] & g_ok[None, :], other=0)
+        x_ok = r_ok[:, None] & g_ok[None, :]
+        if TABLE:
+            x0, x1, x2, x3, x4, x5, x6, x7 = _x_rows_f32(x_ptr, rows, stride_xm, offs_g, x_ok, X_MODE)
+            if USE_ASM:
+                b64 = tl.zeros(words.shape, tl.int64)
+                l0, l1, l2, l3, l4, l5, l6, l7, beta = tl.inline_asm_elementwise(
+                    _TABLE_DECODE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,=r,r,l,l,l",
+                    [words, b64 + levels_ptr.to(tl.int64), b64 + htab_ptr.to(tl.int64), b64 + betas_ptr.to(tl.int64)],
+                    dtype=(tl.int32,) * 9, is_pure=True, pack=1)
+                l0, l1, l2, l3, l4, l5, l6, l7 = _i2f(l0), _i2f(l1), _i2f(l2), _i2f(l3), _i2f(l4), _i2f(l5), \
+                    _i2f(l6), _i2f(l7)
+                beta = _i2f(beta)
+            else:
+                i0, i1, i2, i3, i4, i5, i6, i7 = _table_levels(words, htab_ptr)
+                l0, l1, l2, l3 = (tl.load(levels_ptr + i0), tl.load(levels_ptr + i1), tl.load(levels_ptr + i2),
+                                  tl.load(levels_ptr + i3))
+                l4, l5, l6, l7 = (tl.load(levels_ptr + i4), tl.load(levels_ptr + i5), tl.load(levels_ptr + i6),
+                                  tl.load(levels_ptr + i7))
+                beta = tl.load(betas_ptr + ((words >> 28) & 15))
+            d = l0[None, :, :] * x0[:, None, :]
+            d = tl.fma(l1[None, :, :], x1[:, None, :], d)
+            d = tl.fma(l2[None, :, :], x2[:, None, :], d)
+            d = tl.fma(l3[None, :, :], x3[:, None, :], d)
+            d = tl.fma(l4[None, :, :], x4[:, None, :], d)
+            d = tl.fma(l5[None, :, :], x5[:, None, :], d)
+            d = tl.fma(l6[None, :, :], x6[:, None, :], d)
+            d = tl.fma(l7[None, :, :], x7[:, None, :], d)
+            if USE_ASM:
+                acc = tl.fma(beta[None, :, :], d, acc)  # the one-row PTX's fma.rn.f32
+            else:
+                acc += beta[None, :, :] * d  # the one-row interpreter path's expression
+        elif USE_ASM:
+            p0, p1, p2, p3 = _x_rows_pairs(x_ptr, rows, stride_xm, offs_g, x_ok, X_MODE, USE_ASM)
+            v0, v1, v2, v3, beta = tl.inline_asm_elementwise(
+                _DECODE_ASM, "=r,=r,=r,=r,=r,r,l",
+                [words, tl.zeros(words.shape, tl.int64) + betas_ptr.to(tl.int64)],
+                dtype=(tl.int32,) * 5, is_pure=True, pack=1)
+            acc = tl.inline_asm_elementwise(
+                _ROW_ASM, "=r,r,r,r,r,r,r,r,r,r,r",
+                [tl.broadcast_to(v0[None, :, :], acc.shape), tl.broadcast_to(v1[None, :, :], acc.shape),
+                 tl.broadcast_to(v2[None, :, :], acc.shape), tl.broadcast_to(v3[None, :, :], acc.shape),
+                 tl.broadcast_to(p0[:, None, :], acc.shape), tl.broadcast_to(p1[:, None, :], acc.shape),
+                 tl.broadcast_to(p2[:, None, :], acc.shape), tl.broadcast_to(p3[:, None, :], acc.shape),
+                 tl.broadcast_to(beta[None, :, :], acc.shape), acc.to(tl.int32, bitcast=True)],
+                dtype=tl.int32, is_pure=True, pack=1).to(tl.float32, bitcast=True)
+        else:
+            # interpreter: the one-row kernel's interpreter path, rows broadcast
+            p0, p1, p2, p3 = _x_rows_pairs(x_ptr, rows, stride_xm, offs_g, x_ok, X_MODE, USE_ASM)
+            beta = tl.load(betas_ptr + ((words >> 28) & 15))
+            r0, r1, r2, r3 = _word_lanes(words)
+            part = (_pair_dot(r0[None, :, :], p0[:, None, :]) + _pair_dot(r1[None, :, :], p1[:, None, :])
+                    + _pair_dot(r2[None, :, :], p2[:, None, :]) + _pair_dot(r3[None, :, :], p3[:, None, :]))
+            acc += beta[None, :, :] * part
+
+    if TABLE:
+        y = tl.sum(acc, axis=2)
+    else:
+        y = tl.sum(acc, axis=2) * _DECODE_SCALE
+    y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    ok = r_ok[:, None] & n_ok[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=ok)
+    else:
+        tl.store(part_ptr + (pid_k * M + rows).to(tl.int64)[:, None] * N + offs_n[None, :], y, mask=ok)
