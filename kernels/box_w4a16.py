@@ -86,11 +86,21 @@ Kernel design (one int32 word = 8 weights per thread, no cross-lane work in the 
   range; |x| ≤ 65504), per 8-block one 16-byte load and 4 PRMTs into the half2 pairs ``(x_p, x_{p+4})``,
   shared by the rows a thread owns.  Accumulation: 4 products per fp16 lane, the two lanes summed in
   fp16, β and everything after in fp32 (error ≈ fp16 rounding of 8-term partial sums).
-* Grid ``(cdiv(N, BLOCK_N), SPLIT_K, M)``: one activation row per program (decode GEMV; for ``M > 1``
-  the word tile is re-read from L2 per row — meant for decode, ``M ≲ 16``), split-K partials in fp32
-  ``[SPLIT_K, M, N]`` reduced by one ``sum`` (deterministic, no atomics); ``SPLIT_K = 1`` fuses row
-  scale, bias and the cast.  No host sync, no per-call host work beyond allocating the output
-  (constants are literals in the kernel; the SM count is cached per device): CUDA-graph friendly.
+* Grid ``(cdiv(N, BLOCK_N), SPLIT_K, M)``: one activation row per program (decode GEMV, M = 1; an explicit
+  config without ``M_BLOCK`` runs it for any M, re-decoding the word tile per row).  For ``1 < M <=``
+  :data:`DEQUANT_MIN_M` the default is the small-M kernel of :mod:`.box_w4a16_rows` (one decode per word for
+  ``M_BLOCK`` rows, bit-identical per row), above it (CUDA) :func:`box_dequant` + a dense GEMM.  Split-K partials
+  in fp32 ``[SPLIT_K, M, N]`` reduced by one ``sum`` on the host (deterministic, no atomics), or, with
+  ``FUSED_REDUCE`` (off by default: not run on a GPU yet), in the kernel by the last split to arrive at each
+  output element (:func:`_epilogue`: one acq_rel atomic per element, a self-resetting counter, the partials
+  summed in split order: deterministic, one kernel per call instead of three); ``SPLIT_K = 1`` fuses row scale,
+  bias and the cast.  No host sync, no per-call host work beyond allocating the output (constants are literals
+  in the kernel; the SM count and the counters are cached per device): CUDA-graph friendly.
+* Prefill dequant (:func:`box_dequant`, :func:`_box_dequant_kernel`): the eight decoded ``[BLOCK_N, BLOCK_G]``
+  planes are interleaved into the ``[BLOCK_N, 8 BLOCK_G]`` tile of W and stored once, each thread writing whole
+  words (16 bytes in fp16 / bf16).  SASS on sm_90 (64 x 16 words, 4 warps): 12.61 instructions per weight, 8
+  ``STG.E.128`` per thread (fp16 / bf16; table path 12.16), where the former 8 strided scalar stores per word
+  took 13.36 and 64 ``STG.E.U16`` (2 bytes each, 16-byte stride across lanes).  **Not timed on a GPU.**
 """
 
 from __future__ import annotations
@@ -510,11 +520,11 @@ def _pair_dot(r, p):
 
 @triton.jit
 def _box_w4a16_kernel(
-    x_ptr, w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, bias_ptr, out_ptr, part_ptr,
+    x_ptr, w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, bias_ptr, out_ptr, part_ptr, cnt_ptr,
     M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_MODE: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    TABLE: tl.constexpr = False,
+    TABLE: tl.constexpr = False, FUSED_REDUCE: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -570,12 +580,42 @@ def _box_w4a16_kernel(
     else:
         y = tl.sum(acc, axis=1) * _DECODE_SCALE
     y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    _epilogue(y, n_ok, row, offs_n, n_ok, pid_k, M, N, stride_om, bias_ptr, out_ptr, part_ptr, cnt_ptr, HAS_BIAS,
+              SPLIT_K, FUSED_REDUCE)
+
+
+@triton.jit
+def _epilogue(y, ok, rows, offs_n, n_ok, pid_k, M, N, stride_om, bias_ptr, out_ptr, part_ptr, cnt_ptr,
+              HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, FUSED_REDUCE: tl.constexpr):
+    """Store the fp32 sums ``y`` of rows ``rows`` (scalar, or ``[M_BLOCK, 1]``) and columns ``offs_n`` (``[BLOCK_N]``,
+    or ``[1, BLOCK_N]``), valid where ``ok``.
+
+    ``SPLIT_K == 1``: ``+ bias``, cast, into ``out``.  Else into the fp32 partials ``part [SPLIT_K, M, N]`` (summed on
+    the host), or with ``FUSED_REDUCE`` reduced here: every thread, after storing its partial, increments the
+    counter ``cnt[row, n]`` (int32 ``[M, N]``, zero between calls) with an acq_rel atomic; the thread that sees
+    ``SPLIT_K - 1`` (the last split to arrive at that element: every other split's partial store is ordered before
+    its own release increment, and this acquire follows them all in the counter's modification order) sums the
+    ``SPLIT_K`` partials in split order 0, 1, ... (deterministic, bypassing L1), adds the bias, casts, stores, and
+    resets the counter to 0 for the next call (no host work, no memset: CUDA-graph friendly; calls that share the
+    counter buffer must not run concurrently, i.e. one stream)."""
     if SPLIT_K == 1:
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+        tl.store(out_ptr + rows.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=ok)
     else:
-        tl.store(part_ptr + (pid_k * M + row).to(tl.int64) * N + offs_n, y, mask=n_ok)
+        tl.store(part_ptr + (pid_k * M + rows).to(tl.int64) * N + offs_n, y, mask=ok)
+        if FUSED_REDUCE:
+            at = rows.to(tl.int64) * N + offs_n
+            seen = tl.atomic_add(cnt_ptr + at, 1, mask=ok, sem="acq_rel", scope="gpu")
+            last = ok & (seen == SPLIT_K - 1)
+            tot = tl.load(part_ptr + at, mask=last, other=0.0, cache_modifier=".cg")
+            for s in tl.static_range(1, SPLIT_K):
+                tot += tl.load(part_ptr + (s * M + rows).to(tl.int64) * N + offs_n, mask=last, other=0.0,
+                               cache_modifier=".cg")
+            if HAS_BIAS:
+                tot += tl.load(bias_ptr + offs_n, mask=last, other=0.0).to(tl.float32)
+            tl.store(out_ptr + rows.to(tl.int64) * stride_om + offs_n, tot.to(out_ptr.dtype.element_ty), mask=last)
+            tl.atomic_xchg(cnt_ptr + at, 0, mask=last, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -646,6 +686,9 @@ GPU_CONFIG = {"BLOCK_N": 1024, "BLOCK_G": 4, "num_warps": 4}
 #: at M rows the kernel issues M x 3.94 instructions per weight, the dequant path ~1 decode + 2 B written/read
 #: per weight plus a tensor-core GEMM.  Seen on an H200 (2026-11-30): prefill of 128 tokens through the GEMV
 #: kernel took 2.7x FP16's time on a Llama-3.2-1B-shaped model; the threshold itself is not tuned on a GPU.
+#: Static costs (sm_90, predictions): the small-M kernel issues 12.31 instructions per weight per 8-row block
+#: (M = 16: 24.6, ~0.82 ps/weight at 3e13/s), the dequant route ~12.6 instructions + 2.5 B per weight then a BF16
+#: GEMM reading 2 B (~0.94 ps/weight on an H200): the kernel stays ahead up to 16 rows, not at 24.
 DEQUANT_MIN_M = 16
 
 
@@ -722,6 +765,19 @@ def choose_config(m: int, n: int, kw: int, *, on_gpu: bool, sm_count: int = 132)
 
 
 _SM_COUNT: dict = {}
+_COUNTERS: dict = {}
+
+
+def _counters(dev: torch.device, size: int) -> torch.Tensor:
+    """The zeroed int32 split-K arrival counters of ``FUSED_REDUCE`` (at least ``size``), cached per device: the
+    kernel leaves them at zero, so they are allocated (and zeroed) only when a larger call first needs them (make
+    that call outside a CUDA-graph capture: a warm-up)."""
+    key = str(dev)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < size:
+        buf = torch.zeros(max(size, 1 << 16), dtype=torch.int32, device=dev)
+        _COUNTERS[key] = buf
+    return buf
 
 
 def _sm_count(dev: torch.device) -> int:
@@ -744,7 +800,9 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     int32 ``[N, K/8]``, ``row_scale`` ``[N]`` (fp16), ``betas`` fp32 ``[16]``, ``bias`` ``[N]`` or None; returns
     ``[..., N]`` in ``x.dtype``.
     All tensors on the same device (CUDA, or CPU under ``TRITON_INTERPRET=1``).  ``config`` overrides
-    ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``, ``M_BLOCK`` (> 1: the small-M kernel of
+    ``BLOCK_N``, ``BLOCK_G``, ``SPLIT_K``, ``num_warps``, ``FUSED_REDUCE`` (split-K reduced in the kernel by the
+    last split to arrive, :func:`_epilogue`; off by default: not run on a GPU yet), ``M_BLOCK`` (> 1: the small-M
+    kernel of
     :mod:`.box_w4a16_rows`, the default for ``1 < M <=`` :data:`DEQUANT_MIN_M`; absent or 1: one program per row);
     ``{"DEQUANT": True}`` forces the prefill path (taken by
     default on CUDA for ``M >`` :data:`DEQUANT_MIN_M`): :func:`box_dequant` into x's dtype + ``F.linear``.
@@ -785,10 +843,13 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     bn = cfg["BLOCK_N"]
     extra = {"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}
     lv, ht, table = _table_arg(levels, betas)
-    args = (x_arg, words, row_scale, betas, lv, ht, bias if bias is not None else row_scale, out, part,
+    fused = split > 1 and bool(cfg.get("FUSED_REDUCE", False))
+    cnt = _counters(dev, m * n) if fused else part
+    args = (x_arg, words, row_scale, betas, lv, ht, bias if bias is not None else row_scale, out, part, cnt,
             m, n, kw, x_stride, out.stride(0), kw_per_split)
     consts = dict(HAS_BIAS=bias is not None, SPLIT_K=split, USE_ASM=on_gpu, X_MODE=x_mode,
-                  EVEN_N=n % bn == 0, EVEN_G=kw_per_split * split == kw, BLOCK_N=bn, BLOCK_G=bg, TABLE=table, **extra)
+                  EVEN_N=n % bn == 0, EVEN_G=kw_per_split * split == kw, BLOCK_N=bn, BLOCK_G=bg, TABLE=table,
+                  FUSED_REDUCE=fused, **extra)
     mb = int(cfg.get("M_BLOCK", 1))
     if mb > 1:
         # small M: one decode per word for mb rows (kernels/box_w4a16_rows.py), bit-identical per row
@@ -797,7 +858,7 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
         _box_w4a16_rows_kernel[(triton.cdiv(n, bn), split, triton.cdiv(m, mb))](*args, M_BLOCK=mb, **consts)
     else:
         _box_w4a16_kernel[(triton.cdiv(n, bn), split, m)](*args, **consts)
-    if split > 1:
+    if split > 1 and not fused:
         acc = part.sum(0)
         if bias is not None:
             acc = acc + bias.to(torch.float32)

@@ -18,8 +18,9 @@ BLOCK_G]``).  Per K step:
 * Level-table path: the index decode and the 8 level loads + β once per word (:data:`_TABLE_DECODE_PTX`, nine
   outputs; in Triton under the interpreter), then per row ``d = λ_0 x_0``, seven FMAs, ``acc = fma(β, d, acc)``
   (the interpreter: ``acc += β d``, as the one-row kernel's interpreter path).
-* Epilogue as the one-row kernel: ``sum`` over the word axis, ``DECODE_SCALE`` (lattice), row scale, then bias and
-  the cast (``SPLIT_K = 1``) or fp32 partials ``[SPLIT_K, M, N]``.
+* Epilogue as the one-row kernel (:func:`.box_w4a16._epilogue`): ``sum`` over the word axis, ``DECODE_SCALE``
+  (lattice), row scale, then bias and the cast (``SPLIT_K = 1``) or fp32 partials ``[SPLIT_K, M, N]`` (reduced on the
+  host, or in the kernel with ``FUSED_REDUCE``).
 
 Cost per word (lattice, fp16 x, instructions of a thread): decode ≈ 20 once, then ≈ 7 per row (HMUL2 + 3 HFMA2 +
 HADD + conversion + FFMA), against ≈ 27 + 4.5 per row re-decoded by the one-row kernel's grid: the static SASS
@@ -33,7 +34,7 @@ import triton.language as tl
 
 from .box_w4a16 import (
     _DECODE_SCALE, LANE_BASE, LANE_MASK, LANE_OFFSET, MASK_EVEN, MASK_ODD, TAB_U_EVEN, TAB_U_ODD, _f32_from_words,
-    _i32, _pair_dot, _pairs_from_f32, _pairs_from_words, _table_levels, _word_lanes,
+    _epilogue, _i32, _pair_dot, _pairs_from_f32, _pairs_from_words, _table_levels, _word_lanes,
 )
 
 # decode of one word: $0..$3 = v_p (half2 bits, (l - 7.5)/8 in both lanes), $4 = beta_j (f32 bits), for the word $5
@@ -193,11 +194,11 @@ def _i2f(v):
 
 @triton.jit
 def _box_w4a16_rows_kernel(
-    x_ptr, w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, bias_ptr, out_ptr, part_ptr,
+    x_ptr, w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, bias_ptr, out_ptr, part_ptr, cnt_ptr,
     M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_MODE: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    TABLE: tl.constexpr, M_BLOCK: tl.constexpr,
+    TABLE: tl.constexpr, M_BLOCK: tl.constexpr, FUSED_REDUCE: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -274,11 +275,5 @@ def _box_w4a16_rows_kernel(
     else:
         y = tl.sum(acc, axis=2) * _DECODE_SCALE
     y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    ok = r_ok[:, None] & n_ok[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
-                 mask=ok)
-    else:
-        tl.store(part_ptr + (pid_k * M + rows).to(tl.int64)[:, None] * N + offs_n[None, :], y, mask=ok)
+    _epilogue(y, r_ok[:, None] & n_ok[None, :], rows[:, None], offs_n[None, :], n_ok[None, :], pid_k, M, N, stride_om,
+              bias_ptr, out_ptr, part_ptr, cnt_ptr, HAS_BIAS, SPLIT_K, FUSED_REDUCE)

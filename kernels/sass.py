@@ -295,7 +295,8 @@ def kernel_specs() -> list[dict]:
     """Every Triton kernel config of this package with the launch's signature and constexprs.
 
     Configs are the GPU defaults of the launchers (``choose_config`` of the W4A16 GEMM for small / medium /
-    large M, the box-code W4A16 GEMV's ``GPU_CONFIG`` with fp16 and bf16 x, ``e8_w4a4_gemm``'s CUDA tile in both modes,
+    large M, the box-code W4A16 GEMV's ``GPU_CONFIG`` with fp16 and bf16 x and its small-M kernel's M_BLOCK = 8 tile
+    (lattice and table, fp16 x), ``e8_w4a4_gemm``'s CUDA tile in both modes,
     the box-code W4A4 GEMM's decode / prefill tiles for 2x2 and 1x2 int8 limbs and its activation int8 conversion
     (``kernels/box_w4a4.py``), ``e8_encode``'s ``block_r``, the Hadamard tile
     sizes of n = 4096 and 14336), with BF16 activations for the GEMMs (the comparison is against BF16).
@@ -322,19 +323,39 @@ def kernel_specs() -> list[dict]:
     # the box-code (b=3) W4A16 decode GEMV (kernels/box_w4a16.py): one int32 word per 8 weights + fp16 row scale
     # ("table": the level-table path, TABLE=True, of the shipped box_variant 'table' configs)
     box_sig = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "levels_ptr": "*fp32",
-               "htab_ptr": "*i32", "bias_ptr": "*fp32", "out_ptr": "*fp16", "part_ptr": "*fp32", "M": "i32",
-               "N": "i32", "KW": "i32", "stride_xm": "i32", "stride_om": "i32", "KW_PER_SPLIT": "i32"}
+               "htab_ptr": "*i32", "bias_ptr": "*fp32", "out_ptr": "*fp16", "part_ptr": "*fp32", "cnt_ptr": "*i32",
+               "M": "i32", "N": "i32", "KW": "i32", "stride_xm": "i32", "stride_om": "i32", "KW_PER_SPLIT": "i32"}
     for table, xname, x_mode in ((False, "fp16", 0), (False, "bf16", 1), (True, "fp16", 0), (True, "bf16", 1)):
         specs.append({
             "kernel": "w4a16", "label": f"box b=3{' table' if table else ''}, decode GEMV (M=1), {xname} x",
             "kernel_ref": "llmquant.kernels.box_w4a16:_box_w4a16_kernel",
             "signature": dict(box_sig, out_ptr=f"*{xname}"),
             "constexprs": {"HAS_BIAS": False, "SPLIT_K": 4, "USE_ASM": True, "X_MODE": x_mode, "EVEN_N": True,
-                           "EVEN_G": True, "BLOCK_N": 1024, "BLOCK_G": 4, "TABLE": table},
+                           "EVEN_G": True, "BLOCK_N": 1024, "BLOCK_G": 4, "TABLE": table,
+                           "FUSED_REDUCE": False},
             "num_warps": 4, "weights_per_iter": 1024 * 4 * 8,
             "divisible_by_16": ("N", "KW", "stride_xm", "stride_om", "KW_PER_SPLIT"),
             "model": {"type": "gemm", "m": M_SMALL, "block_m": 1, "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K,
                       "tensor_flops_per_mac": 0.0, "int8": False},
+        })
+    # its small-M kernel (kernels/box_w4a16_rows.py, the default for 1 < M <= 16): one decode per word for M_BLOCK
+    # rows; predicted at M = 16 (cdiv(16, M_BLOCK) row blocks, each decoding the weight once)
+    from .box_w4a16 import ROWS_CONFIGS
+
+    rc = ROWS_CONFIGS[8]
+    for table in (False, True):
+        specs.append({
+            "kernel": "w4a16", "label": f"box b=3{' table' if table else ''}, small-M GEMV (M=16, M_BLOCK="
+                                        f"{rc['M_BLOCK']}), fp16 x",
+            "kernel_ref": "llmquant.kernels.box_w4a16_rows:_box_w4a16_rows_kernel",
+            "signature": box_sig,
+            "constexprs": {"HAS_BIAS": False, "SPLIT_K": 4, "USE_ASM": True, "X_MODE": 0, "EVEN_N": True,
+                           "EVEN_G": True, "BLOCK_N": rc["BLOCK_N"], "BLOCK_G": rc["BLOCK_G"], "TABLE": table,
+                           "M_BLOCK": rc["M_BLOCK"], "FUSED_REDUCE": False},
+            "num_warps": rc["num_warps"], "weights_per_iter": rc["BLOCK_N"] * rc["BLOCK_G"] * 8,
+            "divisible_by_16": ("N", "KW", "stride_xm", "stride_om", "KW_PER_SPLIT"),
+            "model": {"type": "gemm", "m": 16, "block_m": rc["M_BLOCK"],
+                      "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K, "tensor_flops_per_mac": 0.0, "int8": False},
         })
     w4a4_sig = {"xc_ptr": "*i32", "xb_ptr": "*u8", "xs_ptr": "*fp32", "xbetas_ptr": "*fp32", "wc_ptr": "*i32",
                 "wb_ptr": "*u8", "ws_ptr": "*fp32", "wbetas_ptr": "*fp32", "bias_ptr": "*fp32", "gx2_ptr": "*fp32",

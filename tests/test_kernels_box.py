@@ -574,3 +574,26 @@ def test_rows_kernel_bit_identical_to_one_row_kernel(dev, which, dtype):
         1, 37, 21, on_gpu=False)
     gpu = choose_config(16, 4096, 512, on_gpu=True)
     assert gpu["M_BLOCK"] == 8 and gpu["SPLIT_K"] >= 1
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_fused_split_k_reduction(dev, rows):
+    """``FUSED_REDUCE``: the last split to arrive at an output element sums the fp32 partials in split order, adds
+    the bias and casts, in the kernel (no host reduction); it equals the host reduction (``part.sum(0)``, + bias,
+    cast) bit for bit, and leaves the arrival counters at zero for the next call (run twice)."""
+    from llmquant.kernels import box_w4a16 as K
+
+    codec = E8BoxCodec(3)
+    words, scale = _encoded_words(40, 24, seed=91)
+    g = torch.Generator().manual_seed(92)
+    x = torch.randn(rows, 8 * 24, generator=g).half().to(dev)
+    b = torch.randn(40, generator=g).to(dev)
+    args = (x, words.to(dev), scale.to(dev), codec.betas.to(dev), b)
+    cfg = {"BLOCK_N": 16, "BLOCK_G": 4, "SPLIT_K": 3}
+    if rows > 1:
+        cfg["M_BLOCK"] = 4
+    host = K.box_w4a16_matmul(*args, config=cfg)
+    for _ in range(2):
+        fused = K.box_w4a16_matmul(*args, config=dict(cfg, FUSED_REDUCE=True))
+        assert torch.equal(fused, host)
+        assert int(K._COUNTERS[str(torch.device(dev))].abs().sum()) == 0
