@@ -91,9 +91,9 @@ Kernel design (one int32 word = 8 weights per thread, no cross-lane work in the 
   :data:`DEQUANT_MIN_M` the default is the small-M kernel of :mod:`.box_w4a16_rows` (one decode per word for
   ``M_BLOCK`` rows, bit-identical per row), above it (CUDA) :func:`box_dequant` + a dense GEMM.  Split-K partials
   in fp32 ``[SPLIT_K, M, N]`` reduced by one ``sum`` on the host (deterministic, no atomics), or, with
-  ``FUSED_REDUCE`` (off by default: not run on a GPU yet), in the kernel by the last split to arrive at each
-  output element (:func:`_epilogue`: one acq_rel atomic per element, a self-resetting counter, the partials
-  summed in split order: deterministic, one kernel per call instead of three); ``SPLIT_K = 1`` fuses row scale,
+  ``FUSED_REDUCE`` (off by default: not run on a GPU yet), in the kernel by the last split of an output tile to
+  arrive (:func:`_epilogue`: a barrier and one acq_rel atomic per program on a self-resetting per-tile counter, the
+  partials summed in split order from L2: deterministic, one kernel per call instead of three); ``SPLIT_K = 1`` fuses row scale,
   bias and the cast.  No host sync, no per-call host work beyond allocating the output (constants are literals
   in the kernel; the SM count and the counters are cached per device): CUDA-graph friendly.
 * Prefill dequant (:func:`box_dequant`, :func:`_box_dequant_kernel`): the eight decoded ``[BLOCK_N, BLOCK_G]``
@@ -580,24 +580,24 @@ def _box_w4a16_kernel(
     else:
         y = tl.sum(acc, axis=1) * _DECODE_SCALE
     y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-    _epilogue(y, n_ok, row, offs_n, n_ok, pid_k, M, N, stride_om, bias_ptr, out_ptr, part_ptr, cnt_ptr, HAS_BIAS,
-              SPLIT_K, FUSED_REDUCE)
+    _epilogue(y, n_ok, row, offs_n, n_ok, pid_k, row * tl.num_programs(0) + pid_n, M, N, stride_om, bias_ptr,
+              out_ptr, part_ptr, cnt_ptr, HAS_BIAS, SPLIT_K, FUSED_REDUCE)
 
 
 @triton.jit
-def _epilogue(y, ok, rows, offs_n, n_ok, pid_k, M, N, stride_om, bias_ptr, out_ptr, part_ptr, cnt_ptr,
+def _epilogue(y, ok, rows, offs_n, n_ok, pid_k, tile, M, N, stride_om, bias_ptr, out_ptr, part_ptr, cnt_ptr,
               HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, FUSED_REDUCE: tl.constexpr):
     """Store the fp32 sums ``y`` of rows ``rows`` (scalar, or ``[M_BLOCK, 1]``) and columns ``offs_n`` (``[BLOCK_N]``,
-    or ``[1, BLOCK_N]``), valid where ``ok``.
+    or ``[1, BLOCK_N]``), valid where ``ok``; ``tile`` numbers the program's output tile (same for its K splits).
 
     ``SPLIT_K == 1``: ``+ bias``, cast, into ``out``.  Else into the fp32 partials ``part [SPLIT_K, M, N]`` (summed on
-    the host), or with ``FUSED_REDUCE`` reduced here: every thread, after storing its partial, increments the
-    counter ``cnt[row, n]`` (int32 ``[M, N]``, zero between calls) with an acq_rel atomic; the thread that sees
-    ``SPLIT_K - 1`` (the last split to arrive at that element: every other split's partial store is ordered before
-    its own release increment, and this acquire follows them all in the counter's modification order) sums the
-    ``SPLIT_K`` partials in split order 0, 1, ... (deterministic, bypassing L1), adds the bias, casts, stores, and
-    resets the counter to 0 for the next call (no host work, no memset: CUDA-graph friendly; calls that share the
-    counter buffer must not run concurrently, i.e. one stream)."""
+    the host), or with ``FUSED_REDUCE`` reduced here (serial split-K, as CUTLASS's semaphore): after storing its
+    partial, the program synchronizes its threads and increments the tile's counter ``cnt[tile]`` (int32, zero
+    between calls) with one acq_rel atomic; the program that sees ``SPLIT_K - 1`` (the last split of the tile to
+    arrive: every other split's partial stores precede its release increment) sums the ``SPLIT_K`` partials in split
+    order 0, 1, ... from L2 (``.cg``; deterministic), adds the bias, casts, stores, and resets the counter to 0 for the
+    next call (no host work, no memset: CUDA-graph friendly; calls sharing the counters must not run concurrently,
+    i.e. one stream)."""
     if SPLIT_K == 1:
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
@@ -605,17 +605,18 @@ def _epilogue(y, ok, rows, offs_n, n_ok, pid_k, M, N, stride_om, bias_ptr, out_p
     else:
         tl.store(part_ptr + (pid_k * M + rows).to(tl.int64) * N + offs_n, y, mask=ok)
         if FUSED_REDUCE:
-            at = rows.to(tl.int64) * N + offs_n
-            seen = tl.atomic_add(cnt_ptr + at, 1, mask=ok, sem="acq_rel", scope="gpu")
-            last = ok & (seen == SPLIT_K - 1)
-            tot = tl.load(part_ptr + at, mask=last, other=0.0, cache_modifier=".cg")
-            for s in tl.static_range(1, SPLIT_K):
-                tot += tl.load(part_ptr + (s * M + rows).to(tl.int64) * N + offs_n, mask=last, other=0.0,
-                               cache_modifier=".cg")
-            if HAS_BIAS:
-                tot += tl.load(bias_ptr + offs_n, mask=last, other=0.0).to(tl.float32)
-            tl.store(out_ptr + rows.to(tl.int64) * stride_om + offs_n, tot.to(out_ptr.dtype.element_ty), mask=last)
-            tl.atomic_xchg(cnt_ptr + at, 0, mask=last, sem="relaxed", scope="gpu")
+            tl.debug_barrier()  # every thread's partial stores before the (one-thread) release increment
+            seen = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if seen == SPLIT_K - 1:
+                at = rows.to(tl.int64) * N + offs_n
+                tot = tl.load(part_ptr + at, mask=ok, other=0.0, cache_modifier=".cg")
+                for s in tl.static_range(1, SPLIT_K):
+                    tot += tl.load(part_ptr + (s * M + rows).to(tl.int64) * N + offs_n, mask=ok, other=0.0,
+                                   cache_modifier=".cg")
+                if HAS_BIAS:
+                    tot += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                tl.store(out_ptr + rows.to(tl.int64) * stride_om + offs_n, tot.to(out_ptr.dtype.element_ty), mask=ok)
+                tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -769,13 +770,13 @@ _COUNTERS: dict = {}
 
 
 def _counters(dev: torch.device, size: int) -> torch.Tensor:
-    """The zeroed int32 split-K arrival counters of ``FUSED_REDUCE`` (at least ``size``), cached per device: the
-    kernel leaves them at zero, so they are allocated (and zeroed) only when a larger call first needs them (make
-    that call outside a CUDA-graph capture: a warm-up)."""
+    """The zeroed int32 split-K arrival counters of ``FUSED_REDUCE`` (one per output tile; at least ``size``),
+    cached per device: the kernel leaves them at zero, so they are allocated (and zeroed) only when a larger call
+    first needs them (make that call outside a CUDA-graph capture: a warm-up)."""
     key = str(dev)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < size:
-        buf = torch.zeros(max(size, 1 << 16), dtype=torch.int32, device=dev)
+        buf = torch.zeros(max(size, 4096), dtype=torch.int32, device=dev)
         _COUNTERS[key] = buf
     return buf
 
@@ -844,7 +845,7 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     extra = {"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}
     lv, ht, table = _table_arg(levels, betas)
     fused = split > 1 and bool(cfg.get("FUSED_REDUCE", False))
-    cnt = _counters(dev, m * n) if fused else part
+    cnt = _counters(dev, triton.cdiv(n, bn) * (triton.cdiv(m, int(cfg.get("M_BLOCK", 1))))) if fused else part
     args = (x_arg, words, row_scale, betas, lv, ht, bias if bias is not None else row_scale, out, part, cnt,
             m, n, kw, x_stride, out.stride(0), kw_per_split)
     consts = dict(HAS_BIAS=bias is not None, SPLIT_K=split, USE_ASM=on_gpu, X_MODE=x_mode,

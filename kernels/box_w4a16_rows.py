@@ -275,5 +275,6 @@ def _box_w4a16_rows_kernel(
     else:
         y = tl.sum(acc, axis=2) * _DECODE_SCALE
     y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    _epilogue(y, r_ok[:, None] & n_ok[None, :], rows[:, None], offs_n[None, :], n_ok[None, :], pid_k, M, N, stride_om,
-              bias_ptr, out_ptr, part_ptr, cnt_ptr, HAS_BIAS, SPLIT_K, FUSED_REDUCE)
+    _epilogue(y, r_ok[:, None] & n_ok[None, :], rows[:, None], offs_n[None, :], n_ok[None, :], pid_k,
+              tl.program_id(2) * tl.num_programs(0) + pid_n, M, N, stride_om, bias_ptr, out_ptr, part_ptr, cnt_ptr,
+              HAS_BIAS, SPLIT_K, FUSED_REDUCE)
