@@ -22,9 +22,11 @@ BLOCK_G]``).  Per K step:
   (lattice), row scale, then bias and the cast (``SPLIT_K = 1``) or fp32 partials ``[SPLIT_K, M, N]`` (reduced on the
   host, or in the kernel with ``FUSED_REDUCE``).
 
-Cost per word (lattice, fp16 x, instructions of a thread): decode ≈ 20 once, then ≈ 7 per row (HMUL2 + 3 HFMA2 +
-HADD + conversion + FFMA), against ≈ 27 + 4.5 per row re-decoded by the one-row kernel's grid: the static SASS
-counts are in the ``bench kernels --sass`` rows and the helper report of issue 9.  **Not timed on a GPU.**
+Cost (sm_90, ``kernels/sass.py``, fp16 x, 4 warps, 0 spills, 0 shuffles): a word is decoded once (≈ 20 instructions)
+and each row costs ≈ 7 more (HMUL2 + 3 HFMA2 + HADD + conversion + FFMA) plus its share of the x broadcast
+(shared-memory layout conversions).  Instructions per weight **per row**: 2.89 (``M_BLOCK`` 2, ``BLOCK_N`` 256,
+``BLOCK_G`` 4, 96 registers), 1.96 (4, 256, 4; 126), **1.54** (8, 128, 4; 128), against 3.94 for the one-row
+kernel; level-table path 2.27 per row at ``M_BLOCK`` 8 against 6.82.  **Not timed on a GPU.**
 """
 
 from __future__ import annotations
@@ -33,8 +35,22 @@ import triton
 import triton.language as tl
 
 from .box_w4a16 import (
-    _DECODE_SCALE, LANE_BASE, LANE_MASK, LANE_OFFSET, MASK_EVEN, MASK_ODD, TAB_U_EVEN, TAB_U_ODD, _f32_from_words,
-    _epilogue, _i32, _pair_dot, _pairs_from_f32, _pairs_from_words, _table_levels, _word_lanes,
+    _DECODE_SCALE,
+    LANE_BASE,
+    LANE_MASK,
+    LANE_OFFSET,
+    MASK_EVEN,
+    MASK_ODD,
+    TAB_U_EVEN,
+    TAB_U_ODD,
+    _epilogue,
+    _f32_from_words,
+    _i32,
+    _pair_dot,
+    _pairs_from_f32,
+    _pairs_from_words,
+    _table_levels,
+    _word_lanes,
 )
 
 # decode of one word: $0..$3 = v_p (half2 bits, (l - 7.5)/8 in both lanes), $4 = beta_j (f32 bits), for the word $5

@@ -8,7 +8,12 @@
   the fp16-rounding bound of the fp32 reference (the kernel reads x as fp16);
 * the level-table path (``levels=codec.levels``: the shipped ``box_variant: table`` code, and a companded γ): its
   dequant is bit-identical to ``decode_rows``, its GEMM (GEMV, split-K, GPU tile, dequant prefill) within the
-  same bound.
+  same bound;
+* the small-M kernel (``kernels/box_w4a16_rows.py``, one decode per word for M_BLOCK rows) equals the one-row kernel
+  bit for bit (both paths, fp16 / bf16 / fp32 x, split-K, bias, masked rows, the GPU tiles), and its PTX blocks
+  (decode, then per row) equal ``_WORD_PTX`` bit for bit in the emulator;
+* ``FUSED_REDUCE`` (split-K reduced in the kernel by the last split of a tile) equals the host reduction bit for bit
+  and leaves its counters at zero.
 """
 
 from __future__ import annotations
@@ -596,3 +601,20 @@ def test_fused_split_k_reduction(dev, rows):
     assert int(K._COUNTERS[str(torch.device(dev))].abs().sum()) == 0
     host = K.box_w4a16_matmul(*args, config=cfg)
     assert torch.equal(fused[0], host) and torch.equal(fused[1], host)
+
+
+def test_rows_kernel_gpu_tiles(dev):
+    """The GPU's small-M tiles (``ROWS_CONFIGS``: BLOCK_N 256 / 128, BLOCK_G 4, M_BLOCK 2 / 4 / 8) on a masked shape
+    with split-K and bias: equal to the one-row kernel with the same tile, bit for bit."""
+    from llmquant.kernels.box_w4a16 import ROWS_CONFIGS, box_w4a16_matmul
+
+    codec = E8BoxCodec(3)
+    words, scale = _encoded_words(40, 12, seed=95)
+    g = torch.Generator().manual_seed(96)
+    bias = torch.randn(40, generator=g).to(dev)
+    args = (words.to(dev), scale.to(dev), codec.betas.to(dev), bias)
+    for mb, m in ((2, 2), (4, 3), (8, 11)):
+        x = torch.randn(m, 96, generator=g).half().to(dev)
+        cfg = dict(ROWS_CONFIGS[mb], SPLIT_K=2)
+        one = {k: v for k, v in cfg.items() if k != "M_BLOCK"}
+        assert torch.equal(box_w4a16_matmul(x, *args, config=cfg), box_w4a16_matmul(x, *args, config=one)), mb
