@@ -30,6 +30,8 @@ step kernels_8b ${T_K1:-70} python3 -m llmquant.cli bench kernels --json --shape
 step decode_int ${T_D1:-140} $DEC --set weights.box_variant=int
 step kernels_m2048 ${T_K2:-90} python3 -m llmquant.cli bench kernels --json --shapes llama3-8b --m 2048 --kernels box-w4a16 box-w4a4
 step decode_table ${T_D2:-140} $DEC
+# tile/split sweep of the M=1 GEMV, with and without the in-kernel split-K reduction (FUSED_REDUCE)
+step sweep_1b ${T_S:-90} python3 scripts/gpu_gemv_sweep.py --shapes llama-3.2-1b
 step pytest_kernels ${T_P:-70} python3 -m pytest -q -x -p no:cacheprovider tests/test_box_w4a4.py \
   tests/test_kernels_box.py -k "table or dequant or w4a4"
 tail -3 "$OUT/pytest_kernels.log"

@@ -34,16 +34,17 @@ def main() -> None:
             for nw in (2, 4, 8):
                 if bn < 32 * nw:
                     continue
-                for split in (1, 2, 4, 8, 16):
+                for split, fused in [(1, False)] + [(sp, f) for sp in (2, 4, 8, 16) for f in (False, True)]:
                     if (k // 8) // split < 4:
                         continue
-                    cfg = {"BLOCK_N": bn, "BLOCK_G": 4, "SPLIT_K": split, "num_warps": nw}
+                    # FUSED_REDUCE: split-K reduced inside the kernel (off by default until timed here)
+                    cfg = {"BLOCK_N": bn, "BLOCK_G": 4, "SPLIT_K": split, "num_warps": nw, "FUSED_REDUCE": fused}
                     try:
                         t = _time_cuda(partial(box_w4a16_matmul, x, words, rs, betas, config=cfg))
                     except Exception as exc:  # noqa: BLE001 - a config that does not compile is reported
-                        res[f"{bn}/{nw}/{split}"] = f"error {type(exc).__name__}"
+                        res[f"{bn}/{nw}/{split}{'F' if fused else ''}"] = f"error {type(exc).__name__}"
                         continue
-                    res[f"{bn}/{nw}/{split}"] = round(t, 2)
+                    res[f"{bn}/{nw}/{split}{'F' if fused else ''}"] = round(t, 2)
         best = min((v, c) for c, v in res.items() if isinstance(v, float))
         print(json.dumps({"K": k, "N": n, "M": args.m, "torch_fp16_us": round(t16, 2), "default": default,
                           "default_us": round(t_def, 2), "best": best[1], "best_us": best[0], "all": res}), flush=True)
