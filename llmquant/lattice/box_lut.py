@@ -29,11 +29,12 @@ object, dtype and device.
 from __future__ import annotations
 
 import sys
+import threading
 
 import torch
 
-#: words decoded per chunk (int64 + 4 int32 + 4 int64 of intermediates per word: 4 MiB; larger chunks pay
-#: fewer per-op overheads, which dominate below ~30K words)
+#: words decoded per chunk (2 int64 + 5 int32 of reused scratch per word, :func:`_scratch`: 1.7 MiB; larger
+#: chunks pay fewer per-op overheads, which dominate below ~30K words)
 CHUNK_WORDS = 65536
 #: value dtypes with a pair table (a pair of them is one int64 / int32 for the gather)
 _PAIR_INT = {torch.float32: torch.int64, torch.float16: torch.int32, torch.bfloat16: torch.int32}
@@ -70,17 +71,45 @@ def _tables(codec, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tens
     return hit
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This thread's index work buffers for ``n`` words: ``(hi int64 [n], w4 int64 [n], top int32 [n],
+    idx int32 [4 n])``, grown on demand and reused by every call (no allocation or first-touch page faults per
+    call; at most :data:`CHUNK_WORDS` words: 26 bytes a word)."""
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    key = str(device)
+    b = bufs.get(key)
+    if b is None or b[0].numel() < n:
+        b = bufs[key] = (torch.empty(n, dtype=torch.int64, device=device), torch.empty(n, dtype=torch.int64, device=device),
+                         torch.empty(n, dtype=torch.int32, device=device), torch.empty(4 * n, dtype=torch.int32, device=device))
+    return b[0][:n], b[1][:n], b[2][:n], b[3][:4 * n]
+
+
 def _indices(w: torch.Tensor, b: int, keys: torch.Tensor) -> torch.Tensor:
-    """int32 ``[r, 4 n]`` pair-table indices of words ``w [r, n]`` (any integer dtype; module docstring)."""
-    wl = w.to(torch.int64)
+    """int32 ``[r, 4 n]`` pair-table indices of words ``w [r, n]`` (any integer dtype; module docstring), in this
+    thread's scratch buffers (valid until the next call)."""
+    r, n = w.shape
+    if w.dtype not in (torch.int32, torch.int64) or not w.is_contiguous():
+        w = w.to(torch.int64).contiguous()
+    w = w.view(-1)
+    hi, w4, top, idx = _scratch(w.numel(), w.device)
     m4, m2 = (1 << 4 * b) - 1, ((1 << 2 * b) - 1) * (1 + (1 << 32))
-    hi = (wl & (m4 << 4 * b)).bitwise_left_shift_(32 - 4 * b)  # ((w >> 4b) & M4) << 32
-    w2 = (wl & m4).bitwise_or_(hi)
-    hi = (w2 & (m2 << 2 * b)).bitwise_left_shift_(16 - 2 * b)  # ((w2 >> 2b) & M2) << 16
-    w4 = w2.bitwise_and_(m2).bitwise_or_(hi)
-    top = (wl >> 8 * b).bitwise_and_(0xFF)
-    w4.bitwise_or_(keys.index_select(0, top.view(-1)).view_as(w4))
-    return w4.view(torch.int16).to(torch.int32)
+    # int32 words are read in place: every mask below clears the sign-extended bits; results land in int64
+    torch.bitwise_and(w, m4 << 4 * b, out=hi).bitwise_left_shift_(32 - 4 * b)  # ((w >> 4b) & M4) << 32
+    torch.bitwise_and(w, m4, out=w4).bitwise_or_(hi)  # w2
+    torch.bitwise_and(w4, m2 << 2 * b, out=hi).bitwise_left_shift_(16 - 2 * b)  # ((w2 >> 2b) & M2) << 16
+    w4.bitwise_and_(m2).bitwise_or_(hi)
+    if w.dtype == torch.int32:
+        torch.bitwise_right_shift(w, 8 * b, out=top).bitwise_and_(0xFF)
+    else:  # int64 words (may carry bits above the word): the top byte does not fit an int32 shift output
+        top.copy_((w >> 8 * b).bitwise_and_(0xFF))
+    w4.bitwise_or_(torch.index_select(keys, 0, top, out=hi))
+    idx.copy_(w4.view(torch.int16))
+    return idx.view(r, 4 * n)
 
 
 def decode_flat(codec, words: torch.Tensor, dtype: torch.dtype = torch.float32, scales: torch.Tensor | None = None,

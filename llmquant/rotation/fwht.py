@@ -27,15 +27,31 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> 
     return (h / math.sqrt(n)).to(dtype=dtype, device=device)
 
 
+_SIGNS: dict = {}
+
+
+def _signs(dtype: torch.dtype, device) -> torch.Tensor:
+    """``[[+1], [-1]]`` in ``dtype`` on ``device`` (cached)."""
+    key = (dtype, str(device))
+    s = _SIGNS.get(key)
+    if s is None:
+        s = _SIGNS[key] = torch.tensor([[1.0], [-1.0]], dtype=dtype, device=device)
+    return s
+
+
 def _butterfly(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalized Sylvester transform ``x @ H_{2^k}`` along the last dim (length 2^k)."""
+    """Unnormalized Sylvester transform ``x @ H_{2^k}`` along the last dim (length 2^k).
+
+    Stage ``h``: with ``y = x`` viewed ``[..., n / 2h, 2, h]`` and ``a, b = y[..., 0, :], y[..., 1, :]``, the
+    new ``x`` is ``[a + b, a - b]`` along the pair dim, computed as one ``addcmul(a, b, [[+1], [-1]])``: ``b * (+-1)``
+    is exact and ``a + (-b)`` is IEEE ``a - b``, so every entry (signed zeros included) equals the two-op form."""
     n = x.shape[-1]
     lead = x.shape[:-1]
+    sign = _signs(x.dtype, x.device)
     h = 1
     while h < n:
         y = x.reshape(*lead, n // (2 * h), 2, h)
-        a, b = y[..., 0, :], y[..., 1, :]
-        x = torch.stack((a + b, a - b), dim=-2).reshape(*lead, n)
+        x = torch.addcmul(y[..., :1, :], y[..., 1:, :], sign).reshape(*lead, n)
         h *= 2
     return x
 
