@@ -11,10 +11,15 @@ Registered as quant method ``"llmquant"`` (:func:`llmquant.hf.register`).  trans
   function), then ``LatticeLinear`` / ``ScalarLinear`` shells from the module specs with the activation and KV
   quantizers of the config.  No ``nn.Linear`` is left for a quantized role.  With ``model.embed_dtype`` the
   input embeddings and ``lm_head`` get that storage dtype (:mod:`llmquant.models.embed_dtype`), as saved, and
-  ``update_dtype`` keeps the model's compute dtype at the config's ``model.dtype``.  The shells are built under
-  ``torch.device("cpu")`` (not meta): codec objects hold plain tensors (the box code's β table) that no state
-  dict restores, so they must be real; the cost is one zero-filled copy of the packed tensors in CPU memory,
-  replaced tensor by tensor as the checkpoint loads (packed codes are ~4x smaller than bf16 weights).
+  ``update_dtype`` keeps the model's compute dtype at the config's ``model.dtype``.  The quantized linears'
+  own tensors (codes / packed words, β indices, scales, biases) are built on the meta device
+  (``install_quantized_structure(..., meta_shells=True)``): no memory and no zero fill before transformers
+  assigns the checkpoint's tensors.  Everything else is built under ``torch.device("cpu")``: codec objects hold
+  plain tensors (the box code's β table, levels) that no state dict restores, so they must be real, and the
+  rotation modules and activation / KV quantizers are small.  transformers would fill a name the files lack
+  with an uninitialised tensor, so the names and shapes of the meta shells are recorded and checked against
+  the files' headers after loading (:func:`llmquant.quant.checkpoint.check_shells_loaded`).  Without weights
+  files (a ``state_dict=`` argument) the shells are built real and zero-filled, as before.
 * transformers then loads every tensor of the safetensors file(s) by name into the model's parameters and
   buffers (codes, β indices, scales, Hadamard signs, activation / KV β sets), honouring ``device_map`` /
   ``max_memory``.  One module object reachable under several names (the activation quantizer shared by an
@@ -23,7 +28,8 @@ Registered as quant method ``"llmquant"`` (:func:`llmquant.hf.register`).  trans
   tensor after loading (it only handles such module sharing for remote code), so those names are excluded
   from its missing-key report and ``_process_model_after_weight_loading`` reads the shared buffers again from
   the checkpoint files (:meth:`LlmquantHfQuantizer._restore_shared`).
-* ``_process_model_after_weight_loading``: :func:`llmquant.quant.checkpoint.validate_loaded_values` (finite
+* ``_process_model_after_weight_loading``: ``check_shells_loaded``,
+  :func:`llmquant.quant.checkpoint.validate_loaded_values` (finite
   floats, codes and β indices in range, the same checks as ``load_quantized``), the forward backend of the
   config (``model.backend``, as ``load_quantized`` sets it), and ``model.llmquant_specs`` /
   ``model.llmquant_config`` so that :func:`llmquant.api.save` also works on the result.
@@ -105,15 +111,17 @@ class LlmquantHfQuantizer(HfQuantizer):
         if not self.pre_quantized:
             return model
         from llmquant.models.embed_dtype import apply_embed_dtype
-        from llmquant.quant.checkpoint import install_quantized_structure
+        from llmquant.quant.checkpoint import install_quantized_structure, shell_records
 
         qc = self.quantization_config
         where = getattr(model.config, "name_or_path", None) or "."
+        self._checkpoint_files = list(checkpoint_files or [])
+        meta = bool(self._checkpoint_files)  # shells on meta only where check_shells_loaded can read the headers
         with torch.device("cpu"):
             install_quantized_structure(model, qc.llmquant_config, qc.rotation_plan, qc.quantized, where,
-                                        source="config.json (quantization_config)")
+                                        source="config.json (quantization_config)", meta_shells=meta)
         apply_embed_dtype(model, qc.llmquant_config)  # model.embed_dtype: stored so in the weights files
-        self._checkpoint_files = list(checkpoint_files or [])
+        self._shells = shell_records(model) if meta else []
         self._shared = _shared_buffers(model)
         ignore = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
         ignore.update(f"^{re.escape(n)}$" for names in self._shared.values() for n in names)
@@ -160,6 +168,10 @@ class LlmquantHfQuantizer(HfQuantizer):
 
             self._restore_shared(model)
             where = getattr(model.config, "name_or_path", None) or "model"
+            if self._shells:
+                from llmquant.quant.checkpoint import check_shells_loaded
+
+                check_shells_loaded(model, self._shells, self._checkpoint_files, os.fspath(where))
             validate_loaded_values(model, os.fspath(where))
             model.llmquant_specs = {int(i): s for i, s in qc.quantized.items()}
             model.llmquant_config = cfg

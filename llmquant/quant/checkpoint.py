@@ -31,10 +31,10 @@ written before these keys existed get the structural and range checks only.
 
 Loading builds the model from ``config.json`` with its parameters on the meta device (no dense weights,
 :mod:`llmquant.quant.materialize`), re-installs the rotation modules from the saved plan, replaces the decoder
-linears by empty quantized modules from their specs (plus activation and KV quantizers from the config),
-applies ``model.embed_dtype``, then reads every tensor of ``model.safetensors`` into its place; every
-parameter and persistent buffer must come from the file.  Peak memory: the checkpoint's tensors plus one
-tensor in flight (bit-identical to loading a dense model and ``load_state_dict``).
+linears by empty quantized modules from their specs, their tensors on the meta device (plus activation and KV
+quantizers from the config), applies ``model.embed_dtype``, then reads every tensor of ``model.safetensors``
+into its place; every parameter and persistent buffer must come from the file.  Peak memory: the checkpoint's
+tensors plus one tensor in flight (bit-identical to loading a dense model and ``load_state_dict``).
 """
 
 from __future__ import annotations
@@ -530,13 +530,90 @@ def _check_specs(path: Path, quantized: dict, layers, adapter, source: str = CON
                                                       f"model's linear has {getattr(lin, dim)}")
 
 
+def empty_quantized_module(spec: dict) -> torch.nn.Module:
+    """:func:`~llmquant.quant.weights.empty_like_spec` of ``spec`` with every tensor of the module itself (codes or
+    packed words, β indices, betas, scales, zero points, bias) on the meta device: no memory, no zero fill, no
+    packing temporaries.  A codec layout's codec is built first, on the current device, because its tables
+    (β set, levels) are plain tensors that no state dict restores.  Each meta tensor must then be assigned from
+    the checkpoint (:func:`llmquant.quant.materialize.read_state_file`, or transformers' loader followed by
+    :func:`check_shells_loaded`)."""
+    from llmquant.quant.weights import empty_like_spec
+
+    if spec.get("type") == "lattice" and spec.get("code", "voronoi") != "voronoi":
+        from llmquant.lattice.codec import codec_from_dict
+        from llmquant.quant.linear import LatticeLinear
+
+        codec = codec_from_dict(spec["codec"])
+        if codec.kind != spec["code"]:
+            raise ValueError(f"module spec code {spec['code']!r} does not match its codec kind {codec.kind!r}")
+        with torch.device("meta"):
+            return LatticeLinear(spec["in_features"], spec["out_features"], codec=codec, bias=spec["bias"])
+    with torch.device("meta"):
+        return empty_like_spec(spec)
+
+
+def shell_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{name: tensor}`` of the persistent buffers that the quantized linears (``LatticeLinear`` / ``ScalarLinear``)
+    of ``model`` hold themselves (their activation quantizers, submodules, excluded), every name of each."""
+    from llmquant.quant.linear import LatticeLinear, ScalarLinear
+
+    out = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, (LatticeLinear, ScalarLinear)):
+            for leaf, t in module._buffers.items():
+                if t is not None and leaf not in module._non_persistent_buffers_set:
+                    out[f"{mname}.{leaf}" if mname else leaf] = t
+    return out
+
+
+def shell_records(model: torch.nn.Module) -> list[tuple[tuple[str, ...], torch.dtype, tuple[int, ...]]]:
+    """``[(names, dtype, shape)]``: each tensor of :func:`shell_tensors` once, with all the names it has."""
+    groups: dict[int, list] = {}
+    for name, t in shell_tensors(model).items():
+        groups.setdefault(id(t), [[], t.dtype, tuple(t.shape)])[0].append(name)
+    return [(tuple(names), dtype, shape) for names, dtype, shape in groups.values()]
+
+
+def check_shells_loaded(model: torch.nn.Module, records, files, where: str | os.PathLike) -> None:
+    """After transformers loaded the safetensors ``files`` into ``model``: every shell tensor of ``records``
+    (:func:`shell_records`, taken while the shells were meta) is in one of the files' headers, under one of its
+    names, with its dtype and shape, so the loader assigned it from the file (a name the files lack it fills
+    with an uninitialised tensor), and none is still on the meta device.  Reads headers only; raises
+    :class:`CheckpointError` naming ``where`` and the first tensors wrong."""
+    from llmquant.quant.materialize import ST_DTYPES, StateFileError, read_header
+
+    header = {}
+    for f in files:
+        try:
+            h, _ = read_header(f)
+        except (OSError, StateFileError) as exc:
+            raise CheckpointError(f"{f}: unreadable safetensors header ({' '.join(str(exc).split())[:200]})") from None
+        header.update({k: (ST_DTYPES.get(v["dtype"]), tuple(int(d) for d in v["shape"])) for k, v in h.items()})
+    bad = [(names, dtype, shape) for names, dtype, shape in records
+           if not any(header.get(n) == (dtype, tuple(shape)) for n in names)]
+    if bad:
+        names, dtype, shape = bad[0]
+        got = next((header[n] for n in names if n in header), None)
+        raise CheckpointError(f"{where}: tensors {[b[0][0] for b in bad[:3]]} (of {len(bad)}) of the quantized "
+                              "linears are " + ("not in the weights files" if got is None else
+                                                f"stored as {got[0]} {list(got[1])}, expected {dtype} {list(shape)}")
+                              + "; the checkpoint is incomplete or corrupt, re-save it with llmquant")
+    left = sorted(n for n, t in shell_tensors(model).items() if t.is_meta)
+    if left:
+        raise CheckpointError(f"{where}: tensors {left[:3]} (of {len(left)}) were not loaded; the checkpoint is "
+                              "incomplete, re-save it with llmquant")
+
+
 def install_quantized_structure(model, cfg, rotation_plan: dict | None, quantized: dict, path: str | os.PathLike,
-                                source: str = CONFIG_FILE) -> None:
+                                source: str = CONFIG_FILE, meta_shells: bool = False) -> None:
     """Turn a freshly built floating-point ``model`` into the empty structure of the quantized one: the
     rotation modules of ``rotation_plan`` (online Hadamards, Q/K rotation, the ``llmquant`` attention function;
     :func:`~llmquant.models.rotate.install_rotation_modules`), then per decoder layer the quantized modules of
     ``quantized`` (``{"<layer>": {"<role>": module spec}}``) with the activation and KV quantizers of ``cfg``
     (:func:`~llmquant.quant.structure.build_quantized_shell`).  No weight is touched; a state dict loads next.
+    ``meta_shells``: the quantized linears' own tensors are built on the meta device
+    (:func:`empty_quantized_module`: no memory until the checkpoint's tensors are assigned, for loaders that
+    assign rather than copy into place); else real, zero-filled (what ``load_state_dict`` copies into).
     Shared by :func:`load_quantized` and the transformers quantizer (:mod:`llmquant.hf.quantizer`); problems raise
     :class:`CheckpointError` naming ``path / source``."""
     from llmquant.models.adapters import get_adapter
@@ -555,9 +632,25 @@ def install_quantized_structure(model, cfg, rotation_plan: dict | None, quantize
     _check_specs(path, quantized, layers, adapter, source)
     for i, layer in enumerate(layers):
         try:
-            build_quantized_shell(layer, adapter, quantized.get(str(i), {}), cfg)
+            if meta_shells:
+                _build_meta_shell(layer, adapter, quantized.get(str(i), {}), cfg)
+            else:
+                build_quantized_shell(layer, adapter, quantized.get(str(i), {}), cfg)
         except (KeyError, TypeError, ValueError) as exc:
             raise _corrupt(path, source, f"quantized.{i}: bad module spec ({exc})") from None
+
+
+def _build_meta_shell(layer, adapter, specs: dict[str, dict], cfg) -> None:
+    """:func:`~llmquant.quant.structure.build_quantized_shell` with :func:`empty_quantized_module` for the linears
+    (their activation quantizers, shared per input group, and the KV quantizers are built as there)."""
+    from llmquant.quant.kv import attach_kv_quantizers
+    from llmquant.quant.structure import roles_with_act_quantizers, set_linear
+
+    for role, act_q in roles_with_act_quantizers(specs, cfg.activations):
+        module = empty_quantized_module(specs[role])
+        module.act_q = act_q
+        set_linear(layer, adapter, role, module)
+    attach_kv_quantizers(layer, adapter, cfg.kv)
 
 
 @torch.no_grad()
@@ -612,7 +705,10 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device | None = 
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         raise _corrupt(path, HF_CONFIG_FILE, f"cannot build the model ({' '.join(str(exc).split())[:200]})") from None
     built = real_buffers(model)
-    install_quantized_structure(model, cfg, meta.get("rotation_plan"), meta.get("quantized", {}), path)
+    # packed shells on the meta device: read_state_file assigns each from the file, and anything left unread
+    # stays meta and fails below
+    install_quantized_structure(model, cfg, meta.get("rotation_plan"), meta.get("quantized", {}), path,
+                                meta_shells=True)
     apply_embed_dtype(model, cfg)  # model.embed_dtype: the file holds embeddings / lm_head in that dtype
     release_free_heap()  # the shells' short-lived tensors, before the large tensors are read
     expected = model.state_dict(keep_vars=True)

@@ -12,9 +12,10 @@ embeddings, ...) plus one tensor in flight, instead of a dense floating-point mo
    the model to the device of its first parameter (meta), so :func:`restore_buffers` puts the real buffers
    recorded by :func:`real_buffers` back where they are still meta and the file does not hold them.
 3. :func:`read_state_file`: every tensor of the safetensors file is read with plain ``readinto`` into its
-   destination: in place when the model already holds a real CPU tensor of that dtype and shape (the packed
-   shells, built zero-filled), else into a fresh tensor that replaces the meta one under every name that
-   shares it (so tied embeddings stay one ``Parameter``).  No ``mmap`` (mapped file pages would count in the
+   destination: in place when the model already holds a real CPU tensor of that dtype and shape (e.g. packed
+   shells built zero-filled), else into a fresh tensor that replaces the meta one (the parameters, and the
+   packed shells :func:`llmquant.quant.checkpoint.load_quantized` builds on the meta device) under every name
+   that shares it (so tied embeddings stay one ``Parameter``).  No ``mmap`` (mapped file pages would count in the
    resident set while the file is open) and no intermediate state dict.  The bytes are copied unchanged,
    so the loaded values are bit-identical to ``safetensors.torch.load_model``'s.
 
