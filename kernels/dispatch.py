@@ -164,10 +164,12 @@ def try_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
 
 def _run(layer, x: torch.Tensor) -> torch.Tensor:
     if getattr(layer, "code", "voronoi") == "box" and layer.act_q is not None:
+        from . import box_encode
         from .box_w4a4 import box_w4a4_matmul
 
         act = layer.act_q
-        words, scales = act.encode_rows(x)  # once per token row; memoized for the linears sharing x
+        # once per token row by the box encode kernel (= act.encode_rows); memoized for the linears sharing x
+        words, scales = box_encode.quantizer_encode_rows(act, x)
         out = box_w4a4_matmul(words.reshape(-1, words.shape[-1]), scales.reshape(-1), act.codec, layer.words,
                               layer.row_scale, layer.codec, bias=layer.bias, out_dtype=x.dtype)
         return out.reshape(*x.shape[:-1], layer.out_features)

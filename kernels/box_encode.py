@@ -1,0 +1,285 @@
+"""Activation encode for the box code: per-row scale + exact nearest box codeword of every 8-vector, one kernel.
+
+Spec (the pure-PyTorch reference): :meth:`llmquant.quant.activations.RowQuantizer.encode_rows` of
+``RowQuantizer("box", codec=codec)``, i.e. :func:`~llmquant.quant.activations.box_row_scale` and
+:meth:`llmquant.lattice.box.BoxCodec.encode` (:mod:`llmquant.lattice.box_encode`).  Any lattice box code
+(:class:`~llmquant.lattice.box.BoxCodec` with ``gamma = 1`` and no level table): width ``b`` in 1..3, Hamming
+(√2E8, 16 β, 16 codewords) or parity (D8, 2 β, 128 codewords) code; the W4A4 kernel (:mod:`.box_w4a4`) reads
+``shipped_box_codec(3, "int")`` and ``shipped_box_codec(3, "d8int8")``.
+
+Shapes: ``x [..., K]`` fp16/bf16/fp32 (``K % 8 == 0``) -> ``words int32 [..., K/8]``, ``scales fp32 [...]``
+(fp16 values).  Math, per row (every step the reference's fp32 op, so the same bits):
+
+    xf = float32(x);  S = sum_k xf_k^2;  s = fp16(sqrt(S / K)) (1 where sqrt(S / K) = 0), back to fp32
+    y = xf / s (IEEE division), cut into 8-vectors
+    for every β_j (ascending) and parity p in {1, 0}:  t = y / β_j,
+        u_p = clamp(round_half_even((t - o_p) / 2), 0, 2^b - 1),  o_p = p - 2^b + 1/2,
+        e_p = (t - (o_p + 2 u_p))^2                                  (the level of parity p nearest t)
+    E[j, m] = β_j^2 * sum of e_{h_i,i} over the codeword h = c(m), summed in the reference matmul's order:
+        the e_1 terms of the coordinates with h_i = 1 (i ascending), then the e_0 terms of those with h_i = 0
+        (``[H, 1-H] @ [e_1; e_0]``, a sequential 16-term dot product with 0/1 weights: checked bit-equal for
+        torch's CPU matmul, and by tests/test_kernels_box_encode.py against the reference itself; the CUDA
+        reference's cuBLAS order is the same assumption, not yet checked on a GPU)
+    (j, m) = the first minimum of E in the order |C| j + m (strict "<" while scanning j, then m, ascending:
+        ties go to the smallest |C| j + m, the reference's rule); u_i = u_{h_i} of β_j.
+
+Word layout (:class:`~llmquant.lattice.box.BoxCodec`, ``kernel_layout``): bits ``[b i, b (i+1))`` = ``u_i``,
+bits ``[8b, 8b + M)`` = ``m``, bits ``[8b + M, 8b + 8)`` = ``j`` (so the top byte is ``|C| j + m``); ``b = 3``:
+32 bits, two's complement int32; ``b < 3``: the value, non-negative.
+
+Ties.  Rounding ``(t - o_p) / 2`` at exactly ``.5`` goes to the even integer (``torch.round``; here
+``2 u = fl(fl(t - o_p) + 1.5 * 2^24) - 1.5 * 2^24``: the fp32 grid in ``[2^24, 2^25)`` has spacing 2, so the sum
+rounds ``t - o_p`` to a multiple of 2, ties to a multiple of 4, then the clamp to ``[0, 2^(b+1) - 2]``);
+equal errors go to the smallest ``|C| j + m``.  fp contraction (mul + add -> FMA) is disabled at launch
+(``enable_fp_fusion=False`` on CUDA), so every product and sum is rounded as in PyTorch.
+
+The scale.  ``S`` is summed in float64 (the fp32 squares ``xf_k^2`` exactly as PyTorch forms them) and rounded
+once to fp32: the correctly rounded sum.  PyTorch sums in fp32 in its own order (a few ulps off the exact sum),
+so the two fp32 sums can differ in the last bits; after ``sqrt`` and the fp16 rounding the scales still agree
+unless ``sqrt(S / K)`` lies within those few fp32 ulps of an fp16 rounding midpoint: measured on 3e-5 to 5e-5
+of Gaussian rows (random scales; K = 4096, 11008, 14336; fp32 and bf16; 40,000 rows each) against the CPU
+reference, by this rule written in torch.  The tests' rows all agree.  Pass ``scales=`` (e.g. the reference's own
+``box_row_scale``) for scales that are the reference's by construction: words are then bit-identical always.
+The mean: ``S / K`` (the CPU reference divides; the interpreter) or ``S * fl(1/K)`` (CUDA's ``MeanOps``
+multiplies by ``float(M) / (M K)``, equal to ``fl(1/K)`` when ``M K`` is exact in fp32).
+
+Design: grid ``(M / BLOCK_R, SPLIT)``, ``BLOCK_R = 1`` on CUDA (:func:`launch_config`); program ``(r, q)`` sums
+row ``r``'s squares (the whole row, ``BLOCK_K`` entries per step; ``SPLIT`` > 1 only for few rows, so the
+re-reads are of a few KB), then encodes vector blocks ``q, q + SPLIT, ...`` of ``BLOCK_V = 32 num_warps``
+8-vectors: every thread owns whole 8-vectors (eight 1-D
+tensors, one per coordinate; no cross-lane work), the ``k |C|`` candidate sums fully unrolled.  A non-finite
+input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal gets
+scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
+allocations are the two outputs (the β set is cached on the device per codec at the first call: call once
+before capturing).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+#: programs to aim for when rows are few (the H200 has 132 SMs)
+TARGET_PROGRAMS = 512
+
+
+@triton.jit
+def _bit(m, i: tl.constexpr, PARITY: tl.constexpr):
+    """Codeword bit ``h_i`` of messages ``m`` (int32 tensor): Hamming ``h_i = m_i`` (i < 4),
+    ``h_{4+i} = m_i ^ parity(m)``; parity code ``h_i = m_i`` (i < 7), ``h_7 = parity(m)``."""
+    if PARITY:
+        if i < 7:
+            h = (m >> i) & 1
+        else:
+            h = (m ^ (m >> 1) ^ (m >> 2) ^ (m >> 3) ^ (m >> 4) ^ (m >> 5) ^ (m >> 6)) & 1
+    else:
+        if i < 4:
+            h = (m >> i) & 1
+        else:
+            h = ((m >> (i - 4)) ^ m ^ (m >> 1) ^ (m >> 2) ^ (m >> 3)) & 1
+    return h
+
+
+@triton.jit
+def _twice_level_index(t, off, B: tl.constexpr):
+    """``2 u``, ``u = clamp(round_half_even((t - off) / 2), 0, 2^b - 1)``, as fp32 (exact small even integers).
+
+    With ``a = fl(t - off)`` (the reference's subtraction): ``fl(a + 1.5 * 2^24) - 1.5 * 2^24`` is ``a`` rounded to
+    a multiple of 2, ties to a multiple of 4, i.e. ``2 round_half_even(a / 2)`` (the fp32 grid in ``[2^24, 2^25)``
+    has spacing 2), exact for ``|a| < 2^23``; beyond, an even integer of ``a``'s sign and size, which the
+    clamp maps to the same end as the reference's round-then-clamp."""
+    r = ((t - off) + 25165824.0) - 25165824.0
+    return tl.minimum(tl.maximum(r, 0.0), 2.0 * ((1 << B) - 1))
+
+
+@triton.jit
+def _sq_err(t, off, B: tl.constexpr):
+    """``(t - (off + 2 u))^2`` with ``2 u = _twice_level_index(t, off)``: the error of the nearest level of one
+    parity (``off + 2 u`` is exact)."""
+    d = t - (off + _twice_level_index(t, off, B))
+    return d * d
+
+
+@triton.jit
+def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride_xm,
+                       B: tl.constexpr, PARITY: tl.constexpr, NB: tl.constexpr, NC: tl.constexpr,
+                       MEAN_MUL: tl.constexpr, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    part = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < M
+    xrow = x_ptr + rows.to(tl.int64)[:, None] * stride_xm  # [BLOCK_R, 1]
+    if HAS_SCALE:
+        s = tl.load(scales_ptr + rows, mask=rmask, other=1.0)
+    else:
+        # S = sum of the fp32 squares, accumulated in fp64 and rounded once to fp32
+        acc = tl.zeros([BLOCK_R, BLOCK_K], tl.float64)
+        for k0 in range(0, K, BLOCK_K):
+            offs = k0 + tl.arange(0, BLOCK_K)
+            xv = tl.load(xrow + offs[None, :], mask=rmask[:, None] & (offs < K)[None, :], other=0.0)
+            xv = xv.to(tl.float32)
+            acc += (xv * xv).to(tl.float64)
+        ssum = tl.sum(acc, axis=1).to(tl.float32)
+        kf = K.to(tl.float32)
+        if MEAN_MUL:
+            mean = ssum * tl.div_rn(1.0, kf)
+        else:
+            mean = tl.div_rn(ssum, kf)
+        s = tl.sqrt_rn(mean)
+        s = tl.where(s > 0.0, s, 1.0).to(tl.float16).to(tl.float32)
+        tl.store(scales_ptr + rows, s, mask=rmask & (rows * 0 + part == 0))
+    s = s[:, None]
+    OFF1: tl.constexpr = 1.5 - (1 << B)  # o_1 = 1 - 2^b + 1/2
+    OFF0: tl.constexpr = 0.5 - (1 << B)  # o_0 = 0 - 2^b + 1/2
+    n_blocks = tl.cdiv(NV, BLOCK_V)
+    for vb in range(part, n_blocks, SPLIT):
+        v = vb * BLOCK_V + tl.arange(0, BLOCK_V)
+        vmask = rmask[:, None] & (v < NV)[None, :]
+        ys = ()
+        for i in tl.static_range(8):
+            xi = tl.load(xrow + (v * 8 + i)[None, :], mask=vmask, other=0.0).to(tl.float32)
+            ys = ys + (tl.div_rn(xi, s),)
+        best = tl.full([BLOCK_R, BLOCK_V], float("inf"), tl.float32)
+        best_jm = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
+        for j in tl.static_range(NB):
+            beta = tl.load(betas_ptr + j)
+            bsq = beta * beta
+            e1 = ()
+            e0 = ()
+            for i in tl.static_range(8):
+                t = tl.div_rn(ys[i], beta)
+                e1 = e1 + (_sq_err(t, OFF1, B),)
+                e0 = e0 + (_sq_err(t, OFF0, B),)
+            for m in tl.static_range(NC):
+                # the codeword h = c(m) as 8 bits (constexpr): Hamming m | (m ^ 15 parity(m)) << 4,
+                # parity code m | parity(m) << 7
+                if PARITY:
+                    HW = m | (((m ^ (m >> 1) ^ (m >> 2) ^ (m >> 3) ^ (m >> 4) ^ (m >> 5) ^ (m >> 6)) & 1) << 7)
+                else:
+                    HW = m | ((m ^ (15 * ((m ^ (m >> 1) ^ (m >> 2) ^ (m >> 3)) & 1))) << 4)
+                # sequential sum of the selected terms: e_1 where h_i = 1, then e_0 where h_i = 0 (i ascending),
+                # starting from the first term (the matmul's 0 + e is e: every e >= +0)
+                e = e0[0]
+                started = False
+                for i in tl.static_range(8):
+                    if ((HW >> i) & 1) == 1:
+                        if started:
+                            e = e + e1[i]
+                        else:
+                            e = e1[i]
+                            started = True
+                for i in tl.static_range(8):
+                    if ((HW >> i) & 1) == 0:
+                        if started:
+                            e = e + e0[i]
+                        else:
+                            e = e0[i]
+                            started = True
+                e = e * bsq
+                better = e < best
+                best = tl.where(better, e, best)
+                best_jm = tl.where(better, j * NC + m, best_jm)
+        # the winner's level indices: the same ops on the same t = y / β_j
+        jb = best_jm // NC
+        mb = best_jm % NC
+        beta_b = tl.load(betas_ptr + jb)
+        word = best_jm << (8 * B)
+        for i in tl.static_range(8):
+            t = tl.div_rn(ys[i], beta_b)
+            h = _bit(mb, i, PARITY)
+            u2 = _twice_level_index(t, h.to(tl.float32) + OFF0, B)
+            word = word | ((u2.to(tl.int32) >> 1) << (B * i))
+        tl.store(words_ptr + rows.to(tl.int64)[:, None] * NV + v[None, :], word, mask=vmask)
+
+
+def supported_reason(codec) -> str | None:
+    """Why :func:`box_encode_rows` cannot encode for ``codec`` (a short sentence), or None when it can."""
+    if getattr(codec, "kind", None) != "box":
+        return f"codec {codec!r} is not a box codec"
+    if codec.code not in ("hamming", "parity"):
+        return f"box code {codec.code!r} (the kernel implements 'hamming' and 'parity')"
+    if codec.level_table is not None or codec.gamma != 1.0:
+        return f"box codec {codec!r} is not a lattice box code (gamma=1, no level table)"
+    return None
+
+
+def _device_betas(codec, device: torch.device) -> torch.Tensor:
+    """The codec's β set, fp32 contiguous on ``device``, cached on the codec (one copy per device, made at the
+    first call: no host work per call afterwards)."""
+    cache = codec.__dict__.setdefault("_kernel_encode_betas", {})
+    key = str(device)
+    if key not in cache:
+        cache[key] = codec.betas.detach().to(device=device, dtype=torch.float32).contiguous().clone()
+    return cache[key]
+
+
+def launch_config(m: int, nv: int, device: torch.device) -> dict:
+    """Launch parameters for ``m`` rows of ``nv`` 8-vectors: ``num_warps``, ``SPLIT``, ``BLOCK_R``, ``BLOCK_V``,
+    ``BLOCK_K`` and the grid.  CUDA: one row per program, one vector per thread; one warp per program and the
+    rows split into up to ``nv / 32`` vector blocks while there are few vectors, else 4 warps (split only while
+    there are fewer than :data:`TARGET_PROGRAMS` rows).  Interpreter (CPU): up to 64 rows and 256 vectors per
+    program (its cost is per operation, not per element)."""
+    if device.type != "cuda":
+        br, bv = min(64, triton.next_power_of_2(max(m, 1))), min(256, triton.next_power_of_2(nv))
+        return {"num_warps": 1, "SPLIT": 1, "BLOCK_R": br, "BLOCK_V": bv, "BLOCK_K": 8 * bv,
+                "grid": (triton.cdiv(m, br), 1)}
+    nw = 1 if m * nv <= TARGET_PROGRAMS * 128 else 4
+    n_blocks = triton.cdiv(nv, 32 * nw)
+    split = max(1, min(n_blocks, triton.cdiv(TARGET_PROGRAMS, max(m, 1))))
+    return {"num_warps": nw, "SPLIT": split, "BLOCK_R": 1, "BLOCK_V": 32 * nw, "BLOCK_K": 256 * nw,
+            "grid": (m, split)}
+
+
+def box_encode_rows(x: torch.Tensor, codec, scales: torch.Tensor | None = None, *,
+                    config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(words int32 [..., K/8], scales fp32 [...])`` of ``x [..., K]``: ``RowQuantizer("box", codec).encode_rows``
+    by one Triton kernel (module docstring).  ``scales`` (``[...]``, fp32 fp16-valued): use these row scales
+    instead of computing them (returned as given).  ``x`` on CUDA, or on the CPU under ``TRITON_INTERPRET=1``.
+    ``config``: launch parameters replacing :func:`launch_config`'s (tests: ``num_warps``, ``SPLIT``,
+    ``BLOCK_R``, ``BLOCK_V``, ``BLOCK_K``, ``grid``, and ``MEAN_MUL``)."""
+    why = supported_reason(codec)
+    if why is not None:
+        raise ValueError(f"box_encode_rows: {why}")
+    if x.dim() == 0 or x.shape[-1] % 8:
+        raise ValueError(f"box_encode_rows: x must be [..., K] with K % 8 == 0, got {tuple(x.shape)}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"box_encode_rows: x must be fp16, bf16 or fp32, got {x.dtype}")
+    k = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, nv = x2.shape[0], k // 8
+    words = torch.empty(m, nv, dtype=torch.int32, device=x.device)
+    if scales is None:
+        out_scales = torch.empty(m, dtype=torch.float32, device=x.device)
+    else:
+        out_scales = scales.reshape(-1)
+        if out_scales.numel() != m or out_scales.dtype != torch.float32 or out_scales.device != x.device:
+            raise ValueError(f"box_encode_rows: scales must be fp32 [{m}] on {x.device}, got "
+                             f"{out_scales.dtype} {tuple(scales.shape)} on {scales.device}")
+        if not out_scales.is_contiguous():
+            raise ValueError("box_encode_rows: scales must be contiguous")
+    if m and nv:
+        cfg = {"MEAN_MUL": x.device.type == "cuda", **launch_config(m, nv, x.device), **(config or {})}
+        grid = cfg.pop("grid")
+        if x.device.type == "cuda":
+            cfg["enable_fp_fusion"] = False
+        _box_encode_kernel[grid](
+            x2, _device_betas(codec, x.device), words, out_scales, m, k, nv, x2.stride(0),
+            B=codec.b, PARITY=codec.code == "parity", NB=codec.betas.numel(), NC=1 << codec.m_bits,
+            HAS_SCALE=scales is not None, **cfg)
+    return words.reshape(*lead, nv), out_scales.reshape(lead)
+
+
+def quantizer_encode_rows(act, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``act.encode_rows(x)`` of a box :class:`~llmquant.quant.activations.RowQuantizer` by the kernel, memoized in
+    the quantizer's own encode memo (``act._enc_memo``: same input object and version -> the cached pair), so
+    linears sharing one input (q/k/v, gate/up) encode it once, whichever of the kernel and the reference ran
+    first."""
+    memo = act._enc_memo
+    hit = memo.get(x)
+    if hit is not None:
+        return hit
+    return memo.put(x, box_encode_rows(x, act.codec))
