@@ -539,17 +539,7 @@ def empty_quantized_module(spec: dict) -> torch.nn.Module:
     :func:`check_shells_loaded`)."""
     from llmquant.quant.weights import empty_like_spec
 
-    if spec.get("type") == "lattice" and spec.get("code", "voronoi") != "voronoi":
-        from llmquant.lattice.codec import codec_from_dict
-        from llmquant.quant.linear import LatticeLinear
-
-        codec = codec_from_dict(spec["codec"])
-        if codec.kind != spec["code"]:
-            raise ValueError(f"module spec code {spec['code']!r} does not match its codec kind {codec.kind!r}")
-        with torch.device("meta"):
-            return LatticeLinear(spec["in_features"], spec["out_features"], codec=codec, bias=spec["bias"])
-    with torch.device("meta"):
-        return empty_like_spec(spec)
+    return empty_like_spec(spec, device="meta")
 
 
 def shell_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

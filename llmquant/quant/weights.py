@@ -206,15 +206,28 @@ def quantize_linear(linear: nn.Linear, hessian: torch.Tensor | None, wcfg, act_q
     return layer, info
 
 
-def empty_like_spec(spec: dict) -> nn.Module:
-    """An empty quantized module (buffers to be filled by ``load_state_dict``) from its saved spec."""
+def empty_like_spec(spec: dict, device=None) -> nn.Module:
+    """An empty quantized module (buffers to be filled by ``load_state_dict``) from its saved spec.
+
+    ``device`` (e.g. ``"meta"``): where the module's own tensors are created; a codec layout's codec is built
+    first, outside it, because its tables (β set, levels) are plain tensors that no state dict restores."""
+    import contextlib
+
+    on = torch.device(device) if device is not None else contextlib.nullcontext()
     if spec["type"] == "lattice" and spec.get("code", "voronoi") != "voronoi":
         from llmquant.lattice.codec import codec_from_dict
 
         codec = codec_from_dict(spec["codec"])
         if codec.kind != spec["code"]:
             raise ValueError(f"module spec code {spec['code']!r} does not match its codec kind {codec.kind!r}")
-        return LatticeLinear(spec["in_features"], spec["out_features"], codec=codec, bias=spec["bias"])
+        with on:
+            return LatticeLinear(spec["in_features"], spec["out_features"], codec=codec, bias=spec["bias"])
+    with on:
+        return _empty_table_free(spec)
+
+
+def _empty_table_free(spec: dict) -> nn.Module:
+    """:func:`empty_like_spec` of a Voronoi-lattice or scalar spec (no codec tables)."""
     if spec["type"] == "lattice":
         return LatticeLinear(spec["in_features"], spec["out_features"], lattice=spec["lattice"], q=spec["q"],
                              k=spec["k"], bias=spec["bias"])
