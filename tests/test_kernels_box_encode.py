@@ -112,6 +112,9 @@ def test_ties(dev, b, variant):
         words, scales = box_encode_rows(x.to(dev), codec, scales=ones)
         assert torch.equal(words.cpu(), codec.encode(x.reshape(8, 8, 8)))
         assert scales.data_ptr() == ones.data_ptr()
+        # half-integers at s = 1: with β = 1, (t - o_p) / 2 is exactly k + 1/2 for every other t (both parities)
+        words = box_encode_rows(half.to(dev), codec, scales=ones[:4])[0]
+        assert torch.equal(words.cpu(), codec.encode(half.reshape(4, 8, 8)))
 
 
 @pytest.mark.kernels
