@@ -147,9 +147,10 @@ def test_errors():
 
 @pytest.mark.kernels
 def test_w4a4_dispatch_encodes_a_shared_input_once_with_the_kernel(dev, monkeypatch):
+    from llmquant.kernels import box_encode, dispatch
+
     from llmquant.config import load_config
     from llmquant.config.schema import DynamicQuantConfig
-    from llmquant.kernels import box_encode, dispatch
     from llmquant.quant.activations import row_quantizer_from_config
     from llmquant.quant.weights import quantize_linear
 
