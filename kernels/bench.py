@@ -165,7 +165,8 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
     * ``w4a16`` ``voronoi q=..``: :func:`.e8_decode_gemm.e8_decode_gemm` (the NestQuant-scheme reference
       kernel; 5/8 B per weight);
     * ``w4a4`` ``box <act>/<weight>`` for :data:`W4A4_VARIANTS`: the activation box encode of the ``[M, K]``
-      input (``RowQuantizer.encode_rows``, PyTorch on the GPU, memo cleared each call), then
+      input (:func:`.box_encode.quantizer_encode_rows`: the Triton encode kernel with the reference's per-row
+      scales, memo cleared each call), then
       :func:`.box_w4a4.box_w4a4_matmul`; ``time_us`` = encode + GEMM; the online Hadamard of the input
       is timed beside it (``hadamard_us``).
 
@@ -177,6 +178,7 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
     from llmquant.quant.activations import RowQuantizer
     from llmquant.rotation.random_hadamard import random_signs
 
+    from .box_encode import quantizer_encode_rows
     from .box_w4a4 import box_w4a4_matmul
     from .box_w4a16 import box_w4a16_matmul
     from .e8_decode_gemm import e8_decode_gemm
@@ -235,7 +237,7 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
 
                 def encode(act=act, x=x):
                     act.clear_memo()  # time a fresh encode, not the memo
-                    return act.encode_rows(x)
+                    return quantizer_encode_rows(act, x)
 
                 xw, xs = encode()
                 ww = _random_words(n, k // 8, gen, dev)
@@ -382,7 +384,7 @@ def main(args) -> int:
                                     on_row=lambda r: print(json.dumps(r), file=sys.stderr, flush=True),
                                     kernels=tuple(args.kernels))
         result["note"] += ("; w4a16 rows: the box b=3 lattice kernel and the Voronoi reference-scheme kernel; "
-                           "w4a4 rows: box activation encode (PyTorch) + the box W4A4 int8 kernel")
+                           "w4a4 rows: box activation encode (Triton, kernels/box_encode.py) + the box W4A4 int8 kernel")
     else:
         result["rows"] = bench_cpu(shapes, ms, args.q, args.k_betas, args.seed, args.repeats, device)
     if args.checkpoint:

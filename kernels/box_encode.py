@@ -277,9 +277,17 @@ def quantizer_encode_rows(act, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """``act.encode_rows(x)`` of a box :class:`~llmquant.quant.activations.RowQuantizer` by the kernel, memoized in
     the quantizer's own encode memo (``act._enc_memo``: same input object and version -> the cached pair), so
     linears sharing one input (q/k/v, gate/up) encode it once, whichever of the kernel and the reference ran
-    first."""
+    first.
+
+    The per-row scales are the reference's own (:func:`~llmquant.quant.activations.box_row_scale`, a few torch
+    kernels on x's device) and passed to the kernel: its fp64 sum of squares differs from torch's fp32 sum in the
+    last bits on a few rows in 1e5 (module docstring), and a scale one fp16 step off moves that row's words, so
+    the words would not be bit-identical to ``encode_rows`` without this."""
+    from llmquant.quant.activations import box_row_scale
+
     memo = act._enc_memo
     hit = memo.get(x)
     if hit is not None:
         return hit
-    return memo.put(x, box_encode_rows(x, act.codec))
+    scales = box_row_scale(x.to(torch.float32)).squeeze(-1)
+    return memo.put(x, box_encode_rows(x, act.codec, scales=scales))

@@ -7,8 +7,9 @@
   layers, b = 3 Hamming code: :mod:`.box_w4a16`, its lattice path for γ = 1 and its level-table path for a
   level table (``box_variant: table``) or a companded γ);
 * box-coded layer (b = 3 Hamming / parity lattice code, integer-ratio β set) with a box activation quantizer
-  (same kinds of code, any b) -> activations encoded once per token row by the quantizer's own
-  encoder (:meth:`~llmquant.quant.activations.RowQuantizer.encode_rows`) + W4A4 int8 GEMM (:mod:`.box_w4a4`);
+  (same kinds of code, any b) -> activations encoded once per token row by the box encode kernel
+  (:mod:`.box_encode`, words bit-identical to :meth:`~llmquant.quant.activations.RowQuantizer.encode_rows`, memoized
+  in the quantizer's memo) + W4A4 int8 GEMM (:mod:`.box_w4a4`);
 * lattice (E8, q <= 16) activation quant -> activation encode (:mod:`.e8_encode`, per-token scale from
   the reference's ``row_scale_guarded`` with ``act.overload_radius()``) + W4A4 GEMM
   (:mod:`.e8_w4a4_gemm`, exact int8 mode for up to 4 β pairs, else fp16 mode, see :func:`w4a4_mode`);
