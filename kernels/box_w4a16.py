@@ -200,59 +200,72 @@ _TABLE_WORD_PTX = _table_word_ptx()
 _TABLE_WORD_ASM = tl.constexpr(_TABLE_WORD_PTX)
 
 
+def _word_decode_lines(word: str, beta_load: str, outs: tuple[str, str, str, str]) -> list[str]:
+    """The PTX lines that decode one box word (also used by :mod:`.box_w4a16_rows`): the constants, the β load
+    ``beta_load`` (e.g. ``"ld.global.nc.f32 beta"``) from ``betas[j]`` at the u64 address ``$6`` (formed in 32 bits:
+    low word + 4 j, high word unchanged; the launcher guarantees betas is 64-byte aligned, so the low word cannot
+    carry), and the four half2 lane pairs ``outs`` (``(l_p - 7.5)/8, (l_{p+4} - 7.5)/8``) of the word register
+    ``word``.  Needs the registers declared in :data:`_WORD_REGS`."""
+    return [
+        f"mov.b32 kme, {MASK_EVEN};",
+        f"mov.b32 kmo, {MASK_ODD};",
+        f"mov.b32 klm, {LANE_MASK};",
+        f"mov.b32 klb, {LANE_BASE};",
+        f"mov.b32 koff, {_i32(LANE_OFFSET)};",
+        "mov.b64 {blo, bhi}, $6;",
+        f"shr.u32 j, {word}, 28;",
+        "mad.lo.u32 alo, j, 4, blo;",
+        "mov.b64 addr, {alo, bhi};",
+        f"{beta_load}, [addr];",
+        f"and.b32 mw, {word}, 0x0F000000;",
+        "popc.b32 pc, mw;",
+        "shl.b32 pc, pc, 17;",
+        "lop3.b32 lbp, pc, 0x20000, klb, 0xEA;",
+        "mul.wide.u32 prod, mw, 0x880880;",
+        "mov.b64 {x31, ie}, prod;",
+        "mul.hi.u32 io, mw, 0x2202200;",
+        f"lop3.b32 de, {word}, kme, ie, 0xE2;",
+        f"lop3.b32 dd, {word}, kmo, io, 0xE2;",
+        "shf.l.wrap.b32 s0, x31, de, 6;",
+        "shl.b32 s1, dd, 3;",
+        "shr.u32 s3, dd, 3;",
+        "lop3.b32 r0, s0, klm, lbp, 0x6A;",
+        "lop3.b32 r1, s1, klm, lbp, 0x6A;",
+        "lop3.b32 r2, de, klm, lbp, 0x6A;",
+        "lop3.b32 r3, s3, klm, lbp, 0x6A;",
+    ] + [f"add.rn.f16x2 {o}, r{p}, koff;" for p, o in enumerate(outs)]
+
+
+#: register declarations of :func:`_word_decode_lines`
+_WORD_REGS = [".reg .b32 mw, x31, pc, lbp, ie, io, de, dd, s0, s1, s3, r0, r1, r2, r3, j, blo, bhi, alo;",
+              ".reg .b32 kme, kmo, klm, klb, koff;",
+              ".reg .b64 addr, prod;"]
+
+
+def _word_mac_lines(vs, xs, acc_in: str, out: str) -> list[str]:
+    """The PTX lines of one word's dot: ``out`` (f32 bits) = ``acc_in`` + β · fp16-sum of the 8 products of the lane
+    pairs ``vs`` and the x pairs ``xs`` (the register ``beta`` holds β as f32).  Needs :data:`_MAC_REGS`."""
+    return [f"mul.rn.f16x2 a, {vs[0]}, {xs[0]};"] + [
+        f"fma.rn.f16x2 a, {v}, {x}, a;" for v, x in zip(vs[1:], xs[1:])] + [
+        "mov.b32 {lo, hi}, a;",
+        "add.rn.f16 hs, lo, hi;",
+        "cvt.f32.f16 fs, hs;",
+        f"mov.b32 accin, {acc_in};",
+        "fma.rn.f32 accout, beta, fs, accin;",
+        f"mov.b32 {out}, accout;",
+    ]
+
+
+#: register declarations of :func:`_word_mac_lines`
+_MAC_REGS = [".reg .b32 a;", ".reg .b16 lo, hi, hs;", ".reg .f32 fs, beta, accin, accout;"]
+
 # PTX of one word: $0 (out, f32 bits) = $7 + betas[j] * sum_i ((l_i - 7.5)/8) * x_i for the word $1, the x pairs
-# $2..$5 (half2 (x_p, x_{p+4})), the address $6 of betas (u64) and the accumulator $7 (f32 bits).  The β address
-# is formed in 32 bits (low word + 4 j, high word unchanged): the launcher guarantees betas is 64-byte aligned,
-# so the low word cannot carry.
-_WORD_PTX = f"""
-{{
-.reg .b32 mw, x31, pc, lbp, ie, io, de, dd, s0, s1, s3, r0, r1, r2, r3, v0, v1, v2, v3, a, j, blo, bhi, alo;
-.reg .b32 kme, kmo, klm, klb, koff;
-.reg .b16 lo, hi, hs;
-.reg .f32 fs, beta, accin, accout;
-.reg .b64 addr, prod;
-mov.b32 kme, {MASK_EVEN};
-mov.b32 kmo, {MASK_ODD};
-mov.b32 klm, {LANE_MASK};
-mov.b32 klb, {LANE_BASE};
-mov.b32 koff, {_i32(LANE_OFFSET)};
-mov.b64 {{blo, bhi}}, $6;
-shr.u32 j, $1, 28;
-mad.lo.u32 alo, j, 4, blo;
-mov.b64 addr, {{alo, bhi}};
-ld.global.nc.f32 beta, [addr];
-and.b32 mw, $1, 0x0F000000;
-popc.b32 pc, mw;
-shl.b32 pc, pc, 17;
-lop3.b32 lbp, pc, 0x20000, klb, 0xEA;
-mul.wide.u32 prod, mw, 0x880880;
-mov.b64 {{x31, ie}}, prod;
-mul.hi.u32 io, mw, 0x2202200;
-lop3.b32 de, $1, kme, ie, 0xE2;
-lop3.b32 dd, $1, kmo, io, 0xE2;
-shf.l.wrap.b32 s0, x31, de, 6;
-shl.b32 s1, dd, 3;
-shr.u32 s3, dd, 3;
-lop3.b32 r0, s0, klm, lbp, 0x6A;
-lop3.b32 r1, s1, klm, lbp, 0x6A;
-lop3.b32 r2, de, klm, lbp, 0x6A;
-lop3.b32 r3, s3, klm, lbp, 0x6A;
-add.rn.f16x2 v0, r0, koff;
-add.rn.f16x2 v1, r1, koff;
-add.rn.f16x2 v2, r2, koff;
-add.rn.f16x2 v3, r3, koff;
-mul.rn.f16x2 a, v0, $2;
-fma.rn.f16x2 a, v1, $3, a;
-fma.rn.f16x2 a, v2, $4, a;
-fma.rn.f16x2 a, v3, $5, a;
-mov.b32 {{lo, hi}}, a;
-add.rn.f16 hs, lo, hi;
-cvt.f32.f16 fs, hs;
-mov.b32 accin, $7;
-fma.rn.f32 accout, beta, fs, accin;
-mov.b32 $0, accout;
-}}
-"""
+# $2..$5 (half2 (x_p, x_{p+4})), the address $6 of betas (u64) and the accumulator $7 (f32 bits).
+_WORD_PTX = "\n".join(
+    ["", "{"] + _WORD_REGS + [".reg .b32 v0, v1, v2, v3;"] + _MAC_REGS
+    + _word_decode_lines("$1", "ld.global.nc.f32 beta", ("v0", "v1", "v2", "v3"))
+    + _word_mac_lines(("v0", "v1", "v2", "v3"), ("$2", "$3", "$4", "$5"), "$7", "$0")
+    + ["}", ""])
 _WORD_ASM = tl.constexpr(_WORD_PTX)
 
 # two bf16 pairs (a = (a0, a1), b = (b0, b1)) -> half2 (a0, b0) / (a1, b1), rounded to nearest

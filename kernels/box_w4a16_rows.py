@@ -36,84 +36,32 @@ import triton.language as tl
 
 from .box_w4a16 import (
     _DECODE_SCALE,
-    LANE_BASE,
-    LANE_MASK,
-    LANE_OFFSET,
-    MASK_EVEN,
-    MASK_ODD,
+    _MAC_REGS,
+    _WORD_REGS,
     TAB_U_EVEN,
     TAB_U_ODD,
     _epilogue,
     _f32_from_words,
-    _i32,
     _pair_dot,
     _pairs_from_f32,
     _pairs_from_words,
     _table_levels,
+    _word_decode_lines,
     _word_lanes,
+    _word_mac_lines,
 )
 
 # decode of one word: $0..$3 = v_p (half2 bits, (l - 7.5)/8 in both lanes), $4 = beta_j (f32 bits), for the word $5
 # and the address $6 of betas (u64, 64-byte aligned: the low word cannot carry).  The lines of _WORD_PTX up to the
 # four HADD2s.
-_DECODE_PTX = f"""
-{{
-.reg .b32 mw, x31, pc, lbp, ie, io, de, dd, s0, s1, s3, r0, r1, r2, r3, j, blo, bhi, alo;
-.reg .b32 kme, kmo, klm, klb, koff;
-.reg .b64 addr, prod;
-mov.b32 kme, {MASK_EVEN};
-mov.b32 kmo, {MASK_ODD};
-mov.b32 klm, {LANE_MASK};
-mov.b32 klb, {LANE_BASE};
-mov.b32 koff, {_i32(LANE_OFFSET)};
-mov.b64 {{blo, bhi}}, $6;
-shr.u32 j, $5, 28;
-mad.lo.u32 alo, j, 4, blo;
-mov.b64 addr, {{alo, bhi}};
-ld.global.nc.u32 $4, [addr];
-and.b32 mw, $5, 0x0F000000;
-popc.b32 pc, mw;
-shl.b32 pc, pc, 17;
-lop3.b32 lbp, pc, 0x20000, klb, 0xEA;
-mul.wide.u32 prod, mw, 0x880880;
-mov.b64 {{x31, ie}}, prod;
-mul.hi.u32 io, mw, 0x2202200;
-lop3.b32 de, $5, kme, ie, 0xE2;
-lop3.b32 dd, $5, kmo, io, 0xE2;
-shf.l.wrap.b32 s0, x31, de, 6;
-shl.b32 s1, dd, 3;
-shr.u32 s3, dd, 3;
-lop3.b32 r0, s0, klm, lbp, 0x6A;
-lop3.b32 r1, s1, klm, lbp, 0x6A;
-lop3.b32 r2, de, klm, lbp, 0x6A;
-lop3.b32 r3, s3, klm, lbp, 0x6A;
-add.rn.f16x2 $0, r0, koff;
-add.rn.f16x2 $1, r1, koff;
-add.rn.f16x2 $2, r2, koff;
-add.rn.f16x2 $3, r3, koff;
-}}
-"""
+_DECODE_PTX = "\n".join(
+    ["", "{"] + _WORD_REGS + _word_decode_lines("$5", "ld.global.nc.u32 $4", ("$0", "$1", "$2", "$3")) + ["}", ""])
 
 # one row of one word: $0 (f32 bits) = $10 + $9 * (fp16 sum of the 8 products), v_p = $1..$4, x pairs $5..$8 (half2
 # (x_p, x_{p+4})), beta $9 (f32 bits), accumulator $10: the lines of _WORD_PTX after the HADD2s.
-_ROW_PTX = """
-{
-.reg .b32 a;
-.reg .b16 lo, hi, hs;
-.reg .f32 fs, beta, accin, accout;
-mul.rn.f16x2 a, $1, $5;
-fma.rn.f16x2 a, $2, $6, a;
-fma.rn.f16x2 a, $3, $7, a;
-fma.rn.f16x2 a, $4, $8, a;
-mov.b32 {lo, hi}, a;
-add.rn.f16 hs, lo, hi;
-cvt.f32.f16 fs, hs;
-mov.b32 beta, $9;
-mov.b32 accin, $10;
-fma.rn.f32 accout, beta, fs, accin;
-mov.b32 $0, accout;
-}
-"""
+_ROW_PTX = "\n".join(
+    ["", "{"] + _MAC_REGS + ["mov.b32 beta, $9;"]
+    + _word_mac_lines(("$1", "$2", "$3", "$4"), ("$5", "$6", "$7", "$8"), "$10", "$0") + ["}", ""])
 
 
 def _table_decode_ptx() -> str:
