@@ -41,8 +41,8 @@ read as is (the kernel needs no symmetry):
   thread; fp32 x as is.  Per word ``d = λ_0 x_0``, then 7 FMAs in coordinate order, then ``acc += β_j · d`` (one
   FMA); the epilogue sums the ``BLOCK_G`` partial accumulators and multiplies by the row scale (no
   ``DECODE_SCALE``).  Error = fp32 rounding of these sums only: far below the lattice path's fp16 lanes.
-* SASS of the main loop on sm_90 (same :data:`GPU_CONFIG`, ``kernels/sass.py``): **6.82 instructions per weight
-  with fp16 x, 6.77 with bf16 x, 0 shuffles, 0 spills, 80 registers**; per word (54.6 instructions, fp16 x):
+* SASS of the main loop on sm_90 (same :data:`GPU_CONFIG`, ``kernels/sass.py``): **6.36 instructions per weight
+  with fp16 x (72 registers), 6.76 with bf16 x (80), 0 shuffles, 0 spills**; per word (54.6 instructions, fp16 x):
   12.2 LOP3, 11 IMAD (mostly copies of a table address's high word: every load needs its own 64-bit register
   pair), 10.4 LDG (8 levels + β + H + the word tile), 9 SHF, 9 FFMA/FMUL, 2 for x (HADD2.F32 + R2UR per
   8-block, shared by 8 rows).  The lanes of one warp load all read one 64-byte block (one L1 wavefront each, if
@@ -532,6 +532,17 @@ def _pair_dot(r, p):
 
 
 @triton.jit
+def _load_word_tile(w_rows, offs_g, n_ok, g_ok, EVEN_N: tl.constexpr, EVEN_G: tl.constexpr):
+    """The ``[BLOCK_N, BLOCK_G]`` int32 words at row pointers ``w_rows [BLOCK_N, 1]`` and word offsets ``offs_g``
+    (masked, zero-filled, unless the tile is known to be whole)."""
+    if EVEN_N and EVEN_G:
+        words = tl.load(w_rows + offs_g[None, :])
+    else:
+        words = tl.load(w_rows + offs_g[None, :], mask=n_ok[:, None] & g_ok[None, :], other=0)
+    return words
+
+
+@triton.jit
 def _box_w4a16_kernel(
     x_ptr, w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, bias_ptr, out_ptr, part_ptr, cnt_ptr,
     M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
@@ -550,10 +561,7 @@ def _box_w4a16_kernel(
     for g0 in range(g_begin, g_begin + KW_PER_SPLIT, BLOCK_G):
         offs_g = g0 + tl.arange(0, BLOCK_G)
         g_ok = offs_g < KW
-        if EVEN_N and EVEN_G:
-            words = tl.load(w_rows + offs_g[None, :])
-        else:
-            words = tl.load(w_rows + offs_g[None, :], mask=n_ok[:, None] & g_ok[None, :], other=0)
+        words = _load_word_tile(w_rows, offs_g, n_ok, g_ok, EVEN_N, EVEN_G)
         if TABLE and USE_ASM:
             # level table: one PTX block per word (index decode, 8 table loads from L1, fp32 FMAs, β)
             x0, x1, x2, x3, x4, x5, x6, x7 = _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G)

@@ -26,7 +26,7 @@ Cost (sm_90, ``kernels/sass.py``, fp16 x, 4 warps, 0 spills, 0 shuffles): a word
 and each row costs ≈ 7 more (HMUL2 + 3 HFMA2 + HADD + conversion + FFMA) plus its share of the x broadcast
 (shared-memory layout conversions).  Instructions per weight **per row**: 2.89 (``M_BLOCK`` 2, ``BLOCK_N`` 256,
 ``BLOCK_G`` 4, 96 registers), 1.96 (4, 256, 4; 126), **1.54** (8, 128, 4; 128), against 3.94 for the one-row
-kernel; level-table path 2.27 per row at ``M_BLOCK`` 8 against 6.82.  **Not timed on a GPU.**
+kernel; level-table path 2.27 per row at ``M_BLOCK`` 8 against 6.36.  **Not timed on a GPU.**
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from .box_w4a16 import (
     TAB_U_ODD,
     _epilogue,
     _f32_from_words,
+    _load_word_tile,
     _pair_dot,
     _pairs_from_f32,
     _pairs_from_words,
@@ -176,10 +177,7 @@ def _box_w4a16_rows_kernel(
     for g0 in range(g_begin, g_begin + KW_PER_SPLIT, BLOCK_G):
         offs_g = g0 + tl.arange(0, BLOCK_G)
         g_ok = offs_g < KW
-        if EVEN_N and EVEN_G:
-            words = tl.load(w_rows + offs_g[None, :])
-        else:
-            words = tl.load(w_rows + offs_g[None, :], mask=n_ok[:, None] & g_ok[None, :], other=0)
+        words = _load_word_tile(w_rows, offs_g, n_ok, g_ok, EVEN_N, EVEN_G)
         x_ok = r_ok[:, None] & g_ok[None, :]
         if TABLE:
             x0, x1, x2, x3, x4, x5, x6, x7 = _x_rows_f32(x_ptr, rows, stride_xm, offs_g, x_ok, X_MODE)
