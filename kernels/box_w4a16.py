@@ -42,7 +42,8 @@ read as is (the kernel needs no symmetry):
   FMA); the epilogue sums the ``BLOCK_G`` partial accumulators and multiplies by the row scale (no
   ``DECODE_SCALE``).  Error = fp32 rounding of these sums only: far below the lattice path's fp16 lanes.
 * SASS of the main loop on sm_90 (same :data:`GPU_CONFIG`, ``kernels/sass.py``): **6.36 instructions per weight
-  with fp16 x (72 registers), 6.76 with bf16 x (80), 0 shuffles, 0 spills**; per word (54.6 instructions, fp16 x):
+  with fp16 x (72 registers), 6.76 with bf16 x (80), 0 shuffles, 0 spills**; per word (counted at the earlier
+  6.82, 54.6 instructions, fp16 x):
   12.2 LOP3, 11 IMAD (mostly copies of a table address's high word: every load needs its own 64-bit register
   pair), 10.4 LDG (8 levels + β + H + the word tile), 9 SHF, 9 FFMA/FMUL, 2 for x (HADD2.F32 + R2UR per
   8-block, shared by 8 rows).  The lanes of one warp load all read one 64-byte block (one L1 wavefront each, if
