@@ -126,3 +126,21 @@ def test_one_op_butterfly_equals_the_stack_form(shape, dtype):
         ib = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
               torch.bfloat16: torch.int16}[dtype]
         assert got.dtype == dtype and torch.equal(got.view(ib), ref.view(ib))
+
+
+@pytest.mark.parametrize("shape", [(700, 1536), (1, 9, 600, 64), (3, 2000, 96), (30000, 12)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_row_chunked_fwht_equals_one_piece(shape, dtype, monkeypatch):
+    """Inputs over CHUNK_ELEMS entries run a chunk of rows at a time into one output: the same values."""
+    import importlib
+
+    fw = importlib.import_module("llmquant.rotation.fwht")
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[-1])).to(dtype)
+    assert x.numel() > fw.CHUNK_ELEMS
+    ib = torch.int32 if dtype == torch.float32 else torch.int16
+    for tr in (False, True):
+        got = fw.fwht(x, transpose=tr)
+        monkeypatch.setattr(fw, "CHUNK_ELEMS", 1 << 40)
+        whole = fw.fwht(x, transpose=tr)
+        monkeypatch.undo()
+        assert got.shape == x.shape and torch.equal(got.view(ib), whole.view(ib))

@@ -161,3 +161,20 @@ def test_long_encode_allocates_nothing_that_scales_with_the_tokens_but_its_outpu
     assert max(small) <= max(search, per_chunk_rows) and max(small) < xbytes // 5
     if what == "encode_rows":
         assert out[0].numel() == x.numel() // 8
+
+
+def test_equal_codecs_share_their_search_and_decode_tables():
+    """One table set per codec value, not per quantizer (a model holds one codec object per linear / KV slot):
+    the search grid of a chunk size is cached once for all codecs."""
+    from llmquant.lattice import box_lut
+
+    a, b, other = _codec(3, "int"), _codec(3, "int"), _codec(3, "table")
+    assert a is not b
+    assert box_encode._consts(a, "cpu") is box_encode._consts(b, "cpu")
+    assert box_encode._consts(a, "cpu") is not box_encode._consts(other, "cpu")
+    assert box_lut._tables(a, torch.float32, "cpu")[1] is box_lut._tables(b, torch.float32, "cpu")[1]
+    assert not torch.equal(box_lut._tables(a, torch.float32, "cpu")[1], box_lut._tables(other, torch.float32, "cpu")[1])
+    ga = box_encode._consts(a, "cpu").grid(4096)[0]
+    assert ga is box_encode._consts(other, "cpu").grid(4096)[0]
+    x = _acts((3, 64), seed=1).reshape(3, 8, 8)
+    assert torch.equal(a.encode(x), b.encode(x)) and torch.equal(a.encode(x), a.quantize_reference(x)[0])

@@ -54,25 +54,50 @@ class _Consts:
         self.H = codewords(codec.code).to(device)
         self.ar8 = torch.arange(8, device=device)
         self.shifts = b * self.ar8
-        self._grids: dict[int, torch.Tensor] = {}
+        self._hoffs: dict[int, torch.Tensor] = {}
 
     def grid(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v + i n + 8 n  (n, 8), 8 n H  (|C|, 8))`` int64: the flat offset of ``(slot 1 - h_i, i, v)`` in a
-        ``(2, 8, n)`` block is ``grid[v, i] - hoff[m, i]``."""
-        g = self._grids.get(n)
-        if g is None:
-            if len(self._grids) > 64:
-                self._grids.clear()
-            g = self._grids[n] = (torch.arange(n, device=self.ar8.device)[:, None] + self.ar8 * n + 8 * n,
-                                  self.H * (8 * n))
-        return g
+        ``(2, 8, n)`` block is ``grid[v, i] - hoff[m, i]``.  The grid depends on ``n`` only and is shared by every
+        codec (:func:`_grid`); ``hoff`` is kept per codec (``|C| x 8``)."""
+        h = self._hoffs.get(n)
+        if h is None:
+            if len(self._hoffs) > 64:
+                self._hoffs.clear()
+            h = self._hoffs[n] = self.H * (8 * n)
+        return _grid(n, self.ar8), h
+
+
+_GRIDS: dict = {}
+#: shared search constants, one per distinct codec value and device (:func:`_consts`)
+_SHARED: dict = {}
+
+
+def _grid(n: int, ar8: torch.Tensor) -> torch.Tensor:
+    """``v + i n + 8 n`` int64 ``(n, 8)``, cached per ``(n, device)`` for all codecs (at most 65 sizes)."""
+    key = (n, str(ar8.device))
+    g = _GRIDS.get(key)
+    if g is None:
+        if len(_GRIDS) > 64:
+            _GRIDS.clear()
+        g = _GRIDS[key] = torch.arange(n, device=ar8.device)[:, None] + ar8 * n + 8 * n
+    return g
 
 
 def _consts(codec, device) -> _Consts:
+    """The search constants of ``codec`` on ``device``: one :class:`_Consts` per distinct codec value
+    (:func:`llmquant.lattice.box_lut.codec_key`), shared by every codec object equal to it (a model has one
+    quantizer per linear and KV slot, mostly with equal codecs), remembered on the codec object too."""
     cache = codec.__dict__.setdefault("_enc_cache", {})
     key = str(device)
     if key not in cache:
-        cache[key] = _Consts(codec, device)
+        from llmquant.lattice.box_lut import codec_key
+
+        vkey = (codec_key(codec), key)
+        shared = _SHARED.get(vkey)
+        if shared is None:
+            shared = _SHARED[vkey] = _Consts(codec, device)
+        cache[key] = shared
     return cache[key]
 
 

@@ -45,12 +45,31 @@ def supported(dtype: torch.dtype) -> bool:
     return dtype in _PAIR_INT and sys.byteorder == "little"
 
 
+#: tables shared by every codec object of one value (:func:`codec_key`), per dtype and device
+_SHARED: dict = {}
+
+
+def codec_key(codec) -> tuple:
+    """A hashable value of everything a box codec's encode/decode depends on (width, code, β set, levels), so
+    equal codecs held by different modules share their cached tables."""
+    return (codec.b, codec.code, codec.m_bits, codec.k_bits, codec.level_table is None,
+            None if codec.gamma is None else float(codec.gamma),
+            codec.betas.detach().to(torch.float64).cpu().numpy().tobytes(),
+            codec.levels.detach().to(torch.float64).cpu().numpy().tobytes())
+
+
 def _tables(codec, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(KEYS int64 [256], PAIRS [2^(2b+2+K)] in _PAIR_INT[dtype])`` of ``codec`` (module docstring), cached."""
+    """``(KEYS int64 [256], PAIRS [2^(2b+2+K)] in _PAIR_INT[dtype])`` of ``codec`` (module docstring), cached on
+    the codec and shared by equal codecs."""
     cache = codec.__dict__.setdefault("_lut_cache", {})
     key = (dtype, str(device))
     hit = cache.get(key)
     if hit is not None:
+        return hit
+    vkey = (codec_key(codec), *key)
+    hit = _SHARED.get(vkey)
+    if hit is not None:
+        cache[key] = hit
         return hit
     from llmquant.lattice.box import codewords
 
@@ -67,7 +86,7 @@ def _tables(codec, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tens
     h_lo, h_hi, jj = (i >> (2 * b)) & 1, (i >> (2 * b + 1)) & 1, i >> (2 * b + 2)
     lv, beta = codec.levels.to(dtype), codec.betas.to(dtype)
     pairs = torch.stack([beta[jj] * lv[2 * u_lo + h_lo], beta[jj] * lv[2 * u_hi + h_hi]], 1).contiguous()
-    hit = cache[key] = (keys.to(device), pairs.view(_PAIR_INT[dtype]).reshape(-1).to(device))
+    hit = cache[key] = _SHARED[vkey] = (keys.to(device), pairs.view(_PAIR_INT[dtype]).reshape(-1).to(device))
     return hit
 
 

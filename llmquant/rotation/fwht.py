@@ -56,15 +56,34 @@ def _butterfly(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+#: entries transformed at once by :func:`fwht`: a larger input is transformed a chunk of rows at a time into one
+#: output, so its temporaries (one per butterfly stage, the matmul's operands) stay one chunk large
+CHUNK_ELEMS = 1 << 18
+
+
 def fwht(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``x @ H_n`` (or ``x @ H_n^T`` with ``transpose=True``) along the last dim, n = x.shape[-1].
 
     Floating dtypes only; the result has x's dtype and device.  float16/bfloat16 inputs are transformed
     in float32 and rounded once at the end.  Cost: n log2(2^k) adds for the butterfly plus one
-    [m, m] x [m, 2^k] matmul per row.
+    [m, m] x [m, 2^k] matmul per row.  Rows are independent: inputs over :data:`CHUNK_ELEMS` entries run
+    ``max(1, CHUNK_ELEMS // n)`` rows at a time (the same per-row ops, so the same values as one call; tested).
     """
     if not torch.is_floating_point(x):
         raise TypeError(f"fwht needs a floating tensor, got {x.dtype}; convert with x.float() first")
+    n = x.shape[-1] if x.dim() else 1
+    step = max(1, CHUNK_ELEMS // max(1, n))
+    if x.dim() > 1 and x.numel() > step * n:
+        x2 = x.reshape(-1, n)
+        out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+        for r0 in range(0, x2.shape[0], step):
+            out[r0:r0 + step] = _fwht_rows(x2[r0:r0 + step], transpose)
+        return out.reshape(x.shape)
+    return _fwht_rows(x, transpose)
+
+
+def _fwht_rows(x: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """:func:`fwht` of ``x`` in one piece."""
     out_dtype = x.dtype
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
