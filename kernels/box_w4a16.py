@@ -157,42 +157,56 @@ def hamming_h_table() -> list[int]:
     return out
 
 
-def _table_word_ptx() -> str:
-    """PTX of one word on the table path (see the module docstring): ``$0`` (out, f32 bits) = ``$13 + betas[j] *
-    sum_i levels[l_i] * x_i`` for the word ``$1``, the fp32 activations ``$2..$9`` (``x_0..x_7``, f32 bits), the
-    addresses (u64, each 64-byte aligned: an offset < 64 is ORed into the low word) of the level table ``$10``,
-    the codeword-bit table :func:`hamming_h_table` ``$11`` and the β table ``$12``, and the accumulator ``$13``
-    (f32 bits).  fp32 products and sums, coordinate order 0..7."""
-    lines = [
-        "{",
-        ".reg .b32 t, e, w3, de, dd, tlo, thi, hlo, hhi, blo, bhi, s, o;",
-        ".reg .f32 beta, v, d, x, acc;",
-        ".reg .b64 a;",
+#: register declarations of :func:`_table_index_lines` and :func:`_table_level_lines`
+_TABLE_REGS = [".reg .b32 t, e, w3, de, dd, tlo, thi, hlo, hhi, blo, bhi, s, o;", ".reg .b64 a;"]
+
+
+def _table_index_lines(word: str, beta_load: str) -> list[str]:
+    """The table path's PTX index decode of the word register ``word`` (also used by :mod:`.box_w4a16_rows`): the
+    β load ``beta_load`` (e.g. ``"ld.global.nc.f32 beta"``) from the β table ``$12``, the codeword bits from the
+    table ``$11`` (:func:`hamming_h_table`) and the muxed level-index fields ``de`` / ``dd``; the addresses
+    (u64, each 64-byte aligned: an offset < 64 is ORed into the low word).  Needs :data:`_TABLE_REGS`."""
+    return [
         "mov.b64 {tlo, thi}, $10;",
         "mov.b64 {hlo, hhi}, $11;",
         "mov.b64 {blo, bhi}, $12;",
-        "shr.u32 t, $1, 26;",
+        f"shr.u32 t, {word}, 26;",
         "lop3.b32 o, t, 0x3C, blo, 0xEA;",  # (j << 2) | blo
         "mov.b64 a, {o, bhi};",
-        "ld.global.nc.f32 beta, [a];",
-        "shr.u32 t, $1, 22;",
+        f"{beta_load}, [a];",
+        f"shr.u32 t, {word}, 22;",
         "lop3.b32 o, t, 0x3C, hlo, 0xEA;",  # (m << 2) | hlo
         "mov.b64 a, {o, hhi};",
         "ld.global.nc.u32 e, [a];",  # h_i at bits 3i + 2
-        "shl.b32 w3, $1, 3;",
+        f"shl.b32 w3, {word}, 3;",
         f"lop3.b32 de, w3, {TAB_U_EVEN}, e, 0xE2;",  # mux: u fields from w3, h bits from e
         f"lop3.b32 dd, w3, {TAB_U_ODD}, e, 0xE2;",
     ]
+
+
+def _table_level_lines(i: int, dst: str, ty: str = "f32") -> list[str]:
+    """PTX of coordinate ``i``'s level load into ``dst`` (``ld.global.nc.<ty>``; after :func:`_table_index_lines`):
+    ``4 l_i`` ORed into the level table's address ``$10``."""
+    src = "de" if i % 2 == 0 else "dd"
+    lines = []
+    if i:
+        lines.append(f"shr.u32 s, {src}, {3 * i};")
+        src = "s"
+    return lines + [f"lop3.b32 o, {src}, 0x3C, tlo, 0xEA;",  # 4 l_i | table address
+                    "mov.b64 a, {o, thi};",
+                    f"ld.global.nc.{ty} {dst}, [a];"]
+
+
+def _table_word_ptx() -> str:
+    """PTX of one word on the table path (see the module docstring): ``$0`` (out, f32 bits) = ``$13 + betas[j] *
+    sum_i levels[l_i] * x_i`` for the word ``$1``, the fp32 activations ``$2..$9`` (``x_0..x_7``, f32 bits), the
+    addresses (u64, each 64-byte aligned) of the level table ``$10``, the codeword-bit table :func:`hamming_h_table`
+    ``$11`` and the β table ``$12``, and the accumulator ``$13`` (f32 bits).  fp32 products and sums, coordinate
+    order 0..7."""
+    lines = ["{"] + _TABLE_REGS + [".reg .f32 beta, v, d, x, acc;"] + _table_index_lines("$1", "ld.global.nc.f32 beta")
     for i in range(8):
-        src = "de" if i % 2 == 0 else "dd"
-        if i:
-            lines.append(f"shr.u32 s, {src}, {3 * i};")
-            src = "s"
-        lines += [f"lop3.b32 o, {src}, 0x3C, tlo, 0xEA;",  # 4 l_i | table address
-                  "mov.b64 a, {o, thi};",
-                  "ld.global.nc.f32 v, [a];",
-                  f"mov.b32 x, ${2 + i};",
-                  "mul.rn.f32 d, v, x;" if i == 0 else "fma.rn.f32 d, v, x, d;"]
+        lines += _table_level_lines(i, "v") + [f"mov.b32 x, ${2 + i};",
+                                               "mul.rn.f32 d, v, x;" if i == 0 else "fma.rn.f32 d, v, x, d;"]
     lines += ["mov.b32 acc, $13;", "fma.rn.f32 acc, beta, d, acc;", "mov.b32 $0, acc;", "}"]
     return "\n".join(lines) + "\n"
 

@@ -37,15 +37,16 @@ import triton.language as tl
 from .box_w4a16 import (
     _DECODE_SCALE,
     _MAC_REGS,
+    _TABLE_REGS,
     _WORD_REGS,
-    TAB_U_EVEN,
-    TAB_U_ODD,
     _epilogue,
     _f32_from_words,
     _load_word_tile,
     _pair_dot,
     _pairs_from_f32,
     _pairs_from_words,
+    _table_index_lines,
+    _table_level_lines,
     _table_levels,
     _word_decode_lines,
     _word_lanes,
@@ -69,31 +70,9 @@ def _table_decode_ptx() -> str:
     """PTX of one word's table decode: ``$0..$7`` = ``levels[l_i]`` (f32 bits), ``$8`` = ``betas[j]``, for the word
     ``$9`` and the 64-byte aligned addresses of the level table ``$10``, the codeword-bit table ``$11`` and betas
     ``$12`` (the index decode and loads of :func:`.box_w4a16._table_word_ptx`, without the MACs)."""
-    lines = [
-        "{",
-        ".reg .b32 t, e, w3, de, dd, tlo, thi, hlo, hhi, blo, bhi, s, o;",
-        ".reg .b64 a;",
-        "mov.b64 {tlo, thi}, $10;",
-        "mov.b64 {hlo, hhi}, $11;",
-        "mov.b64 {blo, bhi}, $12;",
-        "shr.u32 t, $9, 26;",
-        "lop3.b32 o, t, 0x3C, blo, 0xEA;",
-        "mov.b64 a, {o, bhi};",
-        "ld.global.nc.u32 $8, [a];",
-        "shr.u32 t, $9, 22;",
-        "lop3.b32 o, t, 0x3C, hlo, 0xEA;",
-        "mov.b64 a, {o, hhi};",
-        "ld.global.nc.u32 e, [a];",
-        "shl.b32 w3, $9, 3;",
-        f"lop3.b32 de, w3, {TAB_U_EVEN}, e, 0xE2;",
-        f"lop3.b32 dd, w3, {TAB_U_ODD}, e, 0xE2;",
-    ]
+    lines = ["{"] + _TABLE_REGS + _table_index_lines("$9", "ld.global.nc.u32 $8")
     for i in range(8):
-        src = "de" if i % 2 == 0 else "dd"
-        if i:
-            lines.append(f"shr.u32 s, {src}, {3 * i};")
-            src = "s"
-        lines += [f"lop3.b32 o, {src}, 0x3C, tlo, 0xEA;", "mov.b64 a, {o, thi};", f"ld.global.nc.u32 ${i}, [a];"]
+        lines += _table_level_lines(i, f"${i}", "u32")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
