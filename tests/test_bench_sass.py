@@ -182,3 +182,46 @@ def test_box_w4a16_fp32_and_dequant_specializations_compile_for_sm90(tools):
         # 64 x 16 words per CTA, 128 threads: 8 words per thread, one 16-byte store each (fp32: two)
         assert stores and all("STG.E.128" in ln for ln in stores), (table, out, stores[:4])
         assert len(stores) == (16 if out == "*fp32" else 8), (table, out, len(stores))
+
+
+def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(tools):
+    """What the dispatcher can launch on a GPU beyond the benchmark rows compiles for sm_90 with the inline PTX: the
+    small-M W4A16 kernel for fp16 / bf16 / fp32 x on both paths (M_BLOCK 8, and 2 on masked tiles with bias); the
+    one-row kernel with the in-kernel split-K reduction (``FUSED_REDUCE``); and the box activation encode for
+    fp16 / bf16 / fp32 x, Hamming (16 β) and parity (2 β) codes, with given and with computed row scales (the fp32
+    table path once failed only on the GPU: the interpreter never compiles)."""
+    from llmquant.kernels.sass import _run_jobs, kernel_specs
+
+    specs = kernel_specs()
+    rows_spec = next(s for s in specs if s["label"].startswith("box b=3, small-M"))
+    one_row = next(s for s in specs if s["label"].startswith("box b=3, decode GEMV"))
+
+    def job(spec, sig, constexprs, weights, warps=4, div=None):
+        return {"kernel_ref": spec if isinstance(spec, str) else spec["kernel_ref"], "signature": sig,
+                "constexprs": constexprs, "weights_per_iter": weights, "arch": "sm_90", "num_warps": warps,
+                "num_stages": 3, "divisible_by_16": list(div if div is not None else spec["divisible_by_16"]),
+                "keep_sass": False}
+
+    jobs = []
+    for table in (False, True):
+        for x_mode, xsig, mb, even in ((0, "*i32", 8, True), (1, "*i32", 8, False), (2, "*fp32", 2, False)):
+            extra = {} if even else {"HAS_BIAS": True, "EVEN_N": False, "EVEN_G": False}
+            jobs.append(job(rows_spec, dict(rows_spec["signature"], x_ptr=xsig),
+                            dict(rows_spec["constexprs"], TABLE=table, X_MODE=x_mode, M_BLOCK=mb, **extra),
+                            rows_spec["weights_per_iter"]))
+    jobs.append(job(one_row, dict(one_row["signature"]), dict(one_row["constexprs"], FUSED_REDUCE=True),
+                    one_row["weights_per_iter"]))
+    enc_sig = {"betas_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp32", "M": "i32", "K": "i32",
+               "NV": "i32", "stride_xm": "i32"}
+    enc = [("*fp16", False, True), ("*bf16", False, True), ("*fp32", False, True), ("*fp32", True, True),
+           ("*bf16", False, False)]
+    for xsig, parity, has_scale in enc:
+        jobs.append(job("llmquant.kernels.box_encode:_box_encode_kernel", dict(enc_sig, x_ptr=xsig),
+                        {"B": 3, "PARITY": parity, "NB": 2 if parity else 16, "NC": 128 if parity else 16,
+                         "MEAN_MUL": True, "HAS_SCALE": has_scale, "SPLIT": 1, "BLOCK_R": 1, "BLOCK_V": 128,
+                         "BLOCK_K": 1024}, 128 * 8, div=["K", "NV", "stride_xm"]))
+    rows = _run_jobs(jobs)
+    assert len(rows) == len(jobs)
+    for r in rows:
+        assert r["spills"] == 0 and r["shuffles"] == 0, r
+        assert r["instructions_per_weight"] > 0
