@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 FP_METHODS = {"fp", "fp16", "fp32", "bf16", "float"}
@@ -46,7 +47,9 @@ def load_run(path: str | os.PathLike) -> dict:
         raise ReportError(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ReportError(f"{file}: expected a JSON object, got {type(data).__name__}")
-    name = (p if p.is_dir() else p.parent).name
+    # a run directory (or its results.json) is named by the directory; a copied file (results/<model>/<run>.json)
+    # by its own stem, so that copies of many runs in one folder keep their names
+    name = p.name if p.is_dir() else (p.parent.name if p.name == "results.json" else p.stem)
     bits = data.get("bits") or {}
     run = {
         "name": name,
@@ -154,8 +157,17 @@ def build_table(runs: list[dict], fp: str | None = None, task_metric: str = "acc
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+def series_label(run: dict) -> str:
+    """The plot series of a run: its method, the weight code when the config names one (``box`` / ``voronoi``), and
+    what is quantized besides the weights (``A16``, ``A4``, ``A4KV4``: the setting without its ``W<bits>``), so a
+    line joins only runs that differ in weight bits."""
+    code = ((run.get("config") or {}).get("weights") or {}).get("code")
+    rest = re.sub(r"^W[\d.]+", "", str(run.get("setting") or "")) or "?"
+    return f"{run['method']}{' ' + code if code else ''} · {rest}"
+
+
 def plot_ppl_vs_bits(runs: list[dict], out_dir: str | os.PathLike, fp: str | None = None) -> list[Path]:
-    """One PNG per perplexity dataset: ppl against weight bits per entry, labelled by method/setting."""
+    """One PNG per perplexity dataset: ppl against weight bits per entry, one line per :func:`series_label`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +183,8 @@ def plot_ppl_vs_bits(runs: list[dict], out_dir: str | os.PathLike, fp: str | Non
         for r in runs:
             if d not in r["ppl"] or r is ref or r["bits"]["weights"] is None:
                 continue
-            groups.setdefault(str(r["method"]), []).append((float(r["bits"]["weights"]), float(r["ppl"][d]),
-                                                            str(r["setting"])))
+            groups.setdefault(series_label(r), []).append((float(r["bits"]["weights"]), float(r["ppl"][d]),
+                                                          str(r["setting"])))
         markers = "osD^v<>ph*"
         for i, (method, pts) in enumerate(sorted(groups.items())):
             pts.sort()

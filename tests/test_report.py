@@ -95,3 +95,26 @@ def test_setting_and_method_from_config(tmp_path):
     cfg["activations"] = {"method": "scalar", "bits": 8}
     (d / "results.json").write_text(json.dumps({"config": cfg, "bits": {}}))
     assert load_run(d)["setting"] == "W4A8KV4"
+
+
+def test_copied_result_files_keep_their_names(runs, tmp_path):
+    """results/<model>/<run>.json copies of many runs in one folder are named by their file stems; a run directory
+    and its results.json by the directory."""
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for r in runs:
+        (folder / f"model-{r.name}.json").write_text((r / "results.json").read_text())
+    names = [load_run(folder / f"model-{r.name}.json")["name"] for r in runs]
+    assert names == ["model-fp", "model-e8-w4", "model-rtn-w4a4"]
+    assert load_run(runs[1])["name"] == load_run(runs[1] / "results.json")["name"] == "e8-w4"
+
+
+def test_series_label_separates_codes_and_settings():
+    from llmquant.eval.report import series_label
+
+    box = {"method": "e8", "setting": "W4A16", "config": {"weights": {"code": "box"}}}
+    vor = {"method": "e8", "setting": "W3A16", "config": {"weights": {"code": "voronoi"}}}
+    kv = {"method": "e8", "setting": "W4A4KV4", "config": {"weights": {"code": "box"}}}
+    plain = {"method": "quarot", "setting": "W4A4", "config": {}}
+    assert series_label(box) == "e8 box · A16" and series_label(vor) == "e8 voronoi · A16"
+    assert series_label(kv) == "e8 box · A4KV4" and series_label(plain) == "quarot · A4"
