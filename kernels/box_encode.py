@@ -199,7 +199,7 @@ def supported_reason(codec) -> str | None:
         return f"codec {codec!r} is not a box codec"
     if codec.code not in ("hamming", "parity"):
         return f"box code {codec.code!r} (the kernel implements 'hamming' and 'parity')"
-    if codec.level_table is not None or codec.gamma != 1.0:
+    if not codec.is_lattice:
         return f"box codec {codec!r} is not a lattice box code (gamma=1, no level table)"
     return None
 
@@ -207,11 +207,9 @@ def supported_reason(codec) -> str | None:
 def _device_betas(codec, device: torch.device) -> torch.Tensor:
     """The codec's β set, fp32 contiguous on ``device``, cached on the codec (one copy per device, made at the
     first call: no host work per call afterwards)."""
-    cache = codec.__dict__.setdefault("_kernel_encode_betas", {})
-    key = str(device)
-    if key not in cache:
-        cache[key] = codec.betas.detach().to(device=device, dtype=torch.float32).contiguous().clone()
-    return cache[key]
+    from .device_cache import device_copy
+
+    return device_copy(codec, "_kernel_encode_betas", codec.betas, device)
 
 
 def launch_config(m: int, nv: int, device: torch.device) -> dict:

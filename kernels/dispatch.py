@@ -125,7 +125,7 @@ def _integer_box_reason(layer, w_codec, x_codec) -> str | None:
 
         why = None
         for what, c in (("weight", w_codec), ("activation", x_codec)):
-            if not (c.code in ("hamming", "parity") and c.gamma == 1.0 and c.level_table is None):
+            if not (c.code in ("hamming", "parity") and c.is_lattice):
                 why = f"box W4A4: {what} codec {c!r} is not a lattice box code (hamming/parity, gamma=1)"
             elif integer_beta_ratios(c.betas) is None:
                 why = f"box W4A4: {what} β set has no integer ratios (use box_variant 'int' or 'int8')"
@@ -205,25 +205,20 @@ def _run(layer, x: torch.Tensor) -> torch.Tensor:
 def _device_betas(layer, device: torch.device) -> torch.Tensor:
     """The codec's β set as a contiguous fp32 tensor on ``device``, built once per layer and device (no host
     work per call)."""
-    cache = layer.__dict__.setdefault("_kernel_betas", {})
-    key = str(device)
-    if key not in cache:
-        cache[key] = layer.codec.betas.detach().to(device=device, dtype=torch.float32).contiguous().clone()
-    return cache[key]
+    from .device_cache import device_copy
+
+    return device_copy(layer, "_kernel_betas", layer.codec.betas, device)
 
 
 def _device_levels(layer, device: torch.device) -> torch.Tensor | None:
     """None for the √2E8 lattice variant (γ = 1, no level table: the kernel's lattice path); else the codec's 16
     signed levels ``codec.levels`` (level table or companded γ) as a contiguous fp32 tensor on ``device``, built
     once per layer and device."""
-    c = layer.codec
-    if c.gamma == 1.0 and c.level_table is None:
+    from .device_cache import device_copy
+
+    if layer.codec.is_lattice:
         return None
-    cache = layer.__dict__.setdefault("_kernel_levels", {})
-    key = str(device)
-    if key not in cache:
-        cache[key] = c.levels.detach().to(device=device, dtype=torch.float32).contiguous().clone()
-    return cache[key]
+    return device_copy(layer, "_kernel_levels", layer.codec.levels, device)
 
 
 def hadamard_unsupported_reason(rotation, x: torch.Tensor) -> str | None:

@@ -182,6 +182,12 @@ class BoxCodec:
         self.betas = betas
         self.levels = box_levels(self.b, self.gamma, self.level_table)
 
+    @property
+    def is_lattice(self) -> bool:
+        """True for a lattice box code (γ = 1, no level table: uniform levels, the points of √2E8 / D8 in a box),
+        the codes the integer kernels (W4A4, the activation encode) and the W4A16 lattice path read."""
+        return self.gamma == 1.0 and self.level_table is None
+
     # ------------------------------------------------------------------ sizes and layout
     @property
     def word_bits(self) -> int:
