@@ -212,16 +212,20 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
     jobs.append(job(one_row, dict(one_row["signature"]), dict(one_row["constexprs"], FUSED_REDUCE=True),
                     one_row["weights_per_iter"]))
     enc_sig = {"betas_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp32", "M": "i32", "K": "i32",
-               "NV": "i32", "stride_xm": "i32"}
+               "NV": "i32", "stride_xm": "i32", "n_betas": "i32", "n_cw": "i32"}
     enc = [("*fp16", False, True), ("*bf16", False, True), ("*fp32", False, True), ("*fp32", True, True),
            ("*bf16", False, False)]
     for xsig, parity, has_scale in enc:
         jobs.append(job("llmquant.kernels.box_encode:_box_encode_kernel", dict(enc_sig, x_ptr=xsig),
                         {"B": 3, "PARITY": parity, "NB": 2 if parity else 16, "NC": 128 if parity else 16,
-                         "MEAN_MUL": True, "HAS_SCALE": has_scale, "SPLIT": 1, "BLOCK_R": 1, "BLOCK_V": 128,
-                         "BLOCK_K": 1024}, 128 * 8, div=["K", "NV", "stride_xm"]))
+                         "MEAN_MUL": True, "HAS_SCALE": has_scale, "SPLIT": 1, "STRUCT": parity, "BLOCK_R": 1,
+                         "BLOCK_V": 128, "BLOCK_K": 1024}, 128 * 8, div=["K", "NV", "stride_xm", "n_cw"]))
     rows = _run_jobs(jobs)
     assert len(rows) == len(jobs)
     for r in rows:
         assert r["spills"] == 0 and r["shuffles"] == 0, r
         assert r["instructions_per_weight"] > 0
+    for (xsig, parity, _), r in zip(enc, rows[-len(enc):]):
+        # the parity code's structured search (STRUCT): the runtime enumeration is a loop nest (not unrolled) inside
+        # the vector-block loop, so the innermost loop is its codeword loop; the unrolled Hamming search has one loop
+        assert (r["region"] == "loop") and (r["loop_instructions"] < 200 if parity else r["loop_instructions"] > 2000), r
