@@ -32,7 +32,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", default=None, help="offline data folder (default: $LLMQUANT_DATA_DIR)")
     p.add_argument("--weight-cache", choices=("none", "decoded"), default=None,
                    help="quantized linears: none (packed, decoded per call) or decoded (kept); default: as loaded")
-    p.add_argument("--backend", choices=("reference", "triton", "auto"), default=None,
+    p.add_argument("--backend", choices=("reference", "triton", "native", "auto"), default=None,
                    help="forward backend of the quantized modules (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
@@ -177,8 +177,11 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     peak = _status_kb("VmHWM")
+    backends = sorted({m.backend for m in model.modules() if isinstance(getattr(m, "backend", None), str)})
+    from llmquant.lattice import native
+
     res = {"model": str(args.model), "weight_cache": args.weight_cache or "as loaded",
-           "threads": torch.get_num_threads(), **res,
+           "threads": torch.get_num_threads(), "backend": backends, "native_kernels": native.available(), **res,
            "baseline_rss_bytes": baseline, "peak_rss_bytes": peak, "peak_reset": peak_reset,
            "load_peak_rss_bytes": load_peak, "loaded_rss_bytes": loaded,
            "peak_rss_above_baseline_bytes": (None if None in (peak, baseline, load_peak) or not gen_reset

@@ -25,7 +25,7 @@ def test_config_backend_key_default_and_validation():
     assert cfg.model.backend == "auto" and cfg.model.offload is False
     for value in ("reference", "triton", "auto"):
         assert load_config(TINY, [f"model.backend={value}"]).model.backend == value
-    with pytest.raises(ConfigError, match=r"model\.backend: 'cuda' is not one of reference, triton, auto"):
+    with pytest.raises(ConfigError, match=r"model\.backend: 'cuda' is not one of reference, triton, native, auto"):
         load_config(TINY, ["model.backend=cuda"])
     with pytest.raises(ConfigError, match=r"model\.offload: expected true or false"):
         config_from_dict({"version": 1, "model": {"offload": "yes"}})

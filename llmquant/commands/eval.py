@@ -38,7 +38,8 @@ def add_runtime_arguments(p) -> None:
 
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="forward of the quantized linears and online Hadamards: reference (PyTorch), triton "
-                        "(kernels; CPU only with TRITON_INTERPRET=1), auto (kernels on CUDA, else reference). "
+                        "(kernels; CPU only with TRITON_INTERPRET=1), native (compiled CPU decode-GEMV for "
+                        "box-coded layers at decode sizes), auto (Triton on CUDA, native on CPU, else reference). "
                         "Default: the checkpoint's model.backend (auto)")
     p.add_argument("--device-map", default=None,
                    help="place the model with accelerate instead of --device: auto, balanced, sequential, or "

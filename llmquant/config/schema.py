@@ -32,7 +32,7 @@ WEIGHT_CODES = ("voronoi", "box")
 BOX_VARIANTS = ("lattice", "best", "int", "int8", "table", "d8int8")
 METHOD_LABELS = ("fp", "rtn", "quarot", "e8", "custom")
 #: forward backends of LatticeLinear and the online Hadamard rotations (see ``ModelConfig.backend``)
-BACKENDS = ("reference", "triton", "auto")
+BACKENDS = ("reference", "triton", "native", "auto")
 #: what the reference forward of the quantized linears keeps between calls (see ``ModelConfig.weight_cache``)
 WEIGHT_CACHE_MODES = ("none", "decoded")
 
@@ -49,8 +49,9 @@ class ModelConfig:
     seed: int = 0
     #: forward backend of the quantized linears and online Hadamards of the loaded model:
     #: ``reference`` (PyTorch, the spec), ``triton`` (kernels; on CPU only under ``TRITON_INTERPRET=1``),
-    #: ``auto`` (kernels on CUDA when triton is installed, else the reference).  Calibration always runs
-    #: the reference; the backend is set once the model is quantized or loaded.  Not part of the
+    #: ``native`` (compiled C decode-GEMV on CPU for box-coded layers at decode sizes, built at first use),
+    #: ``auto`` (the Triton kernels on CUDA when triton is installed, the native GEMV on CPU, else the
+    #: reference).  Calibration always runs the reference; the backend is set once the model is quantized or loaded.  Not part of the
     #: config hash (it does not change the quantized model).
     backend: str = "auto"
     #: layer-wise offload during quantization: the model stays in CPU memory and each decoder layer

@@ -140,6 +140,15 @@ def nearest(codec, x: torch.Tensor, want_words: bool = True, want_xhat: bool = T
         e = torch.empty(lead, dtype=torch.int64, device=x.device)
         return (e, e.clone(), torch.empty(x.shape, dtype=torch.int64, device=x.device) if want_words else None,
                 torch.empty_like(x) if want_xhat else None, e.to(torch.int32) if want_words else None)
+    if x.device.type == "cpu":
+        from . import native
+
+        if native.available():  # the same search in C, bit for bit (one pass, no temporaries)
+            j, m, u, xh, words = native.encode(codec, y, want_words, want_xhat)
+            words = None if words is None else words.reshape(lead)
+            u = None if u is None else u.reshape(x.shape)
+            x_hat = None if xh is None else xh.to(x.dtype).reshape(x.shape)
+            return j.reshape(lead), m.reshape(lead), u, x_hat, words
     if n <= CHUNK:  # one search chunk (every decode-time call): no output buffers, no copies
         j, m, u, xh, words = _chunk(c, y, want_words, want_xhat)
     else:

@@ -149,10 +149,17 @@ def decode_flat(codec, words: torch.Tensor, dtype: torch.dtype = torch.float32, 
         out = torch.empty(*lead, 8 * n, dtype=dtype, device=words.device)
     elif tuple(out.shape) != (*lead, 8 * n) or not out.is_contiguous():
         raise ValueError(f"box_lut.decode_flat: out must be contiguous {(*lead, 8 * n)}, got {tuple(out.shape)}")
-    keys, pairs = _tables(codec, dtype, words.device)
     w = words.reshape(-1, n)
     o = out.view(-1, 8 * n)
     s = None if scales is None else scales.reshape(-1).to(dtype)
+    if (dtype == torch.float32 and out.dtype == torch.float32 and w.dtype == torch.int32 and w.device.type == "cpu"
+            and w.stride(-1) == 1 and codec.word_bits <= 32):
+        from . import native
+
+        if native.available():  # the same table lookups and products in C (bit-identical, no index tensors)
+            native.decode_rows(codec, w, n, o, s)
+            return out
+    keys, pairs = _tables(codec, dtype, words.device)
     rows = max(1, CHUNK_WORDS // max(1, n))
     direct = out.dtype == dtype
     for r0 in range(0, w.shape[0], rows):

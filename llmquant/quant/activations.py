@@ -122,6 +122,11 @@ class RowQuantizer(nn.Module):
 
     def quantize_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x [..., R]`` row by row (last dim); returns the same shape and dtype."""
+        native = self._native(x)
+        if native is not None:  # the same bits in one compiled pass (no chunks needed: no temporaries)
+            out = native.quantize_rows(self.codec, x.to(torch.float32),
+                                       chunk_rows=box_chunk_rows(x.shape[-1]))[0]
+            return out.view(x.shape).to(x.dtype)
         if self.kind == "box" and x.dim() and x.numel() > box_chunk_rows(x.shape[-1]) * x.shape[-1]:
             return self._box_fake_quant_chunked(x, box_chunk_rows(x.shape[-1]))
         dtype = x.dtype
@@ -155,6 +160,11 @@ class RowQuantizer(nn.Module):
             raise ValueError("box activation quantizer: needs rows [..., R], got a 0-dim tensor")
         if x.shape[-1] % 8:
             raise ValueError(f"box activation quantizer: row length {x.shape[-1]} is not divisible by 8")
+        native = self._native(x)
+        if native is not None:
+            _, words, s = native.quantize_rows(self.codec, x.to(torch.float32), want_xhat=False,
+                                               want_words=True, chunk_rows=box_chunk_rows(x.shape[-1]))
+            return self._enc_memo.put(x, (words.view(*x.shape[:-1], -1), s.view(x.shape[:-1])))
         rows = box_chunk_rows(x.shape[-1])
         if x.numel() > rows * x.shape[-1]:
             return self._enc_memo.put(x, self._box_encode_chunked(x, rows))
@@ -162,6 +172,15 @@ class RowQuantizer(nn.Module):
         s = box_row_scale(xf)
         words = self.codec.encode((xf / s).reshape(*xf.shape[:-1], -1, 8))
         return self._enc_memo.put(x, (words, s.squeeze(-1)))
+
+    def _native(self, x: torch.Tensor):
+        """:mod:`llmquant.lattice.native` when it can run this box quantizer on ``x`` (CPU rows of a length
+        divisible by 8), else None."""
+        if self.kind != "box" or x.device.type != "cpu" or not x.dim() or x.shape[-1] % 8 or not x.numel():
+            return None
+        from llmquant.lattice import native
+
+        return native if native.available() else None
 
     def _box_fake_quant_chunked(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """:meth:`quantize_rows` of the box code, ``rows`` rows at a time into one output (same ops per row, same

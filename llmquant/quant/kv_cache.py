@@ -104,6 +104,12 @@ class PackedRows:
         if self.kind == "box":
             from llmquant.quant.activations import box_chunk_rows, box_row_scale
 
+            nat = self.quant._native(xf)
+            if nat is not None:  # RowQuantizer.encode_rows' words and scales, bit for bit, in one compiled pass
+                _, words, s = nat.quantize_rows(self.quant.codec, xf, want_xhat=False, want_words=True,
+                                                 chunk_rows=box_chunk_rows(d))
+                words = words.view(*xf.shape[:-1], d // 8)
+                return {"words": self.quant.codec.pack(words)["words"], "scale": s.view(xf.shape[:-1]).half()}
             rows = box_chunk_rows(d)
             if x.numel() > rows * d:  # a long prefill: encode a chunk of rows at a time (bit-identical)
                 words, s = self.quant._box_encode_chunked(x, rows)

@@ -29,6 +29,9 @@ def _register_bias(module: nn.Module, out_features: int, bias: bool) -> None:
 
 #: elements of one decoded weight tile (``rows x K``) of the on-the-fly reference forward
 TILE_ELEMS = 1 << 18
+#: input rows up to which the ``native`` / ``auto`` CPU backend runs the fused decode-GEMV (decode steps); more
+#: rows decode a weight tile once and use ``F.linear`` (the GEMV decodes every word once per 4 rows)
+NATIVE_MAX_ROWS = 8
 _WORK = threading.local()
 
 
@@ -352,8 +355,30 @@ class LatticeLinear(_PackedDecode):
             cache[key] = (2 * generator_matrix(self.lattice, 8)).round().to(device=device, dtype=torch.float32)
         return cache[key]
 
+    def _native_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``native`` / ``auto`` backend on CPU: box-coded weights, float32 ``x`` of at most
+        :data:`NATIVE_MAX_ROWS` rows, packed weights (``weight_cache = "none"``): ``act_q(x)`` then the compiled
+        decode-GEMV (:func:`llmquant.lattice.native.gemv`: each word decoded once per call, no weight tile);
+        None otherwise (the reference runs).  Equal to the reference to fp32 rounding (another summation order)."""
+        if (self.code != "box" or x.dtype != torch.float32 or self.weight_cache != "none"
+                or x.numel() > NATIVE_MAX_ROWS * self.in_features):
+            return None
+        from llmquant.lattice import native
+
+        if not native.available():
+            return None
+        if self.act_q is not None:
+            x = self.act_q(x)
+        rows = x.reshape(-1, self.in_features)
+        y = native.gemv(self.codec, self.words, self.in_features // 8, self.row_scale, rows, bias=self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend != "reference":
+        if self.backend in ("native", "auto") and x.device.type == "cpu":
+            out = self._native_forward(x)
+            if out is not None:
+                return out
+        if self.backend in ("triton", "auto"):
             try:
                 from llmquant.kernels.dispatch import try_forward
             except ModuleNotFoundError as exc:
@@ -444,9 +469,11 @@ def set_backend(model: nn.Module, backend: str) -> dict[str, int]:
     :class:`~llmquant.rotation.random_hadamard.HadamardRotation` (``down_proj`` input rotation, Q/K
     rotation after RoPE, output rotations) inside ``model``.
 
-    ``backend in {"reference", "triton", "auto"}``: ``reference`` = PyTorch forward (the spec);
+    ``backend in {"reference", "triton", "native", "auto"}``: ``reference`` = PyTorch forward (the spec);
     ``triton`` = the Triton kernels (CUDA, or the CPU interpreter under ``TRITON_INTERPRET=1``), falling
-    back to the reference for unsupported cases; ``auto`` = the kernels on CUDA only, else the reference.
+    back to the reference for unsupported cases; ``native`` = the compiled CPU decode-GEMV
+    (:mod:`llmquant.lattice.native`) for box-coded layers and few rows, else the reference; ``auto`` = the
+    Triton kernels on CUDA, the native GEMV on CPU, the reference otherwise.
     The attribute is not part of any state dict.  Returns ``{"lattice_linear": n, "hadamard": m}``, the
     number of modules set.  ``ScalarLinear`` and floating-point modules have no backend (always PyTorch).
     """

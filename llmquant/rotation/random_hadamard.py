@@ -55,7 +55,7 @@ class HadamardRotation(nn.Module):
 
     @property
     def backend(self) -> str:
-        """``"reference"`` | ``"triton"`` | ``"auto"`` (see module docstring); not saved in the state dict."""
+        """``"reference"`` | ``"triton"`` | ``"native"`` (= reference here) | ``"auto"`` (see module docstring); not saved in the state dict."""
         return getattr(self, "_backend", "reference")  # modules pickled before the attribute existed
 
     @backend.setter
@@ -67,7 +67,7 @@ class HadamardRotation(nn.Module):
         self._backend = value
 
     def _kernel(self, x: torch.Tensor, transpose: bool) -> torch.Tensor | None:
-        if self.backend == "reference":
+        if self.backend in ("reference", "native"):
             return None
         try:
             from llmquant.kernels.dispatch import try_hadamard
