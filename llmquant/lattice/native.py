@@ -75,7 +75,7 @@ def _build() -> ctypes.CDLL | None:
         return None
     src = SOURCE.read_bytes()
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([cc, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = cc
     key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), _cpu_model().encode(),
@@ -86,7 +86,7 @@ def _build() -> ctypes.CDLL | None:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             os.unlink(tmp)
             log.warning("llmquant.lattice.native: building %s failed (%s); using the PyTorch code",
