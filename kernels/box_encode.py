@@ -23,28 +23,39 @@ Shapes: ``x [..., K]`` fp16/bf16/fp32 (``K % 8 == 0``) -> ``words int32 [..., K/
     (j, m) = the first minimum of E in the order |C| j + m (strict "<" while scanning j, then m, ascending:
         ties go to the smallest |C| j + m, the reference's rule); u_i = u_{h_i} of β_j.
 
-Parity code (``STRUCT``, D8: 2 β, 128 codewords): no enumeration on the hot path.  Per β, with the same e_0, e_1:
-``h0_i = (e_1,i < e_0,i)`` (the per-coordinate best, ties to parity 0), ``a_i = |e_1,i - e_0,i|`` (fp32), the three
-smallest ``a1 <= a2 <= a3`` and the coordinates ``k1, k2`` of the first two (strict ``<`` scan, i ascending).  In
-exact arithmetic every even word is ``h0`` with a set F of flips (|F| of h0's parity) and costs ``S0 + sum_F a``, so
-the best one is A = h0 (h0 even) or h0 + flip k1 (odd), the runner-up B = h0 + flips {k1, k2} (even) or h0 + flip k2
-(odd), and every other even word costs at least ``a2 - a1`` / ``a1 + a2`` (odd / even) more than A, and at least
-``a3 - a1`` / ``a1 + a3`` more than A when B is set aside.  The kernel sums A and B in the reference's order (above:
-the same fp32 sums, ``E = F * β^2``) and takes the reference's pick of the two (smaller E, then smaller m); the
-pick is the reference's minimum over all 128 words when (``ok``) ``G > 2^-19 F_A + 2^-22 (a1 + a_x)`` with
-``G = a_x -/+ a1`` for ``x = 2`` or ``x = 3``: a sequential fp32 sum of 8 non-negative terms is within
-``7 * 2^-24`` (relative) of its exact value, ``* β^2`` within ``2^-24``, and each ``a_i`` within ``2^-24`` of the exact
-``|e_1 - e_0|``, so two words whose exact sums differ by more than ``2^-20 F_A`` (plus the a-rounding) keep their
-order through every rounding (every e is 0 or >= 2^-50, no underflow for β >= 2^-37; a non-finite sum fails the
-test).  Across β the strict ``<`` keeps j = 0 on ties.  A block with any undecided vector (near-equal a's: exact
-ties on the level grid, repeated magnitudes, >= 3 zero coordinates, or one huge clamped error that makes the
-fp32 rounding of the sums larger than the gaps) runs the enumeration of every (β, codeword) by runtime loops
-(``_full_search``, the reference's rule exactly) for all its vectors: measured (tests/test_box_encode_d8.py's
-model) 0 of 200,000 Gaussian vectors and ~0.5% of 8-vectors of bf16 rows with 1% 40x outliers are undecided.  The
-model of this rule (op for op) agreed with ``llmquant.lattice.box_encode.nearest`` on every decided vector of
-~15 million (Gaussian, bf16/fp16 rows with outliers, the level grid and its midpoints per β, equal magnitudes,
-zeros, +-64 outliers, mirrored pairs, ulp-perturbed ties; b = 1, 2, 3).  The winner's levels reuse ``t = y / β_j``
-of the search (no second division).
+Parity code (``STRUCT``, D8: 2 β, 128 codewords): no enumeration on the hot path.  Per β:
+
+* ``e_1, e_0`` of every coordinate from the two half-integer levels ``r -/+ 1/2`` that bracket t
+  (``r = round_half_even(clamp(t, -(2^b - 1), 2^b - 1))``; beyond the box, the two end levels): they are the
+  nearest level of each parity, so ``fl(t - L)^2`` is the reference's e (on a rounding tie of u the reference's
+  level lies at the same distance 1) (``_both_errors``);
+* ``d_i = e_1,i - e_0,i``; ``h0_i`` = its sign bit (the per-coordinate best, ties to parity 0); integer keys
+  ``|d_i|`` with the 3 low bits replaced by ``i`` (distinct, ordered like ``|d|`` up to 7 ulps) and the three
+  smallest by an integer min/max network: ``a1 <= a2 <= a3`` (the truncated ``|d|``), coordinates ``k1, k2``;
+* A = h0 (even weight) or h0 with k1 flipped (odd); B = h0 with k1 and k2 flipped (even) or with k2 flipped (odd).
+  In exact arithmetic every even word is h0 with a flip set F (|F| of h0's parity) and costs ``S0 + sum_F |d|``:
+  A is the best, and every word other than A costs at least ``a2 -/+ a1`` more (odd / even weight), every word
+  other than A and B at least ``a3 -/+ a1`` more;
+* A and B summed in the reference's order (the same fp32 sums), ``E = F * β^2``, the reference's pick of the two
+  (smaller E, then smaller m); it is the reference's minimum over all 128 words wherever (``ok``)
+  ``a_x -/+ a1 > 2^-19 (F_A + a1 + a_x)`` for ``x = 2`` or ``x = 3``: a sequential fp32 sum of 8 non-negative
+  terms is within ``7 * 2^-24`` (relative) of its exact value, ``* β^2`` within ``2^-24``, each ``|d_i|`` within
+  ``2^-24`` (fp32) and ``7 * 2^-23`` (key truncation) of the exact one, so words whose exact sums differ by more
+  than about ``2^-20 F_A`` keep their order through every rounding (every e is 0 or >= 2^-50: no underflow for
+  β >= 2^-37; a non-finite sum fails the test).  Across β the strict ``<`` keeps j = 0 on ties.
+
+A block with an undecided vector (near-equal ``|d|``: exact ties on the level grid, repeated magnitudes, >= 3 zero
+coordinates, or one huge clamped error whose fp32 rounding exceeds the gaps) runs the enumeration of every
+(β, codeword) by runtime loops (``_full_search``, the reference's rule as in the Hamming path) for all its vectors.
+Undecided (tests/test_box_encode_d8.py's model of the rule, op for op): 0 of 200,000 Gaussian vectors, ~3e-5 of the
+8-vectors of bf16 rows with 1% 40x outliers.  That model agreed with :func:`llmquant.lattice.box_encode.nearest` on
+all 7.1 million decided vectors of 9.9 million (Gaussian, bf16 / fp16 rows with outliers, the level grid and its
+midpoints per β, equal magnitudes, zeros, ±64 outliers, mirrored pairs, ulp-perturbed ties; b = 1, 2, 3).
+
+Divisions.  ``y = x / s`` and (parity) ``t = y / β_j`` are IEEE divisions computed from the reciprocal
+``fl(1 / s)`` / ``fl(1 / β_j)`` (once per row / per program) by one multiply and two FMA residual steps
+(``_div_by``, Markstein's theorem; checked equal to the division on every fp32 mantissa for the shipped β and
+on every fp16 scale mantissa); the parity path keeps ``t`` of both β for the winner's levels.
 
 Word layout (:class:`~llmquant.lattice.box.BoxCodec`, ``kernel_layout``): bits ``[b i, b (i+1))`` = ``u_i``,
 bits ``[8b, 8b + M)`` = ``m``, bits ``[8b + M, 8b + 8)`` = ``j`` (so the top byte is ``|C| j + m``); ``b = 3``:
@@ -72,9 +83,11 @@ re-reads are of a few KB), then encodes vector blocks ``q, q + SPLIT, ...`` of `
 8-vectors: every thread owns whole 8-vectors (eight 1-D
 tensors, one per coordinate; no cross-lane work), the ``k |C|`` candidate sums fully unrolled (Hamming), or the
 structured search above plus one block-wide max (``REDUX``) deciding whether the block runs the enumeration
-(parity).  Static SASS (sm_90, bf16 x, given scales, BLOCK_V = 128, 4 warps; ``/tmp``-free recipe in the
-kernels README): ``d8int8`` 176 instructions per element on the hot path (the vector-block loop without the cold
-enumeration block; 408 with the unrolled enumeration), 115 registers, 0 spills.  A non-finite
+(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 883 instructions per thread
+and 8-vector on the hot path = 110.4 per element (bf16 / fp16 x; 109.4 fp32 x; 110.8 with computed scales), the
+vector-block loop without its cold block (313 instructions, the enumeration loops), 100 registers, 0 spills (the
+unrolled enumeration: 408 per element); Hamming (``int``): 842.8 per element, 48 registers
+(tests/test_bench_sass.py, ``encode_hot_path``).  A non-finite
 input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal gets
 scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
 allocations are the two outputs (the β set is cached on the device per codec at the first call: call once
@@ -142,76 +155,104 @@ def _ref_sum(e1, e0, flips):
 
 
 @triton.jit
-def _msg(h):
-    """The parity-code message ``m = sum_{i<7} h_i 2^i`` of codeword bits ``h`` (tuple of int1 tensors)."""
-    m = h[0].to(tl.int32)
-    for i in tl.static_range(1, 7):
-        m = m | (h[i].to(tl.int32) << i)
-    return m
+def _div_by(a, b, rb):
+    """``fl(a / b)`` (IEEE, round to nearest) from ``rb = fl(1 / b)``: ``q = fl(a rb)`` (within 1.5 ulp), one FMA
+    residual step (faithful), a second one (Markstein's theorem: with ``rb`` correctly rounded and ``q`` faithful,
+    ``fl(q + (a - b q) rb)`` is the correctly rounded quotient; ``a - b q`` is exact in an FMA).  Quotients below
+    the normal range may differ from the division in the last place: only ``|t| < 2^-26``, where every level
+    error is the same (module docstring)."""
+    q = a * rb
+    r = tl.fma(-q, b, a)
+    q = tl.fma(r, rb, q)
+    r = tl.fma(-q, b, a)
+    return tl.fma(r, rb, q)
 
 
 @triton.jit
-def _parity_beta(ys, beta, B: tl.constexpr):
+def _both_errors(t, B: tl.constexpr):
+    """``(e_1, e_0)``: the squared distance of ``t`` to its nearest level of parity 1 and of parity 0, as the
+    reference forms them (``fl(t - L)^2``, ``L`` the same level, or one at the same distance 1 on a rounding tie).
+
+    The levels are the half-integers ``k + 1/2``, ``-2^b <= k < 2^b``, parity ``k mod 2``; with
+    ``r = round_half_even(clamp(t, -(2^b - 1), 2^b - 1))`` (``fl(tc + 1.5 * 2^23) - 1.5 * 2^23``) the two levels
+    ``r -/+ 1/2`` bracket t (or are the two end levels beyond the box) and are the nearest of each parity; ``r - 1/2``
+    has parity ``(r - 1) mod 2``, read from the last bit of ``fl(tc + 1.5 * 2^23)``."""
+    LIM: tl.constexpr = (1 << B) - 1.0
+    w = tl.minimum(tl.maximum(t, -LIM), LIM) + 12582912.0
+    r = w - 12582912.0
+    d_lo = t - (r - 0.5)
+    d_hi = t - (r + 0.5)
+    e_lo = d_lo * d_lo
+    e_hi = d_hi * d_hi
+    r_odd = (w.to(tl.int32, bitcast=True) & 1) != 0
+    return tl.where(r_odd, e_hi, e_lo), tl.where(r_odd, e_lo, e_hi)
+
+
+@triton.jit
+def _word_sum(hw, e1, e0):
+    """:func:`_ref_sum` of the codeword with bits ``hw`` (int32 tensor, bit i = h_i)."""
+    h = ()
+    for i in tl.static_range(8):
+        h = h + (((hw >> i) & 1) != 0,)
+    return _ref_sum(e1, e0, h)
+
+
+@triton.jit
+def _parity_beta(ys, beta, rbeta, B: tl.constexpr):
     """Structured exact search of the parity code [8,7,2] for one β (module docstring, "Parity code"): the
-    reference's first minimum ``(E, m)`` over the 128 codewords whenever ``ok``; also ``t = y / β`` (8 tensors)."""
-    OFF1: tl.constexpr = 1.5 - (1 << B)
-    OFF0: tl.constexpr = 0.5 - (1 << B)
-    bsq = beta * beta
+    reference's first minimum ``(E, m)`` over the 128 codewords wherever ``ok``; also ``t = y / β`` (8 tensors).
+    ``rbeta = fl(1 / β)``."""
     ts = ()
     e1 = ()
     e0 = ()
     for i in tl.static_range(8):
-        t = tl.div_rn(ys[i], beta)
+        t = _div_by(ys[i], beta, rbeta)
         ts = ts + (t,)
-        e1 = e1 + (_sq_err(t, OFF1, B),)
-        e0 = e0 + (_sq_err(t, OFF0, B),)
-    # h0 = per-coordinate argmin (ties to parity 0); a_i = |e1_i - e0_i|; the three smallest a (a1 <= a2 <= a3,
-    # ties to the later slot) and the coordinates k1, k2 of the first two
-    inf = float("inf")
-    a1 = tl.full(ys[0].shape, inf, tl.float32)
-    a2 = a1
-    a3 = a1
-    k1 = tl.zeros(ys[0].shape, tl.int32)
-    k2 = k1
-    h0 = ()
-    odd = k1
+        p1, p0 = _both_errors(t, B)
+        e1 = e1 + (p1,)
+        e0 = e0 + (p0,)
+    # d_i = e1_i - e0_i (+0 on equality): h0 = the sign bits (the per-coordinate best, ties to parity 0); keys
+    # |d_i| with the 3 low bits replaced by i (distinct, ordered like |d| up to 7 ulps): the three smallest
+    big = tl.full(ys[0].shape, 0x7FFFFFFF, tl.int32)
+    k1 = big
+    k2 = big
+    k3 = big
+    h0w = tl.zeros(ys[0].shape, tl.int32)
     for i in tl.static_range(8):
-        d = e1[i] - e0[i]
-        hi = d < 0.0
-        h0 = h0 + (hi,)
-        odd = odd ^ hi.to(tl.int32)
-        ai = tl.abs(d)
-        lt1 = ai < a1
-        lt2 = ai < a2
-        a3 = tl.where(lt2, a2, tl.minimum(a3, ai))
-        a2 = tl.where(lt1, a1, tl.where(lt2, ai, a2))
-        k2 = tl.where(lt1, k1, tl.where(lt2, i, k2))
-        a1 = tl.where(lt1, ai, a1)
-        k1 = tl.where(lt1, i, k1)
-    is_odd = odd != 0
-    # A: the best even-weight word (h0, or h0 with k1 flipped); B: the runner-up (h0 with k2 flipped, or h0 with
-    # k1 and k2 flipped)
-    hA = ()
-    hB = ()
-    for i in tl.static_range(8):
-        f1 = k1 == i
-        hA = hA + (h0[i] ^ (is_odd & f1),)
-        hB = hB + (h0[i] ^ (k2 == i) ^ ((~is_odd) & f1),)
-    FA = _ref_sum(e1, e0, hA)
-    FB = _ref_sum(e1, e0, hB)
+        db = (e1[i] - e0[i]).to(tl.int32, bitcast=True)
+        h0w = h0w | (((db >> 31) & 1) << i)
+        key = (db & 0x7FFFFFF8) | i
+        n1 = tl.minimum(k1, key)
+        x = tl.maximum(k1, key)
+        n2 = tl.minimum(k2, x)
+        x = tl.maximum(k2, x)
+        k3 = tl.minimum(k3, x)
+        k1 = n1
+        k2 = n2
+    a1 = (k1 & 0x7FFFFFF8).to(tl.float32, bitcast=True)
+    a2 = (k2 & 0x7FFFFFF8).to(tl.float32, bitcast=True)
+    a3 = (k3 & 0x7FFFFFF8).to(tl.float32, bitcast=True)
+    par = h0w ^ (h0w >> 4)
+    par = par ^ (par >> 2)
+    par = (par ^ (par >> 1)) & 1
+    om = -par  # all ones when h0 has odd weight
+    b1 = 1 << (k1 & 7)
+    hA = h0w ^ (b1 & om)  # the best even word: h0, or h0 with coordinate k1 flipped
+    hB = h0w ^ (1 << (k2 & 7)) ^ (b1 & ~om)  # the runner-up: h0 with k1 and k2 flipped, or with k2 flipped
+    FA = _word_sum(hA, e1, e0)
+    bsq = beta * beta
     EA = FA * bsq
-    EB = FB * bsq
-    mA = _msg(hA)
-    mB = _msg(hB)
+    EB = _word_sum(hB, e1, e0) * bsq
+    mA = hA & 127
+    mB = hB & 127
     use_b = (EB < EA) | ((EB == EA) & (mB < mA))
-    e = tl.where(use_b, EB, EA)
-    m = tl.where(use_b, mB, mA)
-    # every other even word costs (exactly) at least a2 - a1 / a1 + a2 (A strict winner) or a3 - a1 / a1 + a3
-    # (A or B the winner) more than A; beyond 2^-19 FA that survives the fp32 rounding of both sums and of * β^2
-    sgn = tl.where(is_odd, -a1, a1)
-    ok1 = (a2 + sgn) > (FA * 1.9073486328125e-06 + (a1 + a2) * 2.384185791015625e-07)
-    ok2 = (a3 + sgn) > (FA * 1.9073486328125e-06 + (a1 + a3) * 2.384185791015625e-07)
-    return e, m, ok1 | ok2, ts
+    # every other even word costs (exactly) at least a2 -/+ a1 (A strict winner) or a3 -/+ a1 (A or B the winner)
+    # more than A, up to the key truncation and fp32 rounding of a; beyond 2^-19 (FA + a1 + a_x) that survives the
+    # rounding of both sums and of * β^2
+    sgn = tl.where(par != 0, -a1, a1)
+    ok = (((a2 + sgn) > (FA + (a1 + a2)) * 1.9073486328125e-06)
+          | ((a3 + sgn) > (FA + (a1 + a3)) * 1.9073486328125e-06))
+    return tl.where(use_b, EB, EA), tl.where(use_b, mB, mA), ok, ts
 
 
 @triton.jit
@@ -222,7 +263,7 @@ def _full_search(ys, betas_ptr, n_betas, n_cw, B: tl.constexpr, PARITY: tl.const
     OFF0: tl.constexpr = 0.5 - (1 << B)
     best = tl.full(ys[0].shape, float("inf"), tl.float32)
     best_jm = tl.zeros(ys[0].shape, tl.int32)
-    for j in range(0, n_betas):
+    for j in range(n_betas):
         beta = tl.load(betas_ptr + j)
         bsq = beta * beta
         e1 = ()
@@ -231,7 +272,7 @@ def _full_search(ys, betas_ptr, n_betas, n_cw, B: tl.constexpr, PARITY: tl.const
             t = tl.div_rn(ys[i], beta)
             e1 = e1 + (_sq_err(t, OFF1, B),)
             e0 = e0 + (_sq_err(t, OFF0, B),)
-        for m in range(0, n_cw):
+        for m in range(n_cw):
             h = ()
             for i in tl.static_range(8):
                 h = h + ((best_jm * 0 + _bit(m, i, PARITY)) != 0,)
@@ -271,6 +312,16 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
         s = tl.where(s > 0.0, s, 1.0).to(tl.float16).to(tl.float32)
         tl.store(scales_ptr + rows, s, mask=rmask & (rows * 0 + part == 0))
     s = s[:, None]
+    # y = x / s by the FMA division from 1 / s (_div_by); an infinite scale (fp16 overflow of the RMS) divides
+    # by 1 with reciprocal 0: y = 0 = x / inf
+    s_inf = s == float("inf")
+    rs = tl.where(s_inf, 0.0, tl.div_rn(1.0, s))
+    s = tl.where(s_inf, 1.0, s)
+    if STRUCT:
+        beta_0 = tl.load(betas_ptr)
+        beta_1 = tl.load(betas_ptr + 1)
+        rbeta_0 = tl.div_rn(1.0, beta_0)
+        rbeta_1 = tl.div_rn(1.0, beta_1)
     OFF1: tl.constexpr = 1.5 - (1 << B)  # o_1 = 1 - 2^b + 1/2
     OFF0: tl.constexpr = 0.5 - (1 << B)  # o_0 = 0 - 2^b + 1/2
     n_blocks = tl.cdiv(NV, BLOCK_V)
@@ -280,14 +331,14 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
         ys = ()
         for i in tl.static_range(8):
             xi = tl.load(xrow + (v * 8 + i)[None, :], mask=vmask, other=0.0).to(tl.float32)
-            ys = ys + (tl.div_rn(xi, s),)
+            ys = ys + (_div_by(xi, s, rs),)
         best = tl.full([BLOCK_R, BLOCK_V], float("inf"), tl.float32)
         best_jm = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
         if STRUCT:
             # parity code, 2 β: the structured search per β, the runtime enumeration for a block only when one of
             # its vectors is not provably decided by it
-            e_0, m_0, ok_0, t_0 = _parity_beta(ys, tl.load(betas_ptr), B)
-            e_1, m_1, ok_1, t_1 = _parity_beta(ys, tl.load(betas_ptr + 1), B)
+            e_0, m_0, ok_0, t_0 = _parity_beta(ys, beta_0, rbeta_0, B)
+            e_1, m_1, ok_1, t_1 = _parity_beta(ys, beta_1, rbeta_1, B)
             second = e_1 < e_0
             best_jm = tl.where(second, NC + m_1, m_0)
             if tl.max((ok_0 & ok_1).to(tl.int32) ^ 1) != 0:

@@ -91,6 +91,34 @@ def predict_gemm(instr_per_weight: float, stored_bytes_per_weight: float, *, m: 
     return out
 
 
+def predict_w4a4_with_encode(gemm: dict, encodes: list[dict], *, weights: float, encoded_per_row: float, m: int,
+                             gpus=GPUS) -> dict:
+    """``{gpu: t_bf16 / (t_gemm + t_encode)}`` of a W4A4 layer whose activations are encoded by separate kernels.
+
+    ``gemm``: :func:`predict_gemm`'s keyword arguments for the W4A4 GEMM (``instr_per_weight``,
+    ``stored_bytes_per_weight``, ``block_m``, ``tensor_flops_per_mac``, ``int8``, ``once_instr_per_weight``);
+    ``encodes``: per-element kernels run on every encoded activation (``instr_per_element``, ``bytes_per_element``:
+    e.g. the box encode and the words -> int8 limbs conversion); ``weights``: sum of N K over the layer's linears;
+    ``encoded_per_row``: sum of K over its distinct inputs (linears that share an input, q/k/v and gate/up,
+    encode it once).  Times: ``weights * (GEMM time per weight)`` (the roofline of :func:`predict_gemm` at ``m``
+    rows) plus ``m * encoded_per_row * sum(per-element roofline time)``, against ``weights *``
+    :func:`bf16_gemm_time_per_weight` (the encode kernels and the GEMM do not overlap)."""
+    tiles = -(-m // gemm["block_m"])
+    ops = gemm.get("tensor_flops_per_mac", 2.0) * tiles * gemm["block_m"]
+    int8 = gemm.get("int8", False)
+    out = {}
+    for gpu in gpus:
+        instr = gemm["instr_per_weight"] * tiles + gemm.get("once_instr_per_weight", 0.0)
+        t_w = time_per_weight(gpu, instructions=instr, bytes_=gemm["stored_bytes_per_weight"],
+                              tensor_flops=0.0 if int8 else ops,
+                              tensor_int8_ops=ops if int8 else 0.0)
+        t_e = sum(time_per_weight(gpu, instructions=e["instr_per_element"], bytes_=e["bytes_per_element"])
+                  for e in encodes)
+        t = weights * t_w + m * encoded_per_row * t_e
+        out[gpu.name] = round(weights * bf16_gemm_time_per_weight(gpu, m) / t, 4)
+    return out
+
+
 def predict_elementwise(instr_per_element: float, bytes_per_element: float, *, tensor_flops_per_element: float = 0.0,
                         gpus=GPUS) -> dict:
     """``{gpu: t_bf16_pass / t_ours}`` for a per-element kernel (encode, Hadamard), see :func:`bf16_elementwise_time`."""

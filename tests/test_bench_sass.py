@@ -220,6 +220,7 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
                         {"B": 3, "PARITY": parity, "NB": 2 if parity else 16, "NC": 128 if parity else 16,
                          "MEAN_MUL": True, "HAS_SCALE": has_scale, "SPLIT": 1, "STRUCT": parity, "BLOCK_R": 1,
                          "BLOCK_V": 128, "BLOCK_K": 1024}, 128 * 8, div=["K", "NV", "stride_xm", "n_cw"]))
+        jobs[-1]["keep_sass"] = parity
     rows = _run_jobs(jobs)
     assert len(rows) == len(jobs)
     for r in rows:
@@ -228,4 +229,31 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
     for (xsig, parity, _), r in zip(enc, rows[-len(enc):]):
         # the parity code's structured search (STRUCT): the runtime enumeration is a loop nest (not unrolled) inside
         # the vector-block loop, so the innermost loop is its codeword loop; the unrolled Hamming search has one loop
-        assert (r["region"] == "loop") and (r["loop_instructions"] < 200 if parity else r["loop_instructions"] > 2000), r
+        assert r["region"] == "loop", r
+        assert (r["loop_instructions"] < 200) if parity else (r["loop_instructions"] > 2000), r
+        if parity:
+            hot = encode_hot_path(r["sass"])
+            # 883 instructions per 8-vector and thread (110 per element) at the time of writing (408 per element
+            # with the 256 candidate sums unrolled)
+            assert hot["cold"] > 100 and hot["hot"] * 128 / (128 * 8) < 120, (xsig, hot)
+
+
+def encode_hot_path(sass: str) -> dict:
+    """The box encode's vector-block loop in SASS (the loop that contains the others): ``loop`` instructions,
+    ``cold`` = those of its cold block (the largest forward branch inside it that jumps over every inner loop: the
+    runtime enumeration), ``hot`` = loop - cold (NOPs excluded), per thread and 8-vector."""
+    from llmquant.kernels.sass import _BRA_RE, parse_sass
+
+    ins = parse_sass(sass)
+    at = {i.address: k for k, i in enumerate(ins)}
+    branches = [(k, int(m.group(1), 16)) for k, i in enumerate(ins)
+                if i.opcode == "BRA" and (m := _BRA_RE.search(i.text)) and int(m.group(1), 16) in at]
+    loops = [(at[t], k) for k, t in branches if t < ins[k].address]
+    a, b = max(loops, key=lambda lp: lp[1] - lp[0])
+    inner = [lp for lp in loops if lp != (a, b) and a <= lp[0] and lp[1] <= b]
+    skips = [(k, at[t]) for k, t in branches if a <= k and at[t] <= b and t > ins[k].address
+             and all(k < lp[0] and lp[1] < at[t] for lp in inner)]
+    lo, hi = max(skips, key=lambda sk: sk[1] - sk[0]) if inner and skips else (0, 0)
+    count = lambda x, y: sum(1 for i in ins[x:y] if i.opcode != "NOP")
+    loop, cold = count(a, b + 1), (count(lo + 1, hi) if hi else 0)
+    return {"loop": loop, "cold": cold, "hot": loop - cold}

@@ -16,61 +16,94 @@ from llmquant.lattice.box import BoxCodec, shipped_box_codec
 from llmquant.lattice.box_encode import nearest
 from llmquant.quant.activations import RowQuantizer, box_row_scale
 
-R19, R22 = 2.0**-19, 2.0**-22
+R19 = 2.0**-19
+MAGIC = 12582912.0  # 1.5 * 2^23
 ZERO = torch.zeros(())
 
 
-def _errs(t: torch.Tensor, off: float, b: int) -> torch.Tensor:
-    u = ((t - off) * 0.5).round().clamp(0, (1 << b) - 1)
-    return (t - (off + 2 * u)).square()
+def _both_errors(t: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's ``_both_errors``: (e_1, e_0) from the two half-integer levels bracketing t."""
+    lim = float((1 << b) - 1)
+    w = t.clamp(-lim, lim) + MAGIC
+    r = w - MAGIC
+    e_lo, e_hi = (t - (r - 0.5)).square(), (t - (r + 0.5)).square()
+    r_odd = (w.view(torch.int32) & 1).bool()
+    return torch.where(r_odd, e_hi, e_lo), torch.where(r_odd, e_lo, e_hi)
 
 
-def _ref_sum(h: torch.Tensor, e1: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
-    acc = torch.where(h[:, 0], e1[:, 0], ZERO)
+def _word_sum(hw: torch.Tensor, e1: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
+    """The reference's sum order for codeword bits ``hw``: e_1 where h_i = 1 (i ascending), then e_0 where h_i = 0."""
+    h = [((hw >> i) & 1).bool() for i in range(8)]
+    acc = torch.where(h[0], e1[:, 0], ZERO)
     for i in range(1, 8):
-        acc = acc + torch.where(h[:, i], e1[:, i], ZERO)
+        acc = acc + torch.where(h[i], e1[:, i], ZERO)
     for i in range(8):
-        acc = acc + torch.where(h[:, i], ZERO, e0[:, i])
+        acc = acc + torch.where(h[i], ZERO, e0[:, i])
     return acc
 
 
 def structured(codec: BoxCodec, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(|C| j + m, ok)`` of the kernel's structured search for ``y (n, 8)`` fp32 (``ok``: decided for both β)."""
+    """``(|C| j + m, ok)`` of the kernel's structured search (``_parity_beta``, op for op; the division ``y / β`` is
+    the kernel's FMA division, equal to it: :func:`test_fma_division_is_ieee_division`) for ``y (n, 8)`` fp32;
+    ``ok``: decided for both β."""
     b, n = codec.b, y.shape[0]
-    inf = torch.full((n,), float("inf"))
-    ar = torch.arange(8)
+    big = torch.full((n,), 0x7FFFFFFF, dtype=torch.int32)
     out, ok_all = [], torch.ones(n, dtype=torch.bool)
     for j in range(2):
         beta = codec.betas[j]
-        t = y / beta
-        e1, e0 = _errs(t, 1.5 - (1 << b), b), _errs(t, 0.5 - (1 << b), b)
-        d = e1 - e0
-        h0 = d < 0
-        odd = (h0.sum(1) & 1).bool()
-        a1, a2, a3 = inf.clone(), inf.clone(), inf.clone()
-        k1 = torch.zeros(n, dtype=torch.int64)
-        k2 = k1.clone()
+        e1, e0 = _both_errors(y / beta, b)
+        db = (e1 - e0).view(torch.int32)
+        h0w = torch.zeros(n, dtype=torch.int32)
+        k1, k2, k3 = big, big, big
         for i in range(8):
-            ai = d[:, i].abs()
-            lt1, lt2 = ai < a1, ai < a2
-            a3 = torch.where(lt2, a2, torch.minimum(a3, ai))
-            a2 = torch.where(lt1, a1, torch.where(lt2, ai, a2))
-            k2 = torch.where(lt1, k1, torch.where(lt2, torch.full_like(k2, i), k2))
-            a1 = torch.where(lt1, ai, a1)
-            k1 = torch.where(lt1, torch.full_like(k1, i), k1)
-        f1, f2 = ar == k1[:, None], ar == k2[:, None]
-        ha = h0 ^ (odd[:, None] & f1)
-        hb = h0 ^ f2 ^ (~odd[:, None] & f1)
-        fa = _ref_sum(ha, e1, e0)
-        ea, eb = fa * (beta * beta), _ref_sum(hb, e1, e0) * (beta * beta)
-        ma, mb = ((h[:, :7].long() << ar[:7]).sum(1) for h in (ha, hb))
+            h0w = h0w | (((db[:, i] >> 31) & 1) << i)
+            key = (db[:, i] & 0x7FFFFFF8) | i
+            n1, x = torch.minimum(k1, key), torch.maximum(k1, key)
+            n2, x = torch.minimum(k2, x), torch.maximum(k2, x)
+            k1, k2, k3 = n1, n2, torch.minimum(k3, x)
+        a1, a2, a3 = ((k & 0x7FFFFFF8).view(torch.float32) for k in (k1, k2, k3))
+        par = h0w ^ (h0w >> 4)
+        par = par ^ (par >> 2)
+        par = (par ^ (par >> 1)) & 1
+        om = -par
+        b1 = 1 << (k1 & 7)
+        ha = h0w ^ (b1 & om)
+        hb = h0w ^ (1 << (k2 & 7)) ^ (b1 & ~om)
+        fa = _word_sum(ha, e1, e0)
+        ea, eb = fa * (beta * beta), _word_sum(hb, e1, e0) * (beta * beta)
+        ma, mb = ha & 127, hb & 127
         use_b = (eb < ea) | ((eb == ea) & (mb < ma))
-        sgn = torch.where(odd, -a1, a1)
-        ok = ((a2 + sgn) > (fa * R19 + (a1 + a2) * R22)) | ((a3 + sgn) > (fa * R19 + (a1 + a3) * R22))
-        out.append((torch.where(use_b, eb, ea), torch.where(use_b, mb, ma)))
+        sgn = torch.where(par != 0, -a1, a1)
+        ok = ((a2 + sgn) > (fa + (a1 + a2)) * R19) | ((a3 + sgn) > (fa + (a1 + a3)) * R19)
+        out.append((torch.where(use_b, eb, ea), torch.where(use_b, mb, ma).long()))
         ok_all &= ok
     (e_0, m_0), (e_1, m_1) = out
     return torch.where(e_1 < e_0, 128 + m_1, m_0), ok_all
+
+
+def test_fma_division_is_ieee_division():
+    """The kernel's ``_div_by`` (q = a * fl(1/b), two FMA residual steps) equals IEEE division: every fp32 mantissa
+    over the shipped parity β, and every fp16 scale mantissa over 4096 random fp32 mantissas (the quotient's bits
+    do not depend on the exponents while it stays normal); the FMA is the interpreter's (one rounding)."""
+    import numpy as np
+    from triton._C.libtriton import interpreter as _interp
+
+    fma = _interp.fma_fp32
+    f32 = np.float32
+
+    def div_by(a, b):
+        b = np.full_like(a, b)
+        rb = (f32(1.0) / b).astype(f32)
+        q = (a * rb).astype(f32)
+        q = fma(fma(-q, b, a), rb, q)
+        return fma(fma(-q, b, a), rb, q)
+
+    mant = (np.arange(1 << 23, dtype=np.uint32) | np.uint32(0x3F800000)).view(f32)  # [1, 2)
+    for beta in shipped_box_codec(3, "d8int8").betas.tolist():
+        assert np.array_equal(div_by(mant, f32(beta)), (mant / f32(beta)).astype(f32)), beta
+    xs = np.random.default_rng(0).choice(mant, 4096)
+    for s in (np.arange(1024, dtype=np.uint16) | np.uint16(0x3C00)).view(np.float16).astype(f32):
+        assert np.array_equal(div_by(xs, s), (xs / s).astype(f32)), s
 
 
 def _vectors(codec: BoxCodec, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -111,7 +144,7 @@ def _vectors(codec: BoxCodec, n: int, g: torch.Generator) -> dict[str, torch.Ten
 def test_structured_rule_is_the_reference_where_decided(codec):
     g = torch.Generator().manual_seed(11)
     decided = {}
-    for name, y in _vectors(codec, 40000, g).items():
+    for name, y in _vectors(codec, 20000, g).items():
         jm, ok = structured(codec, y)
         rj, rm = nearest(codec, y, want_words=False, want_xhat=False)[:2]
         wrong = ok & (jm != rj * 128 + rm)
@@ -186,3 +219,34 @@ def test_kernel_d8_ties_with_given_scales(dev):
     assert _blocks_decided(codec, gx).all()
     words = box_encode_rows(gx.to(dev), codec, config=_cuda_layout(gx.shape[0]))[0]
     assert torch.equal(words.cpu(), RowQuantizer("box", codec=codec).encode_rows(gx)[0])
+
+
+def test_w4a4_prediction_with_encode():
+    """kernels/cost_model.py's W4A4-with-encode prediction: no encode = the GEMM's own prediction; an encode kernel
+    only slows it; at M = 2048 the encode time is m * elements * its roofline time per element."""
+    from llmquant.kernels.cost_model import H200, predict_gemm, predict_w4a4_with_encode, time_per_weight
+
+    gemm = {"instr_per_weight": 1.719, "stored_bytes_per_weight": 2.5005, "block_m": 128,
+            "tensor_flops_per_mac": 2.0, "int8": True, "once_instr_per_weight": 10.562}
+    alone = predict_gemm(1.719, 2.5005, m=2048, block_m=128, tensor_flops_per_mac=2.0, int8=True,
+                         once_instr_per_weight=10.562)
+    shape = {"weights": 4096.0 * 14336, "encoded_per_row": 4096.0, "m": 2048}
+    assert predict_w4a4_with_encode(gemm, [], **shape) == pytest.approx(alone, abs=1e-4)
+    enc = [{"instr_per_element": 110.0, "bytes_per_element": 2.5}]
+    with_enc = predict_w4a4_with_encode(gemm, enc, **shape)
+    assert all(with_enc[g] < alone[g] for g in alone)
+    t_bf16 = 2 * 2048 / H200.bf16_flops * shape["weights"]
+    t_enc = 2048 * 4096 * time_per_weight(H200, instructions=110.0, bytes_=2.5)
+    assert with_enc["H200"] == pytest.approx(t_bf16 / (t_bf16 / alone["H200"] + t_enc), rel=1e-3)
+    # the README's figure: llama3-8b linears (q/k/v share an input, gate/up too), M = 2048, the D8 W4A4 prefill
+    # GEMM row of `llmquant bench kernels --sass` (1.719 instr/weight, 2.5005 B/weight, 10.562 for the weight planes),
+    # the d8int8 encode's hot path (110.375 instr/element, 2.5 B) and the words -> int8 activation limbs (10.562, 1.5 B)
+    h, i, kv = 4096, 14336, 1024
+    llama = {"weights": float(h * (h + 2 * kv) + h * h + 2 * h * i + i * h), "encoded_per_row": float(3 * h + i),
+             "m": 2048}
+    encs = [{"instr_per_element": 110.375, "bytes_per_element": 2.5},
+            {"instr_per_element": 10.562, "bytes_per_element": 1.5}]
+    pred = predict_w4a4_with_encode(gemm, encs, **llama)
+    assert pred["H200"] == pytest.approx(1.3457, abs=1e-3) and pred["H100"] == pytest.approx(1.3354, abs=1e-3)
+    encs[0]["instr_per_element"] = 408.0  # the unrolled enumeration
+    assert predict_w4a4_with_encode(gemm, encs, **llama)["H200"] == pytest.approx(0.7452, abs=1e-3)
