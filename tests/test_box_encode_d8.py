@@ -250,3 +250,19 @@ def test_w4a4_prediction_with_encode():
     assert pred["H200"] == pytest.approx(1.3457, abs=1e-3) and pred["H100"] == pytest.approx(1.3354, abs=1e-3)
     encs[0]["instr_per_element"] = 408.0  # the unrolled enumeration
     assert predict_w4a4_with_encode(gemm, encs, **llama)["H200"] == pytest.approx(0.7452, abs=1e-3)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("variant", ["d8int8", "int"])
+def test_kernel_infinite_scale_row(dev, variant):
+    """A row whose RMS overflows fp16 (scale inf): the reference encodes y = x / inf = 0; so does the FMA division
+    (reciprocal 0, divisor 1)."""
+    from llmquant.kernels.box_encode import box_encode_rows
+
+    codec = shipped_box_codec(3, variant)
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(1))
+    x[1] = 1e6
+    words, scales = box_encode_rows(x.to(dev), codec)
+    rw, rs = RowQuantizer("box", codec=codec).encode_rows(x)
+    assert float(scales[1]) == float("inf") and torch.equal(scales.cpu(), rs)
+    assert torch.equal(words.cpu(), rw)
