@@ -259,3 +259,38 @@ def _run_hadamard(rotation, x: torch.Tensor, transpose: bool) -> torch.Tensor:
     from .hadamard import hadamard_transform
 
     return hadamard_transform(x, signs=rotation.signs, transpose=transpose)
+
+
+def kv_decode_unsupported_reason(codec, words: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
+                                 allow_interpreter: bool = False) -> str | None:
+    """Why :func:`try_kv_decode` cannot run the box KV decode kernel (a short sentence), or None when it can: CUDA
+    tensors (the CPU interpreter only with ``allow_interpreter``, for tests), a box codec, int32 words, fp16 scales,
+    an fp32 / fp16 / bf16 output."""
+    if not kernel_device_ok(words.device, allow_interpreter=allow_interpreter):
+        return f"kv decode: device {words.device} (needs CUDA + triton)"
+    if getattr(codec, "kind", None) != "box" or getattr(codec, "code", None) not in ("hamming", "parity"):
+        return f"kv decode: codec {codec!r} is not a Hamming/parity box codec"
+    if words.dtype != torch.int32 or scales.dtype != torch.float16:
+        return f"kv decode: words {words.dtype} / scales {scales.dtype} (int32 / float16 expected)"
+    if out.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"kv decode: output dtype {out.dtype}"
+    return None
+
+
+def try_kv_decode(codec, words: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *,
+                  allow_interpreter: bool = False) -> torch.Tensor | None:
+    """``out`` filled with the packed box KV rows decoded by :func:`.box_kv_decode.box_kv_decode` (bit-identical to
+    ``box_lut.decode_flat(codec, unpacked words, float32, scales=scales, out=out)``), or ``None`` (reason logged
+    once): the caller decodes with the reference.  ``words int32 [..., S]`` (packed streams), ``scales fp16 [...]``,
+    ``out [..., D]`` contiguous.  Like :func:`try_forward`, a kernel error on CUDA is logged once and returns None."""
+    reason = kv_decode_unsupported_reason(codec, words, scales, out, allow_interpreter)
+    if reason is not None:
+        return _fallback(reason)
+    try:
+        from .box_kv_decode import box_kv_decode
+
+        return box_kv_decode(codec, words, scales, out)
+    except Exception as exc:
+        if words.device.type != "cuda":
+            raise
+        return _fallback(f"kv decode kernel error {type(exc).__name__}: {exc}")

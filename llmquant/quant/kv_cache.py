@@ -210,16 +210,27 @@ class PackedRows:
     def _decoded_box(self, live: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """Box layout: ``(scale * decode(words)).to(dtype)`` with the product in float32, decoded by the pair
         tables of :mod:`llmquant.lattice.box_lut` in chunks straight into the ``[B, H, T, D]`` output (b = 3: the
-        stored int32 are the words, nothing is unpacked)."""
+        stored int32 are the words, nothing is unpacked).  On CUDA the Triton kernel
+        :mod:`llmquant.kernels.box_kv_decode` (via ``kernels.dispatch.try_kv_decode``) decodes the packed streams in
+        place into the output instead, bit-identical; without triton, or for a case it does not handle, the tables."""
         from llmquant.lattice import box_lut
 
         codec, d = self.quant.codec, self.d
         words = live["words"]
-        if codec.word_bits != 32:
-            words = codec.unpack({"words": words}, d // 8)
         out = torch.empty(*live["scale"].shape, d, dtype=dtype, device=words.device)
         if not out.is_floating_point():
             raise TypeError(f"LatticeKVCache: cannot decode keys/values into {dtype}")
+        if words.is_cuda:
+            try:
+                from llmquant.kernels.dispatch import try_kv_decode
+            except ModuleNotFoundError as exc:
+                if exc.name not in ("llmquant.kernels", "llmquant.kernels.dispatch", "triton"):
+                    raise
+                try_kv_decode = None
+            if try_kv_decode is not None and try_kv_decode(codec, words, live["scale"], out) is not None:
+                return out
+        if codec.word_bits != 32:
+            words = codec.unpack({"words": words}, d // 8)
         return box_lut.decode_flat(codec, words, torch.float32, scales=live["scale"], out=out)
 
 
