@@ -35,14 +35,20 @@ reference's (also the sign of zero for zero scales, and fp16 overflow to inf).
 Design: the words are viewed as ``[O, T, S]`` (``O`` = B H; a view for the cache's live slice, read in place with two
 row strides); grid ``(cdiv(T, BLOCK_R), O, cdiv(NV, BLOCK_V))``; a program decodes a ``[BLOCK_R, BLOCK_V]`` tile of
 words, one word per thread-element: its 8 coordinates as 8 planes (:func:`_coord`), interleaved
-(:func:`.box_w4a16._interleave8`) so a thread's 8 values of a word are one 16-byte store (fp16 / bf16).  The word
-stride is a runtime argument (``stride_wv``, not specialized) so the word load keeps that one-word-per-thread layout:
-with 16-byte word loads Triton moved the decoded tile through shared memory before the store.  Static SASS (sm_90,
-``BLOCK_R`` 32, ``BLOCK_V`` 16, 4 warps, b = 3, whole kernel per decoded value): lattice path 14.75 instructions
-(fp16 out), level-table path 15.56 (fp16 out), 38 / 48 registers, 0 spills, no shared memory — not timed (no GPU in
-this session).  The table (``β / 2`` or ``T``) is built once per codec and device (cached on the codec, as
-:mod:`.device_cache` does for the other launchers): no host work, no host sync and no host-to-device copy per call,
-so the launch is CUDA-graph capturable after a first call.
+(:func:`.box_w4a16._interleave8`) so a thread's 8 values of a word are one 16-byte store (fp16 / bf16; fp32: two
+stores of 4, :func:`_interleave4`).  The word stride is a runtime argument (``stride_wv``, not specialized) so the word
+load keeps that one-word-per-thread layout: with 16-byte word loads (and with one 32-byte fp32 tile) Triton moved the
+decoded tile through shared memory before the store.  Static SASS (sm_90, ``BLOCK_R`` 32, ``BLOCK_V`` 16, 4 warps,
+whole kernel, per decoded value, :func:`llmquant.kernels.sass.static_cost`; tests/test_kernels_box_kv.py compiles
+two of these): b = 3 lattice path 14.75 instructions (fp16 / bf16 out, 38 registers; 14.16 fp32 out; 14.56 parity
+code), level-table path 15.56 (fp16 / bf16, 48 registers; 16.22 fp32), b = 2 15.63, b = 1 15.0; 0 spills, no shared
+memory.  **Predicted** (not timed: no
+GPU in this session): ~33e12 thread-instructions/s on an H200 give ~2.3e12 values/s at 14.75, about its HBM rate for
+fp16 output (2.5 bytes per value at 4.8 TB/s: ~1.9e12), so the decode should run near memory speed.
+
+The table (``β / 2`` or ``T``) is built once per codec and device (cached on the codec, as :mod:`.device_cache` does
+for the other launchers): no host work, no host sync and no host-to-device copy per call, so the launch is
+CUDA-graph capturable after a first call.
 """
 
 from __future__ import annotations
@@ -117,17 +123,33 @@ def _box_kv_decode_kernel(words_ptr, scales_ptr, tab_ptr, out_ptr, T, NV, stride
         jt = j << (B + 1)
     s = tl.load(scales_ptr + o * stride_so + t * stride_st, mask=tmask, other=0.0).to(tl.float32)[:, None]
     ty = out_ptr.dtype.element_ty
-    tile = _interleave8(_coord(w, hw, jt, s, tab_ptr, 0, B, LATTICE, BF16_BITS, ty),
-                        _coord(w, hw, jt, s, tab_ptr, 1, B, LATTICE, BF16_BITS, ty),
-                        _coord(w, hw, jt, s, tab_ptr, 2, B, LATTICE, BF16_BITS, ty),
-                        _coord(w, hw, jt, s, tab_ptr, 3, B, LATTICE, BF16_BITS, ty),
-                        _coord(w, hw, jt, s, tab_ptr, 4, B, LATTICE, BF16_BITS, ty),
-                        _coord(w, hw, jt, s, tab_ptr, 5, B, LATTICE, BF16_BITS, ty),
-                        _coord(w, hw, jt, s, tab_ptr, 6, B, LATTICE, BF16_BITS, ty),
-                        _coord(w, hw, jt, s, tab_ptr, 7, B, LATTICE, BF16_BITS, ty))
-    k = tl.program_id(2) * (BLOCK_V * 8) + tl.arange(0, BLOCK_V * 8)
-    row_o = (o * T + t.to(tl.int64)) * (NV * 8)
-    tl.store(out_ptr + row_o[:, None] + k[None, :], tile, mask=tmask[:, None] & (k[None, :] < NV * 8))
+    y0 = _coord(w, hw, jt, s, tab_ptr, 0, B, LATTICE, BF16_BITS, ty)
+    y1 = _coord(w, hw, jt, s, tab_ptr, 1, B, LATTICE, BF16_BITS, ty)
+    y2 = _coord(w, hw, jt, s, tab_ptr, 2, B, LATTICE, BF16_BITS, ty)
+    y3 = _coord(w, hw, jt, s, tab_ptr, 3, B, LATTICE, BF16_BITS, ty)
+    y4 = _coord(w, hw, jt, s, tab_ptr, 4, B, LATTICE, BF16_BITS, ty)
+    y5 = _coord(w, hw, jt, s, tab_ptr, 5, B, LATTICE, BF16_BITS, ty)
+    y6 = _coord(w, hw, jt, s, tab_ptr, 6, B, LATTICE, BF16_BITS, ty)
+    y7 = _coord(w, hw, jt, s, tab_ptr, 7, B, LATTICE, BF16_BITS, ty)
+    row_o = ((o * T + t.to(tl.int64)) * (NV * 8))[:, None]
+    if ty == tl.float32:  # a word's 32 bytes as two 16-byte stores (one 32-byte tile would go through shared memory)
+        c = tl.arange(0, BLOCK_V * 4)
+        vc = tl.program_id(2) * BLOCK_V + c // 4
+        col = (vc * 8 + c % 4)[None, :]
+        cmask = tmask[:, None] & (vc[None, :] < NV)
+        tl.store(out_ptr + row_o + col, _interleave4(y0, y1, y2, y3), mask=cmask)
+        tl.store(out_ptr + row_o + col + 4, _interleave4(y4, y5, y6, y7), mask=cmask)
+    else:  # a word's 8 values as one 16-byte store
+        k = tl.program_id(2) * (BLOCK_V * 8) + tl.arange(0, BLOCK_V * 8)
+        tl.store(out_ptr + row_o + k[None, :], _interleave8(y0, y1, y2, y3, y4, y5, y6, y7),
+                 mask=tmask[:, None] & (k[None, :] < NV * 8))
+
+
+@triton.jit
+def _interleave4(v0, v1, v2, v3):
+    """``[BR, BV]`` x 4 -> ``[BR, BV * 4]`` with element ``(r, 4 v + i) = v_i[r, v]`` (as ``_interleave8``)."""
+    t = tl.join(tl.join(v0, v2), tl.join(v1, v3))  # [BR, BV, c, a] = v_(2c + a)
+    return tl.reshape(t, (t.shape[0], t.shape[1] * 4))
 
 
 def _device_table(codec, device: torch.device) -> torch.Tensor:
