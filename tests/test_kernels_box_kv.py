@@ -170,3 +170,30 @@ def test_kv_decode_compiles_for_sm90_without_spills():
         assert r["spills"] == 0 and r["shuffles"] == 0, r
         assert r.get("shared_bytes", 0) == 0, r
         assert 0 < r["instructions_per_weight"] < 20, r
+
+
+@pytest.mark.parametrize("b,variant", [(3, "d8int8"), (2, "lattice")])
+def test_packed_rows_live_slice(dev, b, variant):
+    """The cache's own store (``PackedRows`` with a box ``RowQuantizer``), after appends, growth and ``keep_last``
+    (start > 0: the live rows are a strided slice of the buffer): the kernel on its live tensors, in place, equals the
+    store's decoded rows (``_decoded_box``'s table path on CPU), which equal the fake-quant rows."""
+    from llmquant.kernels.dispatch import try_kv_decode
+
+    from llmquant.quant.activations import RowQuantizer
+    from llmquant.quant.kv_cache import PackedRows
+
+    quant = RowQuantizer("box", codec=shipped_box_codec(b, variant))
+    g = torch.Generator().manual_seed(b)
+    x = torch.randn(2, 2, 30, 64, generator=g) * 3
+    store = PackedRows(quant)
+    for t0 in range(0, 30, 6):
+        store.append(x[:, :, t0:t0 + 6])
+        store.keep_last(17)
+    assert store.start > 0
+    live = {n: t[:, :, store.start:store.end] for n, t in store.t.items()}
+    ref = store.decoded(torch.bfloat16)
+    assert torch.equal(ref, quant.quantize_rows(x[:, :, -17:]).to(torch.bfloat16))
+    out = torch.empty(2, 2, 17, 64, dtype=torch.bfloat16, device=dev)
+    assert try_kv_decode(quant.codec, live["words"].to(dev), live["scale"].to(dev), out,
+                         allow_interpreter=dev.type == "cpu") is out
+    _assert_bits_equal(out, ref)
