@@ -22,6 +22,10 @@
 ``x @ Q^T``), ``Q = diag(s) H_n``, by the fast Hadamard kernel :func:`.hadamard.hadamard_transform`, or
 ``None`` -> the reference :func:`llmquant.rotation.fwht.fwht`.
 
+``try_kv_decode(codec, words, scales, out)`` is the same for the packed box-code KV cache
+(:meth:`llmquant.quant.kv_cache.PackedRows._decoded_box` on CUDA): the rows decoded into ``out`` by
+:mod:`.box_kv_decode` (bit-identical to ``box_lut.decode_flat``), or ``None`` -> the pair-table decode.
+
 Devices: ``auto`` uses CUDA only; ``triton`` also runs on CPU tensors when ``TRITON_INTERPRET=1`` (the
 interpreter, for tests).  Each distinct reason for falling back is logged once (logger
 ``llmquant.kernels``), and a kernel that raises on CUDA is logged once and falls back too: a forward
