@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
+from llmquant.quant import heap
+
 #: 8-vectors decoded per chunk by :meth:`PackedRows.decoded` (lattice layout)
 DECODE_VECTORS = 16384
 #: spare tokens a store allocates when it grows (it then holds at most this many unused rows)
@@ -265,6 +267,8 @@ class LatticeKVLayer(DynamicLayer):
         """Encode the new rows once, append them, return every cached row decoded (tagged, see above)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        # a long prefill: hand the previous layer's freed temporaries back to the OS (llmquant.quant.heap)
+        heap.release_after(key_states.shape[-2])
         self.cumulative_length += key_states.shape[-2]
         k = self.rotation(key_states) if self.rotation is not None else key_states
         self.k_store.append(k)
