@@ -216,3 +216,37 @@ def test_env_switch_and_cache_dir(tmp_path):
     assert out.stdout.strip() == "True"
     built = list((tmp_path / "native").glob("*/box_cpu.so"))
     assert len(built) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,k", [(1, 576), (3, 100), (8, 64)])
+def test_half_gemv_matches_upcast_linear(dtype, m, k):
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(70, k, generator=g).to(dtype)
+    x = torch.randn(m, k, generator=g)
+    bias = torch.randn(70, generator=g)
+    ref = F.linear(x, w.float(), bias)
+    y = native.half_gemv(w, x, bias)
+    tol = 1e-5 * (x.abs() @ w.float().abs().T + bias.abs())
+    assert (y - ref).abs().le(tol).all()
+
+
+def test_stored_lm_head_uses_half_gemv_only_when_allowed():
+    from llmquant.models.embed_dtype import set_embed_dtype
+    from llmquant.models.tiny import tiny_random_model
+    from llmquant.quant.linear import set_backend
+
+    model = tiny_random_model("llama", seed=0).eval()
+    set_embed_dtype(model, torch.bfloat16)
+    head = model.lm_head
+    x = torch.randn(1, 1, head.in_features)
+    set_backend(model, "reference")
+    ref = head(x)
+    set_backend(model, "native")
+    y = head(x)
+    assert y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+    xl = torch.randn(3, 4, head.in_features)  # 12 rows: the blocked upcast path, bit for bit
+    set_backend(model, "reference")
+    a = head(xl)
+    set_backend(model, "native")
+    assert torch.equal(head(xl), a)

@@ -7,6 +7,8 @@ What they compute (each is the PyTorch code it replaces, on CPU float32 tensors)
 * :func:`encode` — :func:`llmquant.lattice.box_encode.nearest`: the exact nearest box codeword, **bit-identical**
   (the same fp32 divisions, roundings and the matmul's sequential summation order; ties to the smallest
   ``|C| j + m``).  Inputs beyond about 1e18 times β (whose squared errors overflow) are outside the contract.
+* :func:`half_gemv` — ``x @ W^T`` (+ bias) in fp32 from a bfloat16 / float16 weight, upcast on the fly (the
+  stored ``lm_head`` of :mod:`llmquant.models.embed_dtype`; a kernel like :func:`gemv`).
 * :func:`gemv` — ``x @ W^T`` (+ bias) of a box-coded packed linear, decoding each word once per call, with no
   dense weight anywhere: a *kernel*, not bit-identical to ``F.linear`` on the decoded weight (another
   summation order; fp32-rounding agreement, tested against the reference).  Used by the ``native`` / ``auto``
@@ -103,6 +105,8 @@ def _build() -> ctypes.CDLL | None:
     lib.box_encode_f32.restype = None
     lib.box_quantize_rows_f32.argtypes = [p, p, i64, i64, i32, i32, i32, p, p, p, i32, p, p, p, p, p]
     lib.box_quantize_rows_f32.restype = i64
+    lib.half_gemv_f32.argtypes = [p, i32, i64, i64, p, p, i64, p, i64]
+    lib.half_gemv_f32.restype = None
     return lib
 
 
@@ -301,3 +305,23 @@ def quantize_rows(codec, x: torch.Tensor, want_xhat: bool = True, want_words: bo
         r0 += n
         del rms, xc
     return out, words, scales
+
+
+def half_gemv(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``y [M, N]`` float32 = ``x [M, K] @ w.float()^T (+ bias)`` for a contiguous CPU ``w [N, K]`` in bfloat16 or
+    float16, read 2 bytes per weight and upcast exactly in registers (no fp32 copy).  fp32 FMA sums in 8 lanes:
+    equal to ``F.linear(x, w.float(), bias)`` up to fp32 rounding, not bit for bit."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("native kernels are not available (see llmquant.lattice.native.available())")
+    if w.dtype not in (torch.bfloat16, torch.float16) or w.dim() != 2 or not w.is_contiguous() or w.device.type != "cpu":
+        raise ValueError(f"native.half_gemv: w must be a contiguous CPU bfloat16/float16 [N, K], got {w.dtype} "
+                         f"{tuple(w.shape)}")
+    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"native.half_gemv: x must be float32 [M, {w.shape[1]}], got {x.dtype} {tuple(x.shape)}")
+    x = x.contiguous()
+    bb = None if bias is None else bias.to(torch.float32).contiguous()
+    n = w.shape[0]
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    lib.half_gemv_f32(_ptr(w), int(w.dtype == torch.float16), n, w.shape[1], _ptr(bb), _ptr(x), x.shape[0], _ptr(y), n)
+    return y

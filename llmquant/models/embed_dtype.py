@@ -46,11 +46,30 @@ class _StoredLinear:
         cd = self.llmquant_compute_dtype
         w, b = self.weight, self.bias
         x = x.to(cd)
+        out = self._native(x)
+        if out is not None:
+            return out
         out = x.new_empty(*x.shape[:-1], w.shape[0])
         for r in range(0, w.shape[0], HEAD_BLOCK_ROWS):
             rows = slice(r, r + HEAD_BLOCK_ROWS)
             out[..., rows] = F.linear(x, w[rows].to(cd), b[rows].to(cd) if b is not None else None)
         return out
+
+
+    def _native(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Decode steps on CPU (float32 compute, at most 8 input rows, ``backend`` native / auto): the compiled
+        GEMV reading the 16-bit weight directly (:func:`llmquant.lattice.native.half_gemv`), instead of upcasting
+        ``HEAD_BLOCK_ROWS`` rows at a time; equal to the blocked path up to fp32 rounding.  None otherwise."""
+        w = self.weight
+        if (getattr(self, "backend", "auto") not in ("native", "auto") or x.dtype != torch.float32
+                or w.device.type != "cpu" or x.numel() > 8 * w.shape[1] or not w.is_contiguous()):
+            return None
+        from llmquant.lattice import native
+
+        if not native.available():
+            return None
+        y = native.half_gemv(w, x.reshape(-1, w.shape[1]), self.bias)
+        return y.view(*x.shape[:-1], w.shape[0])
 
 
 _CLASSES: dict[tuple[type, type], type] = {}

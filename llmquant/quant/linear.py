@@ -473,10 +473,12 @@ def set_backend(model: nn.Module, backend: str) -> dict[str, int]:
     ``triton`` = the Triton kernels (CUDA, or the CPU interpreter under ``TRITON_INTERPRET=1``), falling
     back to the reference for unsupported cases; ``native`` = the compiled CPU decode-GEMV
     (:mod:`llmquant.lattice.native`) for box-coded layers and few rows, else the reference; ``auto`` = the
-    Triton kernels on CUDA, the native GEMV on CPU, the reference otherwise.
+    Triton kernels on CUDA, the native GEMV on CPU, the reference otherwise.  A 16-bit ``lm_head``
+    (:mod:`llmquant.models.embed_dtype`) gets the same attribute (``native`` / ``auto``: its compiled GEMV on CPU).
     The attribute is not part of any state dict.  Returns ``{"lattice_linear": n, "hadamard": m}``, the
     number of modules set.  ``ScalarLinear`` and floating-point modules have no backend (always PyTorch).
     """
+    from llmquant.models.embed_dtype import is_stored
     from llmquant.rotation.random_hadamard import HadamardRotation
 
     if backend not in BACKENDS:
@@ -489,4 +491,6 @@ def set_backend(model: nn.Module, backend: str) -> dict[str, int]:
         elif isinstance(mod, HadamardRotation):
             mod.backend = backend
             counts["hadamard"] += 1
+        elif isinstance(mod, nn.Linear) and is_stored(mod):  # a 16-bit lm_head (models.embed_dtype): its GEMV
+            mod.backend = backend
     return counts

@@ -401,3 +401,58 @@ int64_t box_quantize_rows_f32(const float *x, const float *rms, int64_t R, int64
     }
     return bad;
 }
+
+/* y[m, n] = sum_k x[m, k] W[n, k] (+ bias[n]) with W stored as 16-bit floats (half = 0: bfloat16, exact upcast
+ * by a 16-bit shift; half = 1: IEEE float16, F16C / _Float16 upcast), summed in fp32 FMA lanes (8 lanes,
+ * two accumulators), no fp32 copy of W: the stored lm_head of llmquant/models/embed_dtype.py at decode sizes.
+ * x: [M, K] fp32 contiguous; W: [rows, K] contiguous; y: [M, ldy]. */
+static inline float f16u_to_f32(uint16_t h, int half) {
+    if (half) {
+        _Float16 v;
+        memcpy(&v, &h, 2);
+        return (float)v;
+    }
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void half_gemv_f32(const uint16_t *w, int half, int64_t rows, int64_t K, const float *bias, const float *x,
+                   int64_t M, float *y, int64_t ldy) {
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int mb = (M - m0) < 4 ? (int)(M - m0) : 4;
+        const float *x0 = x + m0 * K;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint16_t *wr = w + r * K;
+            float s[4] = {0, 0, 0, 0};
+            int64_t k = 0;
+#if defined(__AVX2__) && defined(__F16C__)
+            __m256 a0[4], a1[4];
+            for (int mm = 0; mm < 4; mm++) a0[mm] = a1[mm] = _mm256_setzero_ps();
+            for (; k + 16 <= K; k += 16) {
+                const __m128i h0 = _mm_loadu_si128((const __m128i *)(wr + k));
+                const __m128i h1 = _mm_loadu_si128((const __m128i *)(wr + k + 8));
+                __m256 d0, d1;
+                if (half) {
+                    d0 = _mm256_cvtph_ps(h0);
+                    d1 = _mm256_cvtph_ps(h1);
+                } else {
+                    d0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h0), 16));
+                    d1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h1), 16));
+                }
+                for (int mm = 0; mm < mb; mm++) {
+                    a0[mm] = _mm256_fmadd_ps(d0, _mm256_loadu_ps(x0 + mm * K + k), a0[mm]);
+                    a1[mm] = _mm256_fmadd_ps(d1, _mm256_loadu_ps(x0 + mm * K + k + 8), a1[mm]);
+                }
+            }
+            for (int mm = 0; mm < mb; mm++) s[mm] = hsum8(_mm256_add_ps(a0[mm], a1[mm]));
+#endif
+            for (; k < K; k++) {
+                const float d = f16u_to_f32(wr[k], half);
+                for (int mm = 0; mm < mb; mm++) s[mm] = __builtin_fmaf(d, x0[mm * K + k], s[mm]);
+            }
+            for (int mm = 0; mm < mb; mm++) y[(m0 + mm) * ldy + r] = bias ? s[mm] + bias[r] : s[mm];
+        }
+    }
+}
