@@ -256,22 +256,30 @@ def _parity_beta(ys, beta, rbeta, B: tl.constexpr):
 
 
 @triton.jit
+def _beta_errors(ys, beta, B: tl.constexpr):
+    """``(e1, e0)``, 8 tensors each: per coordinate the squared error of ``t = y / β`` (IEEE division) to its nearest
+    parity-1 / parity-0 level, the reference's fp32 ops (:func:`_sq_err`)."""
+    OFF1: tl.constexpr = 1.5 - (1 << B)
+    OFF0: tl.constexpr = 0.5 - (1 << B)
+    e1 = ()
+    e0 = ()
+    for i in tl.static_range(8):
+        t = tl.div_rn(ys[i], beta)
+        e1 = e1 + (_sq_err(t, OFF1, B),)
+        e0 = e0 + (_sq_err(t, OFF0, B),)
+    return e1, e0
+
+
+@triton.jit
 def _full_search(ys, betas_ptr, n_betas, n_cw, B: tl.constexpr, PARITY: tl.constexpr, NC: tl.constexpr):
     """``|C| j + m`` of the reference's first minimum over every (β, codeword), by runtime loops (the cold path
     of the parity-code search: blocks with a vector whose structured search is not provably exact)."""
-    OFF1: tl.constexpr = 1.5 - (1 << B)
-    OFF0: tl.constexpr = 0.5 - (1 << B)
     best = tl.full(ys[0].shape, float("inf"), tl.float32)
     best_jm = tl.zeros(ys[0].shape, tl.int32)
     for j in range(n_betas):
         beta = tl.load(betas_ptr + j)
         bsq = beta * beta
-        e1 = ()
-        e0 = ()
-        for i in tl.static_range(8):
-            t = tl.div_rn(ys[i], beta)
-            e1 = e1 + (_sq_err(t, OFF1, B),)
-            e0 = e0 + (_sq_err(t, OFF0, B),)
+        e1, e0 = _beta_errors(ys, beta, B)
         for m in range(n_cw):
             h = ()
             for i in tl.static_range(8):
@@ -322,7 +330,6 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
         beta_1 = tl.load(betas_ptr + 1)
         rbeta_0 = tl.div_rn(1.0, beta_0)
         rbeta_1 = tl.div_rn(1.0, beta_1)
-    OFF1: tl.constexpr = 1.5 - (1 << B)  # o_1 = 1 - 2^b + 1/2
     OFF0: tl.constexpr = 0.5 - (1 << B)  # o_0 = 0 - 2^b + 1/2
     n_blocks = tl.cdiv(NV, BLOCK_V)
     for vb in range(part, n_blocks, SPLIT):
@@ -346,12 +353,7 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
         for j in tl.static_range(0 if STRUCT else NB):
             beta = tl.load(betas_ptr + j)
             bsq = beta * beta
-            e1 = ()
-            e0 = ()
-            for i in tl.static_range(8):
-                t = tl.div_rn(ys[i], beta)
-                e1 = e1 + (_sq_err(t, OFF1, B),)
-                e0 = e0 + (_sq_err(t, OFF0, B),)
+            e1, e0 = _beta_errors(ys, beta, B)
             for m in tl.static_range(NC):
                 # the codeword h = c(m) as 8 bits (constexpr): Hamming m | (m ^ 15 parity(m)) << 4,
                 # parity code m | parity(m) << 7
