@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "box_cpu.c"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared")
 
+#: input rows up to which the backends ``native`` / ``auto`` run a decode-size GEMV here (:func:`gemv`,
+#: :func:`half_gemv`); more rows decode / upcast a weight tile once and use ``F.linear``
+GEMV_MAX_ROWS = 8
+
 _LOCK = threading.Lock()
 _STATE: dict = {}
 _OFF = threading.local()
@@ -137,6 +141,14 @@ def available() -> bool:
     return library() is not None
 
 
+def _required() -> ctypes.CDLL:
+    """:func:`library`, or a clear error for a caller that did not check :func:`available` first."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("native kernels are not available (see llmquant.lattice.native.available())")
+    return lib
+
+
 @contextlib.contextmanager
 def disabled():
     """Within the block (this thread), :func:`library` is None: the PyTorch code runs."""
@@ -182,9 +194,7 @@ def decode_rows(codec, words: torch.Tensor, nw: int, out: torch.Tensor, scales: 
     """``out [rows, 8 nw]`` (float32, contiguous) = the decoded words, times ``scales [rows]`` (float32) when
     given: :func:`llmquant.lattice.box_lut.decode_flat` bit for bit.  ``words``: int32 ``[rows, >= nw]``
     (``packed=False``, one word per element) or ``[rows, stream]`` (``packed=True``, the codec's row stream)."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native kernels are not available (see llmquant.lattice.native.available())")
+    lib = _required()
     _check_words(words)
     rows = words.shape[0]
     if out.dtype != torch.float32 or not out.is_contiguous() or tuple(out.shape) != (rows, 8 * nw):
@@ -203,9 +213,7 @@ def gemv(codec, words: torch.Tensor, nw: int, scales: torch.Tensor, x: torch.Ten
     """``y [M, N]`` float32 = ``x [M, 8 nw] @ W^T (+ bias)``, ``W[n] = scales[n] * decode(words[n])``, from the
     packed rows ``words`` int32 ``[N, stream]`` (``packed=True``) without a decoded weight.  fp32 sums in 8
     lanes per row (``csrc/box_cpu.c``): equal to the reference up to fp32 rounding, not bit for bit."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native kernels are not available (see llmquant.lattice.native.available())")
+    lib = _required()
     _check_words(words)
     if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != 8 * nw:
         raise ValueError(f"native.gemv: x must be float32 [M, {8 * nw}], got {x.dtype} {tuple(x.shape)}")
@@ -240,9 +248,7 @@ def _encode_consts(codec) -> tuple:
 def encode(codec, y: torch.Tensor, want_words: bool = True, want_xhat: bool = True):
     """``(j, m int64 [n], u int64 [n, 8] | None, x_hat float32 [n, 8] | None, words int32 [n] | None)`` of the
     8-vectors ``y`` (float32 ``[n, 8]``, finite): :func:`llmquant.lattice.box_encode.nearest` bit for bit."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native kernels are not available (see llmquant.lattice.native.available())")
+    lib = _required()
     if y.dtype != torch.float32 or y.dim() != 2 or y.shape[1] != 8 or y.device.type != "cpu":
         raise ValueError(f"native.encode: y must be CPU float32 [n, 8], got {y.dtype} {tuple(y.shape)}")
     y = y.contiguous()
@@ -270,9 +276,7 @@ def quantize_rows(codec, x: torch.Tensor, want_xhat: bool = True, want_words: bo
     at a time into outputs allocated once (as the reference's chunked path: the same RMS operands, and no
     temporary larger than one chunk, which keeps the C heap from growing during a long prefill).  A non-finite
     ``x / s`` raises :func:`llmquant.lattice.closest_point.check_finite`'s error."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native kernels are not available (see llmquant.lattice.native.available())")
+    lib = _required()
     if x.dtype != torch.float32 or x.dim() < 1 or x.shape[-1] % 8 or x.device.type != "cpu":
         raise ValueError(f"native.quantize_rows: x must be CPU float32 [..., K], K % 8 == 0, got {x.dtype} "
                          f"{tuple(x.shape)}")
@@ -311,9 +315,7 @@ def half_gemv(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None
     """``y [M, N]`` float32 = ``x [M, K] @ w.float()^T (+ bias)`` for a contiguous CPU ``w [N, K]`` in bfloat16 or
     float16, read 2 bytes per weight and upcast exactly in registers (no fp32 copy).  fp32 FMA sums in 8 lanes:
     equal to ``F.linear(x, w.float(), bias)`` up to fp32 rounding, not bit for bit."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native kernels are not available (see llmquant.lattice.native.available())")
+    lib = _required()
     if w.dtype not in (torch.bfloat16, torch.float16) or w.dim() != 2 or not w.is_contiguous() or w.device.type != "cpu":
         raise ValueError(f"native.half_gemv: w must be a contiguous CPU bfloat16/float16 [N, K], got {w.dtype} "
                          f"{tuple(w.shape)}")

@@ -57,14 +57,15 @@ class _StoredLinear:
 
 
     def _native(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Decode steps on CPU (float32 compute, at most 8 input rows, ``backend`` native / auto): the compiled
+        """Decode steps on CPU (float32 compute, at most ``GEMV_MAX_ROWS`` input rows, ``backend`` native / auto): the compiled
         GEMV reading the 16-bit weight directly (:func:`llmquant.lattice.native.half_gemv`), instead of upcasting
         ``HEAD_BLOCK_ROWS`` rows at a time; equal to the blocked path up to fp32 rounding.  None otherwise."""
+        from llmquant.lattice import native
+
         w = self.weight
         if (getattr(self, "backend", "auto") not in ("native", "auto") or x.dtype != torch.float32
-                or w.device.type != "cpu" or x.numel() > 8 * w.shape[1] or not w.is_contiguous()):
+                or w.device.type != "cpu" or x.numel() > native.GEMV_MAX_ROWS * w.shape[1] or not w.is_contiguous()):
             return None
-        from llmquant.lattice import native
 
         if not native.available():
             return None

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmquant.config.schema import BACKENDS, WEIGHT_CACHE_MODES
+from llmquant.lattice.native import GEMV_MAX_ROWS
 from llmquant.quant import scalar as sq
 
 
@@ -29,9 +30,8 @@ def _register_bias(module: nn.Module, out_features: int, bias: bool) -> None:
 
 #: elements of one decoded weight tile (``rows x K``) of the on-the-fly reference forward
 TILE_ELEMS = 1 << 18
-#: input rows up to which the ``native`` / ``auto`` CPU backend runs the fused decode-GEMV (decode steps); more
-#: rows decode a weight tile once and use ``F.linear`` (the GEMV decodes every word once per 4 rows)
-NATIVE_MAX_ROWS = 8
+#: input rows up to which the ``native`` / ``auto`` CPU backend runs the fused decode-GEMV (decode steps)
+NATIVE_MAX_ROWS = GEMV_MAX_ROWS
 _WORK = threading.local()
 
 

@@ -239,7 +239,7 @@ static inline int first_min_avx(const float *E, int rows) {
 #endif
 
 static inline void encode_one(const float *yv, int b, int nc, int kb, const float *betas, const float *bsq,
-                              const float *ST, const uint8_t *H, const int uniform, const float *levels,
+                              const float *ST, const int uniform, const float *levels,
                               const float *mids, float *E, float U[][2][8], float L[][2][8]) {
     const int nl = 1 << b;
     const float hi = (float)(nl - 1);
@@ -284,26 +284,34 @@ static inline void encode_one(const float *yv, int b, int nc, int kb, const floa
         const float q = bsq[j];
         for (int m = 0; m < nc; m++) Ej[m] *= q;
     }
-    (void)H;
+}
+
+/* The word of the winning row best = j |C| + m (u_i << b i | best << 8b, low 32 bits), its u_i (u8, optional)
+ * and its values (beta_j L) * s (xh8, optional; s = 1 leaves the products unchanged). */
+static inline uint32_t assemble(int best, int b, int nc, const uint8_t *H, const float *betas, float U[][2][8],
+                                float L[][2][8], float s, int64_t *u8, float *xh8) {
+    const int bj = best / nc, bm = best % nc;
+    const uint8_t *h = H + 8 * bm;
+    uint64_t w = 0;
+    for (int i = 0; i < 8; i++) {
+        const int sl = h[i] ? 0 : 1;
+        const int64_t u = (int64_t)U[bj][sl][i];
+        if (u8) u8[i] = u;
+        w |= (uint64_t)u << (b * i);
+        if (xh8) xh8[i] = (betas[bj] * L[bj][sl][i]) * s;
+    }
+    w |= (uint64_t)best << (8 * b);
+    return (uint32_t)(w & 0xFFFFFFFFu);
 }
 
 static inline void finish(int best, int64_t v, int b, int nc, const uint8_t *H, const float *betas,
                           float U[][2][8], float L[][2][8], int64_t *u_out, int32_t *words, float *xhat,
                           int64_t *j_out, int64_t *m_out) {
-    const int bj = best / nc, bm = best % nc;
-    const uint8_t *h = H + 8 * bm;
-    uint64_t w = 0;
-    for (int i = 0; i < 8; i++) {
-        const int s = h[i] ? 0 : 1;
-        const int64_t u = (int64_t)U[bj][s][i];
-        if (u_out) u_out[8 * v + i] = u;
-        w |= (uint64_t)u << (b * i);
-        if (xhat) xhat[8 * v + i] = betas[bj] * L[bj][s][i];
-    }
-    w |= (uint64_t)best << (8 * b);
-    if (words) words[v] = (int32_t)(uint32_t)(w & 0xFFFFFFFFu);
-    if (j_out) j_out[v] = bj;
-    if (m_out) m_out[v] = bm;
+    const uint32_t w = assemble(best, b, nc, H, betas, U, L, 1.0f, u_out ? u_out + 8 * v : 0,
+                                xhat ? xhat + 8 * v : 0);
+    if (words) words[v] = (int32_t)w;
+    if (j_out) j_out[v] = best / nc;
+    if (m_out) m_out[v] = best % nc;
 }
 
 typedef struct {
@@ -337,9 +345,9 @@ static inline int nearest_one(const enc_ctx *c, const float *yv, float U[][2][8]
     }
 #endif
     if (c->uniform)
-        encode_one(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, c->H, 1, c->levels, c->mids, E, U, L);
+        encode_one(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, 1, c->levels, c->mids, E, U, L);
     else
-        encode_one(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, c->H, 0, c->levels, c->mids, E, U, L);
+        encode_one(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, 0, c->levels, c->mids, E, U, L);
     /* the first minimum (ties to the smallest j |C| + m): min first, then the first row equal to it */
     float mn = E[0];
     for (int r = 1; r < rows; r++) mn = E[r] < mn ? E[r] : mn;
@@ -387,16 +395,8 @@ int64_t box_quantize_rows_f32(const float *x, const float *rms, int64_t R, int64
                 bad += !__builtin_isfinite(yv[i]);
             }
             const int best = nearest_one(&c, yv, U, L);
-            const int bj = best / nc, bm = best % nc;
-            const uint8_t *h = H + 8 * bm;
-            uint64_t w = 0;
-            for (int i = 0; i < 8; i++) {
-                const int sl = h[i] ? 0 : 1;
-                w |= (uint64_t)U[bj][sl][i] << (b * i);
-                if (out) out[r * K + 8 * v + i] = (betas[bj] * L[bj][sl][i]) * s;
-            }
-            w |= (uint64_t)best << (8 * b);
-            if (words) words[r * (K / 8) + v] = (int32_t)(uint32_t)(w & 0xFFFFFFFFu);
+            const uint32_t w = assemble(best, b, nc, H, betas, U, L, s, 0, out ? out + r * K + 8 * v : 0);
+            if (words) words[r * (K / 8) + v] = (int32_t)w;
         }
     }
     return bad;
