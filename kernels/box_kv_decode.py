@@ -163,7 +163,8 @@ def _device_table(codec, device: torch.device) -> torch.Tensor:
     if hit is not None:
         return hit
     lv, beta = codec.levels.to(torch.float32), codec.betas.to(torch.float32)
-    tab = beta / 2 if codec.is_lattice else (beta[:, None] * lv[None, :]).reshape(-1)
+    # per-β level tables: row j of levels is β_j's own table (the same j 2^(b+1) + ℓ layout)
+    tab = beta / 2 if codec.is_lattice else (beta[:, None] * (lv if lv.dim() == 2 else lv[None, :])).reshape(-1)
     return device_copy(codec, "_kernel_kv_table", tab, device)
 
 

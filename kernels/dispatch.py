@@ -113,6 +113,8 @@ def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
     elif not (c.b == 3 and c.code == "hamming"):
         return (f"box code b={c.b}, code={c.code} (the box W4A16 kernel reads b=3 Hamming words: lattice variant "
                 "or level table)")
+    elif c.per_beta_levels:
+        return "box code with a level table per β (the W4A16 table path reads one 16-entry table)"
     reason = _input_reason(backend, x)
     if reason is None and x.shape[-1] != layer.in_features:
         reason = f"input has {x.shape[-1]} features, layer expects {layer.in_features}"

@@ -94,7 +94,8 @@ def test_stored_bits_find_every_quantized_tensor(tmp_path):
     assert quantized_prefixes(sizes) == ["a", "b"]
 
 
-@pytest.mark.parametrize(("b", "variant"), [(1, "table"), (2, "lattice"), (3, "best"), (3, "table")])
+@pytest.mark.parametrize(("b", "variant"), [(1, "table"), (2, "lattice"), (3, "best"), (3, "table"),
+                                          (2, "beta_tables"), (3, "beta_tables")])
 def test_lattice_linear_box_decode_is_codec_decode_rows(b, variant):
     cfg = load_config(TINY, ["weights.code=box", f"weights.box_bits={b}", f"weights.box_variant={variant}",
                              "weights.algorithm=rtn"])

@@ -29,7 +29,7 @@ CHOOSE_RULES = ("min_error", "first_fit")
 #: weight codes of ``weights.method: lattice``: the NestQuant Voronoi code (q, k) or the deployable box code
 WEIGHT_CODES = ("voronoi", "box")
 #: shipped box-code settings (``llmquant/lattice/data/box_beta_sets.json``; :func:`llmquant.lattice.box.load_box_setting`)
-BOX_VARIANTS = ("lattice", "best", "int", "int8", "table", "d8int8")
+BOX_VARIANTS = ("lattice", "best", "int", "int8", "table", "d8int8", "beta_tables")
 METHOD_LABELS = ("fp", "rtn", "quarot", "e8", "custom")
 #: forward backends of LatticeLinear and the online Hadamard rotations (see ``ModelConfig.backend``)
 BACKENDS = ("reference", "triton", "native", "auto")

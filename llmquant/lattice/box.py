@@ -30,6 +30,13 @@ symmetric under ``x -> -x`` (``-(h + 2z + ½) = (1 - h) + 2(-z - 1) + ½``).  ``
 encoder but is no longer a lattice; the decoder reads ``λ`` from a 2^(b+1)-entry table.  A free
 antisymmetric table (``levels=``: the 2^b positive levels, found by search) generalises γ.
 
+Per-β level tables (``levels=`` of shape ``(k, 2^b)``, one positive ascending half-table per β): ``v_i = β_j ·
+λ_j[ℓ_i]``, i.e. a (2^(M+K) × 2^(b+1))-entry table ``β_j λ_j[ℓ]`` indexed by the word's ``j`` and ``ℓ_i``.  The
+parity structure, the word layout, the stored bits and the separable exact encoder are unchanged (per β the
+nearest level of each parity is searched in that β's table); only the codebook's shape may now change with the
+scale: a large-norm vector gets a differently companded grid than a small one.  Found by Lloyd iterations on
+Gaussian vectors (:func:`llmquant.lattice.beta_search.search_box_tables`).
+
 Exact nearest-codeword encoder.  For fixed ``(h, β)`` the squared error ``Σ_i (y_i - β λ[2u_i + h_i])^2``
 is separable in ``u_i``: ``u_i`` = nearest entry of the ascending parity-``h_i`` levels
 ``λ[h_i], λ[2 + h_i], ...`` to ``y_i/β`` (the number of their midpoints below ``y_i/β``; for ``γ = 1``
@@ -103,12 +110,17 @@ def construction_a_points(radius2: int, code: str = "hamming") -> torch.Tensor:
 
 def box_levels(b: int, gamma: float | None = 1.0, levels=None) -> torch.Tensor:
     """``λ (2^(b+1),)`` float32 ascending: ``sgn(c)|c|^γ``, ``c = ℓ - 2^b + ½``; or, with ``levels`` (the
-    2^b positive levels, ascending), the antisymmetric table ``(-levels reversed, levels)``."""
+    2^b positive levels, ascending), the antisymmetric table ``(-levels reversed, levels)``; with ``levels`` of
+    shape ``(k, 2^b)`` (per-β tables), ``(k, 2^(b+1))``, one antisymmetric table per row."""
     if levels is not None:
-        pos = torch.as_tensor(levels, dtype=torch.float64).flatten()
-        if pos.numel() != 1 << b or not torch.isfinite(pos).all() or (pos <= 0).any() or (pos.diff() <= 0).any():
-            raise ValueError(f"levels must be {1 << b} positive ascending values, got {pos.tolist()}")
-        return torch.cat([-pos.flip(0), pos]).float()
+        pos = torch.as_tensor(levels, dtype=torch.float64)
+        rows = pos.reshape(-1, pos.shape[-1]) if pos.dim() == 2 else pos.reshape(1, -1)
+        if (pos.dim() > 2 or rows.shape[1] != 1 << b or not torch.isfinite(rows).all() or (rows <= 0).any()
+                or (rows.diff(dim=1) <= 0).any()):
+            raise ValueError(f"levels must be {1 << b} positive ascending values (or k rows of them, one per β), "
+                             f"got shape {tuple(pos.shape)}: {pos.tolist()}")
+        full = torch.cat([-rows.flip(1), rows], 1).float()
+        return full if pos.dim() == 2 else full[0]
     c = torch.arange(1 << (b + 1), dtype=torch.float64) - (1 << b) + 0.5
     return (c.sign() * c.abs() ** float(gamma)).float()
 
@@ -167,7 +179,7 @@ class BoxCodec:
         self.b = _check_width(b)
         self.m_bits, self.k_bits = _check_code(code)
         self.code = code
-        self.level_table = None if levels is None else box_levels(self.b, levels=levels)[1 << self.b:]
+        self.level_table = None if levels is None else box_levels(self.b, levels=levels)[..., 1 << self.b:]
         self.gamma = None if levels is not None else float(gamma)
         if self.gamma is not None and not (0.25 <= self.gamma <= 4.0):
             raise ValueError(f"gamma must lie in [0.25, 4], got {gamma}")
@@ -179,8 +191,16 @@ class BoxCodec:
                              f"got {betas.numel()}")
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas[1:] <= betas[:-1]).any():
             raise ValueError(f"betas must be finite, positive and strictly ascending, got {betas.tolist()}")
+        if self.level_table is not None and self.level_table.dim() == 2 and self.level_table.shape[0] != betas.numel():
+            raise ValueError(f"per-β level tables: need one row per β ({betas.numel()}), got "
+                             f"{self.level_table.shape[0]}")
         self.betas = betas
         self.levels = box_levels(self.b, self.gamma, self.level_table)
+
+    @property
+    def per_beta_levels(self) -> bool:
+        """True when every β has its own level table (``levels`` is ``(k, 2^(b+1))``): ``v_i = β_j λ_j[ℓ_i]``."""
+        return self.levels.dim() == 2
 
     @property
     def is_lattice(self) -> bool:
@@ -221,7 +241,8 @@ class BoxCodec:
             "message": {"shift": 8 * b, "bits": M},
             "beta_index": {"shift": 8 * b + M, "bits": self.k_bits},
             "codeword": cw,
-            "value": "x_i = scale * betas[j] * levels[2 u_i + h_i]",
+            "value": ("x_i = scale * betas[j] * levels[j][2 u_i + h_i]" if self.per_beta_levels
+                      else "x_i = scale * betas[j] * levels[2 u_i + h_i]"),
             "levels": self.levels.tolist(),
             "lattice": self.gamma == 1.0,
             "odd_int": "2 levels[l] = 2 l - 2^(b+1) + 1" if self.gamma == 1.0 else None,
@@ -294,7 +315,10 @@ class BoxCodec:
         decoder is tested against)."""
         u, m, j = self.fields(words)
         h = codewords(self.code).to(u.device)[m]
-        lv = self.levels.to(device=u.device, dtype=dtype)[2 * u + h]
+        if self.per_beta_levels:
+            lv = self.levels.to(device=u.device, dtype=dtype)[j[..., None], 2 * u + h]
+        else:
+            lv = self.levels.to(device=u.device, dtype=dtype)[2 * u + h]
         return self.betas.to(device=u.device, dtype=dtype)[j][..., None] * lv
 
     def decode_rows(self, words: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -369,15 +393,29 @@ def _argmin_rows(E: torch.Tensor) -> torch.Tensor:
 def _nearest_in_class(t: torch.Tensor, p: int, b: int, levels: torch.Tensor, uniform: bool) -> torch.Tensor:
     """Index ``u ∈ [0, 2^b)`` of the nearest parity-``p`` level ``levels[2u + p]`` to every element of ``t``
     (int64, shape of ``t``).  γ = 1: ``clamp(round((t - p + 2^b - ½) / 2))``; otherwise the number of
-    class midpoints below ``t`` (2^b - 1 comparisons; ties between two levels go to the lower one)."""
+    class midpoints below ``t`` (2^b - 1 comparisons; ties between two levels go to the lower one).  Per-β
+    tables (``levels (k, 2^(b+1))``): ``t`` is ``(k, ...)`` and row ``j`` of ``t`` uses row ``j`` of ``levels``."""
     if uniform:
         return torch.round((t - (p - (1 << b) + 0.5)) * 0.5).clamp_(0, (1 << b) - 1).to(torch.int64)
-    lv = levels[p::2]
-    mids = (0.5 * (lv[1:] + lv[:-1])).tolist()
+    lv = levels[..., p::2]
+    mids = 0.5 * (lv[..., 1:] + lv[..., :-1])
     u = torch.zeros_like(t)
-    for m in mids:
+    if levels.dim() == 2:
+        mids = mids.reshape(mids.shape[0], *([1] * (t.dim() - 1)), mids.shape[1])
+        for q in range(mids.shape[-1]):
+            u += t > mids[..., q]
+        return u.to(torch.int64)
+    for m in mids.tolist():
         u += t > m
     return u.to(torch.int64)
+
+
+def _level_at(levels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``levels[idx]`` for a shared table; for per-β tables ``levels[j, idx[j]]`` (``idx (k, ...)``)."""
+    if levels.dim() == 1:
+        return levels[idx]
+    k = levels.shape[0]
+    return levels.take(idx + (torch.arange(k, device=idx.device) * levels.shape[1]).view(k, *([1] * (idx.dim() - 1))))
 
 
 def _search(yt: torch.Tensor, betas: torch.Tensor, code: str, b: int, levels: torch.Tensor,
@@ -385,8 +423,8 @@ def _search(yt: torch.Tensor, betas: torch.Tensor, code: str, b: int, levels: to
     """Exact search for a chunk ``yt (8, n)`` (coordinate-major): ``(j (n,), m (n,))`` int64 of the
     least squared error over all ``k`` β × ``|C|`` codewords (ties: smallest ``|C| j + m``)."""
     t = yt[None] / betas[:, None, None]  # (k, 8, n)
-    e1 = (t - levels[2 * _nearest_in_class(t, 1, b, levels, uniform) + 1]).square_()
-    e0 = (t - levels[2 * _nearest_in_class(t, 0, b, levels, uniform)]).square_()
+    e1 = (t - _level_at(levels, 2 * _nearest_in_class(t, 1, b, levels, uniform) + 1)).square_()
+    e0 = (t - _level_at(levels, 2 * _nearest_in_class(t, 0, b, levels, uniform))).square_()
     # E[j, m] = sum_i (h_i ? e1 : e0)[j, i] = [H, 1-H] (|C|, 16) @ [e1; e0] (k, 16, n); all terms >= 0
     E = torch.matmul(_select_matrix(code, yt.device), torch.cat([e1, e0], 1))
     E *= betas.square()[:, None, None]
@@ -419,8 +457,13 @@ def box_nearest(x: torch.Tensor, b: int, betas, code: str = "hamming", gamma: fl
     beta = betas[bj][:, None]
     h = codewords(code).to(y.device)[bm]
     t = y / beta
-    u = torch.where(h == 1, _nearest_in_class(t, 1, b, levels, uniform), _nearest_in_class(t, 0, b, levels, uniform))
-    x_hat = (beta * levels[2 * u + h]).to(x.dtype).reshape(x.shape)
+    lv = levels[bj] if levels.dim() == 2 else levels  # per-β tables: each vector's own table, (n, 2^(b+1))
+    if levels.dim() == 2:
+        u = torch.where(h == 1, _nearest_in_class(t, 1, b, lv, uniform), _nearest_in_class(t, 0, b, lv, uniform))
+        x_hat = (beta * lv.gather(1, 2 * u + h)).to(x.dtype).reshape(x.shape)
+    else:
+        u = torch.where(h == 1, _nearest_in_class(t, 1, b, lv, uniform), _nearest_in_class(t, 0, b, lv, uniform))
+        x_hat = (beta * lv[2 * u + h]).to(x.dtype).reshape(x.shape)
     lead = x.shape[:-1]
     return bj.reshape(lead), bm.reshape(lead), u.reshape(x.shape), x_hat
 

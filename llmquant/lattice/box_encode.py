@@ -42,10 +42,13 @@ class _Consts:
         par = torch.tensor([1, 0], device=device)
         self.par = par.view(1, 2, 1, 1)
         self.offs = (par.to(torch.float32) - (1 << b) + 0.5).view(1, 2, 1, 1)
+        self.per_beta = codec.per_beta_levels
         if not self.uniform:
-            lv = self.levels
-            mids = [0.5 * (lv[p::2][1:] + lv[p::2][:-1]) for p in (1, 0)]
-            self.mids = torch.stack(mids).view(1, 2, 1, 1, -1)
+            lv = self.levels  # (2^(b+1),) or, per-β tables, (k, 2^(b+1))
+            mids = [0.5 * (lv[..., p::2][..., 1:] + lv[..., p::2][..., :-1]) for p in (1, 0)]
+            self.mids = torch.stack(mids, -2).view(-1, 2, 1, 1, (1 << b) - 1)
+            if self.per_beta:  # flat offset of row j of the (k, 2^(b+1)) table
+                self.lrow = (torch.arange(lv.shape[0], device=device) * lv.shape[1]).view(-1, 1, 1, 1)
         self.select = _select_matrix(codec.code, device)
         self.nc = self.select.shape[0]
         # row ids as int16 (|C| k <= 2^(M+K) = 256): the (k |C|, n) where/amin pass moves 2 bytes per entry, not 8
@@ -111,7 +114,7 @@ def _search(c: _Consts, yt: torch.Tensor):
         L = torch.add(c.offs, U, alpha=2)
     else:
         U = (t.unsqueeze(-1) > c.mids).sum(-1)
-        L = c.levels.take(U * 2 + c.par)
+        L = c.levels.take(U * 2 + c.par + c.lrow if c.per_beta else U * 2 + c.par)
     e = (t - L).square_()
     E = torch.matmul(c.select, e.reshape(e.shape[0], 16, n))
     E *= c.bsq

@@ -85,7 +85,11 @@ def _tables(codec, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tens
     u_lo, u_hi = i & ((1 << b) - 1), (i >> b) & ((1 << b) - 1)
     h_lo, h_hi, jj = (i >> (2 * b)) & 1, (i >> (2 * b + 1)) & 1, i >> (2 * b + 2)
     lv, beta = codec.levels.to(dtype), codec.betas.to(dtype)
-    pairs = torch.stack([beta[jj] * lv[2 * u_lo + h_lo], beta[jj] * lv[2 * u_hi + h_hi]], 1).contiguous()
+    if codec.per_beta_levels:  # row jj of the per-β tables
+        lo, hi = lv[jj, 2 * u_lo + h_lo], lv[jj, 2 * u_hi + h_hi]
+    else:
+        lo, hi = lv[2 * u_lo + h_lo], lv[2 * u_hi + h_hi]
+    pairs = torch.stack([beta[jj] * lo, beta[jj] * hi], 1).contiguous()
     hit = cache[key] = _SHARED[vkey] = (keys.to(device), pairs.view(_PAIR_INT[dtype]).reshape(-1).to(device))
     return hit
 

@@ -240,8 +240,10 @@ def _encode_consts(codec) -> tuple:
         bsq = betas.square().contiguous()
         H = c.H.to(torch.uint8).contiguous()
         levels = c.levels.to(torch.float32).contiguous()
-        mids = None if c.uniform else c.mids.reshape(2, -1).contiguous()
-        hit = cache["enc"] = (betas, bsq, H, int(c.uniform), levels, mids, c.nc)
+        mids = None if c.uniform else c.mids.reshape(-1, (1 << codec.b) - 1).contiguous()
+        # level mode of the C search: 1 uniform levels, 0 one level table, 2 a table per β (row j at j 2^(b+1))
+        mode = 1 if c.uniform else (2 if c.per_beta else 0)
+        hit = cache["enc"] = (betas, bsq, H, mode, levels, mids, c.nc)
     return hit
 
 

@@ -9,6 +9,11 @@ Every column ``x ∈ R^n`` is encoded on its own (a *stream*, see :mod:`llmquant
 3. one fp16 number per column is stored: the least-squares gain ``c = <x, x_hat>/||x_hat||^2``
    (MMSE shrinkage and de-normalisation in one), and the decoder returns ``c · x_hat``.
 
+Known-variance protocol (``Method(gain=False)``, scalar and box codes): the entries are known to be N(0, 1)
+(the setting of Γ itself), so steps 1 and 3 are skipped: ``x`` is encoded as it is, the decoder returns
+``x_hat``, and nothing but the code words is stored (box b = 3: exactly 4 bits per entry; 2^B-level scalar:
+exactly B).  This separates the code from the per-column side information, which costs ``16/n`` bits.
+
 No rotation is applied: iid Gaussian columns are already rotation invariant (a random
 rotation would leave every statistic here unchanged).  Optional subtractive dither for the
 lattice codes (``dither_seed``).
@@ -53,10 +58,11 @@ SIDE_BITS = 16
 @dataclass(frozen=True)
 class Method:
     """One quantization method: ``kind`` "lattice" (name, q, k, choose), "scalar" (levels = q) or "box"
-    (box code of width b = q, shipped setting ``box`` in {"lattice", "best", "int", "table"}:
+    (box code of width b = q, shipped setting ``box`` in {"lattice", "best", "int", "table", "beta_tables", ...}:
     :func:`llmquant.lattice.box.load_box_setting`; ``lattice`` and ``k`` are informational).
     ``shift``: use the shipped shifted code for (lattice, q) (:func:`llmquant.lattice.nested.load_shift`:
-    shift vector, nearest-codeword encoder and its β; needs k == 1)."""
+    shift vector, nearest-codeword encoder and its β; needs k == 1).  ``gain=False`` (scalar and box only): the
+    known-variance protocol of the module docstring, no side information."""
 
     kind: str
     lattice: str
@@ -66,13 +72,15 @@ class Method:
     dither_seed: int | None = None
     shift: bool = False
     box: str | None = None
+    gain: bool = True
 
     @property
     def label(self) -> str:
+        tail = "" if self.gain else "-nogain"
         if self.kind == "scalar":
-            return f"scalar-{self.q}lvl"
+            return f"scalar-{self.q}lvl{tail}"
         if self.kind == "box":
-            return f"box-b{self.q}-{self.box}"
+            return f"box-b{self.q}-{self.box}{tail}"
         rule = "" if self.choose == "first_fit" else "-minerr"
         return f"{self.lattice}-q{self.q}-k{self.k}{rule}" + ("-shift" if self.shift else "")
 
@@ -141,13 +149,17 @@ def box_codec(method: Method) -> BoxCodec:
 
 
 def stored_stream_bits(n: int, method: Method) -> int:
-    """Stored bits of one column of ``n`` entries, fp16 gain included (module docstring)."""
+    """Stored bits of one column of ``n`` entries, fp16 gain included unless ``method.gain`` is False (module
+    docstring)."""
+    side = SIDE_BITS if method.gain else 0
+    if not method.gain and method.kind not in ("scalar", "box"):
+        raise ValueError(f"gain=False (known variance) is defined for scalar and box codes, not {method.kind!r}")
     if method.kind == "scalar":
         if method.q & (method.q - 1):
-            return scalar_stream_bits(n, method.q, SIDE_BITS)  # not a power of two: mixed radix
-        return n * (method.q.bit_length() - 1) + SIDE_BITS
+            return scalar_stream_bits(n, method.q, side)  # not a power of two: mixed radix
+        return n * (method.q.bit_length() - 1) + side
     if method.kind == "box":
-        return 32 * box_codec(method).packed_int32_per_row(n // 8) + SIDE_BITS
+        return 32 * box_codec(method).packed_int32_per_row(n // 8) + side
     d = 4 if method.lattice == "D4" else 8
     nv = n // d
     cw = 4 if method.q <= 16 else math.ceil(math.log2(method.q))
@@ -159,6 +171,16 @@ def encode_columns(M: torch.Tensor, method: Method) -> tuple[torch.Tensor, int, 
     """Encode every column of ``M (n×m)`` separately; returns ``(M_hat, stored_bits, info_bits)``: the
     exact totals of all stored columns and of the mixed-radix information (side information included)."""
     n, m = M.shape
+    if not method.gain:  # known N(0, 1) entries: no normalisation, no gain, only the words are stored
+        U = M.to(torch.float32)
+        if method.kind == "scalar":
+            Xh = scalar_quantize(U, method.q).to(torch.float64)
+        elif method.kind == "box" and n % 8 == 0:
+            Xh = box_codec(method).fake_quant(U.T.reshape(m, n // 8, 8)).reshape(m, n).T.to(torch.float64)
+        else:
+            raise ValueError(f"gain=False needs a scalar or box method and n % 8 == 0, got {method.kind!r}, n={n}")
+        bits = m * stored_stream_bits(n, method)
+        return Xh, bits, bits
     s = M.norm(dim=0) / math.sqrt(n)
     if (s == 0).any():
         raise ValueError("a column is identically zero; the Gaussian experiment expects nonzero columns")

@@ -13,6 +13,7 @@ Voronoi rows reported as ``rate`` before stored bits were counted).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -72,6 +73,14 @@ DEFAULT_METHODS: tuple[tuple[Method, float | None], ...] = (
     (Method("box", "E8", 2, 16, box="table"), None),
     (Method("box", "E8", 3, 16, box="table"), None),
     (Method("box", "E8", 1, 16, box="best"), 0.5),
+    # one level table per β (llmquant/lattice/box_tables.py: Lloyd iterations from `table`)
+    (Method("box", "E8", 1, 16, box="beta_tables"), None),
+    (Method("box", "E8", 2, 16, box="beta_tables"), None),
+    (Method("box", "E8", 3, 16, box="beta_tables"), None),
+    # known-variance protocol (no per-column gain: only the words are stored, exactly b + 1 bits per entry)
+    (Method("scalar", "Z", 16, gain=False), None),
+    (Method("box", "E8", 3, 16, box="table", gain=False), None),
+    (Method("box", "E8", 3, 16, box="beta_tables", gain=False), None),
 )
 
 
@@ -84,8 +93,7 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
     rows = []
     for method, target in methods:
         if dither_seed is not None and method.kind == "lattice":
-            method = Method(method.kind, method.lattice, method.q, method.k, method.choose, dither_seed, method.shift,
-                            method.box)
+            method = dataclasses.replace(method, dither_seed=dither_seed)
         t0 = time.perf_counter()
         m = measure(A, B, method, target_rate=target, sketch_seed=seed + 1)
         g = gamma(m.rate)
@@ -104,6 +112,7 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
             "num_betas": num_betas,
             "choose": choose,
             "shift": bool(method.shift),
+            "gain": bool(method.gain),
             "deployable": method.kind in ("scalar", "box"),
             "rate": m.rate,
             "mse": m.mse,

@@ -169,6 +169,7 @@ void box_gemv_f32(const uint8_t *words, int64_t row_bytes, int64_t word_bytes, i
  *   t = y / beta_j;  per parity p (slot 0 = parity 1, slot 1 = parity 0):
  *     uniform levels: U = clamp(rint((t - off_p) * 0.5), 0, 2^b - 1), L = off_p + 2 U,  off_p = p - 2^b + 1/2
  *     level table:    U = #{mids_p < t} (mids_p ascending, 2^b - 1 of them), L = levels[2 U + p]
+ *     per-beta tables (mode 2): the same with beta j's own table, levels + j 2^(b+1) and mids + 2 j (2^b - 1)
  *     e = (t - L)^2
  *   E[j, m] = (sum over k = 0..15 of S[m, k] e_k, k < 8: slot 0 coordinate k, k >= 8: slot 1 coordinate k - 8,
  *             S = [H, 1 - H], summed sequentially in k: torch's matmul order, checked bit-equal in tests)
@@ -243,12 +244,14 @@ static inline void encode_one(const float *yv, int b, int nc, int kb, const floa
                               const float *mids, float *E, float U[][2][8], float L[][2][8]) {
     const int nl = 1 << b;
     const float hi = (float)(nl - 1);
+    const int per_j = uniform == 2;  /* level mode: 1 uniform, 0 one table, 2 one table per beta */
     for (int j = 0; j < kb; j++) {
         float t[8], e[16];
         for (int i = 0; i < 8; i++) t[i] = yv[i] / betas[j];
+        const float *lvj = per_j ? levels + j * 2 * nl : levels;
         for (int s = 0; s < 2; s++) {
             const int p = 1 - s;
-            if (uniform) {
+            if (uniform == 1) {
                 const float off = (float)p - (float)nl + 0.5f;
                 for (int i = 0; i < 8; i++) {
                     float u = __builtin_rintf((t[i] - off) * 0.5f);
@@ -260,11 +263,11 @@ static inline void encode_one(const float *yv, int b, int nc, int kb, const floa
                     e[8 * s + i] = d * d;
                 }
             } else {
-                const float *md = mids + s * (nl - 1);
+                const float *md = mids + ((per_j ? 2 * j : 0) + s) * (nl - 1);
                 for (int i = 0; i < 8; i++) {
                     int c = 0;
                     for (int q = 0; q < nl - 1; q++) c += (t[i] > md[q]);
-                    const float l = levels[2 * c + p];
+                    const float l = lvj[2 * c + p];
                     const float d = t[i] - l;
                     U[j][s][i] = (float)c;
                     L[j][s][i] = l;
@@ -339,13 +342,15 @@ static inline int nearest_one(const enc_ctx *c, const float *yv, float U[][2][8]
     float E[16 * 128];
     const int rows = c->kb * c->nc;
 #ifdef __AVX2__
-    if (c->uniform && c->nc % 8 == 0) {
+    if (c->uniform == 1 && c->nc % 8 == 0) {
         encode_one_avx(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, E, U, L);
         return first_min_avx(E, rows);
     }
 #endif
-    if (c->uniform)
+    if (c->uniform == 1)
         encode_one(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, 1, c->levels, c->mids, E, U, L);
+    else if (c->uniform == 2)
+        encode_one(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, 2, c->levels, c->mids, E, U, L);
     else
         encode_one(yv, c->b, c->nc, c->kb, c->betas, c->bsq, c->ST, 0, c->levels, c->mids, E, U, L);
     /* the first minimum (ties to the smallest j |C| + m): min first, then the first row equal to it */
