@@ -104,7 +104,8 @@ def run_bench(n: int = 4096, cols: int = 128, seed: int = 0, methods=None, dithe
             codec = box_codec(method)
             lattice = "E8" if codec.code == "hamming" else "D8"
             num_betas = int(codec.betas.numel())
-            choose = method.box + (" table" if codec.gamma is None else f" g={codec.gamma:g}")
+            choose = method.box + (" per-β tables" if codec.per_beta_levels else " table" if codec.gamma is None
+                                   else f" g={codec.gamma:g}")
         row = {
             "method": {"scalar": "scalar", "box": "box"}.get(method.kind, "nested") + ("+jl" if target is not None else ""),
             "lattice": lattice,
