@@ -458,12 +458,8 @@ def box_nearest(x: torch.Tensor, b: int, betas, code: str = "hamming", gamma: fl
     h = codewords(code).to(y.device)[bm]
     t = y / beta
     lv = levels[bj] if levels.dim() == 2 else levels  # per-β tables: each vector's own table, (n, 2^(b+1))
-    if levels.dim() == 2:
-        u = torch.where(h == 1, _nearest_in_class(t, 1, b, lv, uniform), _nearest_in_class(t, 0, b, lv, uniform))
-        x_hat = (beta * lv.gather(1, 2 * u + h)).to(x.dtype).reshape(x.shape)
-    else:
-        u = torch.where(h == 1, _nearest_in_class(t, 1, b, lv, uniform), _nearest_in_class(t, 0, b, lv, uniform))
-        x_hat = (beta * lv[2 * u + h]).to(x.dtype).reshape(x.shape)
+    u = torch.where(h == 1, _nearest_in_class(t, 1, b, lv, uniform), _nearest_in_class(t, 0, b, lv, uniform))
+    x_hat = (beta * (lv.gather(1, 2 * u + h) if lv.dim() == 2 else lv[2 * u + h])).to(x.dtype).reshape(x.shape)
     lead = x.shape[:-1]
     return bj.reshape(lead), bm.reshape(lead), u.reshape(x.shape), x_hat
 
