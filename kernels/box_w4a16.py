@@ -1,5 +1,6 @@
 """W4A16 decode-GEMM for the b=3 √2E8 **box** code: ``y = x @ W^T (+ bias)``, weights as one int32 per 8-vector;
-a lattice path (γ = 1) and a level-table path (``box_variant: table``, companded γ) chosen by the constexpr ``TABLE``.
+a lattice path (γ = 1) and a level-table path (``box_variant: table``, companded γ; a level table per β,
+``box_variant: beta_tables``, with the constexpr ``PER_BETA``) chosen by the constexpr ``TABLE``.
 
 Spec (the truth is :mod:`llmquant.lattice.box`, ``BoxCodec(b=3, code="hamming", gamma=1)`` = ``E8BoxCodec(3)``)
 ----------------------------------------------------------------------------------------------------------
@@ -27,6 +28,14 @@ read as is (the kernel needs no symmetry):
 
     W[n, 8v + i] = row_scale[n] · betas[j] · levels[2 u_i + h_i]
 
+**Per-β tables** (``PER_BETA``; ``BoxCodec(levels=...)`` with ``levels (16, 8)``, ``codec.per_beta_levels``: the
+shipped ``beta_tables`` code): ``levels`` is the codec's ``(16, 16)`` table ``BoxCodec.levels`` flattened row-major
+(fp32, 1024 bytes, row ``j`` = the signed table of β_j), and
+
+    W[n, 8v + i] = row_scale[n] · betas[j] · levels[16 j + 2 u_i + h_i]        (= levels[j, 2 u_i + h_i])
+
+exactly :meth:`BoxCodec.decode_rows`.  Word layout, stored bits and encoder are those of the shared table.
+
 * Index decode (integer ops; PTX :data:`_TABLE_WORD_PTX` on CUDA, :func:`_table_levels` in Triton for the
   interpreter and the dequant): ``w3 = w << 3`` puts ``u_i`` at bits ``[3i+3, 3i+6)``; bit ``3i+2`` (the top bit of
   ``u_(i-1)``, or 0) receives ``h_i`` in one of two copies, ``D_even`` (i even: u fields :data:`TAB_U_EVEN`) /
@@ -36,6 +45,24 @@ read as is (the kernel needs no symmetry):
 * Lookup: the level table (64 bytes, 64-byte aligned: the launcher copies it otherwise) stays in L1; each
   coordinate is one ``ld.global.nc.f32`` at ``(base_lo | 4 ℓ_i, base_hi)`` (the offset ORed into the low word), so
   a word costs 8 level loads + 1 β load + 1 ``H`` load, all from three 64-byte blocks.
+* Per-β tables (:data:`_TABLE_BETA_WORD_PTX`): the 16 x 16 table is 1024-byte aligned (:func:`aligned_levels`; the
+  dispatcher builds it once per layer, the launcher copies a misaligned one at every call), so per word one LOP3
+  ``tj = (t & 0x3C0) | base_lo`` on the ``t = w >> 22`` the ``H`` load already computed (``j`` sits at its bits
+  [6, 10)) gives row ``j``'s address, and coordinate ``i`` loads ``(tj | 4 ℓ_i, base_hi)``: one instruction per word
+  more than the shared table.  Under the interpreter :func:`_table_levels` returns ``16 j + ℓ_i`` (``j`` ORed in),
+  the dequant adds ``16 j`` to the table pointer once per word.  SASS on sm_90 (same :data:`GPU_CONFIG`,
+  ``kernels/sass.py``): **6.92 instructions per weight with fp16 x (72 registers), 6.59 with bf16 x (80), 0
+  shuffles, 0 spills** (shared table: 6.36 / 6.76).  Per thread and K step (32 words) +31 LOP3 (the row address)
+  and +115 ``IMAD.MOV`` with fp16 x (copies of the address's high word next to each offset: register allocation;
+  with bf16 x there are 72 fewer than on the shared path); tried and not kept: ``mad.wide`` of ``j`` into a 64-bit
+  row address (only 64-byte alignment needed; 6.94 / 6.92), one 64-bit ``or`` per coordinate (6.92, 3 spills with
+  bf16 x).  Small-M kernel (``M_BLOCK`` 8): 2.29 per weight and row (shared: 2.27); dequant 12.66 (12.16).
+  **Memory side, not timed on a GPU**: the lanes of a warp now read up to 16 different 64-byte blocks (8 128-byte
+  lines) of the 1 KB table per level load, one per distinct β index among the warp's 32 words, instead of one, so
+  the L1 wavefronts per load may rise up to 16x.  Gaussian rows encoded by the shipped code use β_0..β_15 with
+  frequencies 9.2 % .. 2.0 % (512 x 4096, seed 0), i.e. ~13.4 distinct β among 32 words: a prediction of ~8-13
+  wavefronts per level load (~70-110 per warp-word against ~14 issue cycles, where the shared table has ~10.4), so
+  unlike the shared table this path may well be L1-bound, not issue-bound.
 * Arithmetic and rounding: all fp32.  x is read exactly (unlike the lattice path, no rounding to fp16): fp16 and
   bf16 halves are converted to fp32 once per 8-block (a bf16 is a shift or a mask), shared by the rows of a
   thread; fp32 x as is.  Per word ``d = λ_0 x_0``, then 7 FMAs in coordinate order, then ``acc += β_j · d`` (one
@@ -100,8 +127,8 @@ Kernel design (one int32 word = 8 weights per thread, no cross-lane work in the 
 * Prefill dequant (:func:`box_dequant`, :func:`_box_dequant_kernel`): the eight decoded ``[BLOCK_N, BLOCK_G]``
   planes are interleaved into the ``[BLOCK_N, 8 BLOCK_G]`` tile of W and stored once, each thread writing whole
   words (16 bytes in fp16 / bf16).  SASS on sm_90 (64 x 16 words, 4 warps): 12.61 instructions per weight, 8
-  ``STG.E.128`` per thread (fp16 / bf16; table path 12.16), where the former 8 strided scalar stores per word
-  took 13.36 and 64 ``STG.E.U16`` (2 bytes each, 16-byte stride across lanes).  **Not timed on a GPU.**
+  ``STG.E.128`` per thread (fp16 / bf16; table path 12.16, per-β tables 12.66), where the former 8 strided scalar
+  stores per word took 13.36 and 64 ``STG.E.U16`` (2 bytes each, 16-byte stride across lanes).  **Not timed on a GPU.**
 """
 
 from __future__ import annotations
@@ -157,15 +184,20 @@ def hamming_h_table() -> list[int]:
     return out
 
 
-#: register declarations of :func:`_table_index_lines` and :func:`_table_level_lines`
+#: register declarations of :func:`_table_index_lines` and :func:`_table_level_lines` (per-β tables: + ``tj``)
 _TABLE_REGS = [".reg .b32 t, e, w3, de, dd, tlo, thi, hlo, hhi, blo, bhi, s, o;", ".reg .b64 a;"]
+_TABLE_BETA_REGS = _TABLE_REGS + [".reg .b32 tj;"]
 
 
-def _table_index_lines(word: str, beta_load: str) -> list[str]:
+def _table_index_lines(word: str, beta_load: str, per_beta: bool = False) -> list[str]:
     """The table path's PTX index decode of the word register ``word`` (also used by :mod:`.box_w4a16_rows`): the
     β load ``beta_load`` (e.g. ``"ld.global.nc.f32 beta"``) from the β table ``$12``, the codeword bits from the
     table ``$11`` (:func:`hamming_h_table`) and the muxed level-index fields ``de`` / ``dd``; the addresses
-    (u64, each 64-byte aligned: an offset < 64 is ORed into the low word).  Needs :data:`_TABLE_REGS`."""
+    (u64, each 64-byte aligned: an offset < 64 is ORed into the low word).  Needs :data:`_TABLE_REGS`.
+
+    ``per_beta`` (a level table per β, ``$10`` = the 16 x 16 fp32 table, 1024-byte aligned): also the low word of
+    the address of row ``j``, ``tj = tlo | (j << 6)`` (one LOP3 on ``t = w >> 22``, which holds ``j`` at bits
+    [6, 10) next to ``m << 2``); needs :data:`_TABLE_BETA_REGS`."""
     return [
         "mov.b64 {tlo, thi}, $10;",
         "mov.b64 {hlo, hhi}, $11;",
@@ -178,41 +210,49 @@ def _table_index_lines(word: str, beta_load: str) -> list[str]:
         "lop3.b32 o, t, 0x3C, hlo, 0xEA;",  # (m << 2) | hlo
         "mov.b64 a, {o, hhi};",
         "ld.global.nc.u32 e, [a];",  # h_i at bits 3i + 2
+    ] + (["lop3.b32 tj, t, 0x3C0, tlo, 0xEA;"] if per_beta else []) + [  # (j << 6) | tlo: row j of the tables
         f"shl.b32 w3, {word}, 3;",
         f"lop3.b32 de, w3, {TAB_U_EVEN}, e, 0xE2;",  # mux: u fields from w3, h bits from e
         f"lop3.b32 dd, w3, {TAB_U_ODD}, e, 0xE2;",
     ]
 
 
-def _table_level_lines(i: int, dst: str, ty: str = "f32") -> list[str]:
+def _table_level_lines(i: int, dst: str, ty: str = "f32", per_beta: bool = False) -> list[str]:
     """PTX of coordinate ``i``'s level load into ``dst`` (``ld.global.nc.<ty>``; after :func:`_table_index_lines`):
-    ``4 l_i`` ORed into the level table's address ``$10``."""
+    ``4 l_i`` ORed into the level table's address ``$10`` (``per_beta``: into row ``j``'s, ``tj``)."""
     src = "de" if i % 2 == 0 else "dd"
     lines = []
     if i:
         lines.append(f"shr.u32 s, {src}, {3 * i};")
         src = "s"
-    return lines + [f"lop3.b32 o, {src}, 0x3C, tlo, 0xEA;",  # 4 l_i | table address
+    base = "tj" if per_beta else "tlo"
+    return lines + [f"lop3.b32 o, {src}, 0x3C, {base}, 0xEA;",  # 4 l_i | table (row) address
                     "mov.b64 a, {o, thi};",
                     f"ld.global.nc.{ty} {dst}, [a];"]
 
 
-def _table_word_ptx() -> str:
+def _table_word_ptx(per_beta: bool = False) -> str:
     """PTX of one word on the table path (see the module docstring): ``$0`` (out, f32 bits) = ``$13 + betas[j] *
     sum_i levels[l_i] * x_i`` for the word ``$1``, the fp32 activations ``$2..$9`` (``x_0..x_7``, f32 bits), the
     addresses (u64, each 64-byte aligned) of the level table ``$10``, the codeword-bit table :func:`hamming_h_table`
     ``$11`` and the β table ``$12``, and the accumulator ``$13`` (f32 bits).  fp32 products and sums, coordinate
-    order 0..7."""
-    lines = ["{"] + _TABLE_REGS + [".reg .f32 beta, v, d, x, acc;"] + _table_index_lines("$1", "ld.global.nc.f32 beta")
+    order 0..7.  ``per_beta``: ``$10`` is the 16 x 16 table (1024-byte aligned) and coordinate ``i`` reads
+    ``levels[j, l_i]`` (one more LOP3 per word)."""
+    regs = _TABLE_BETA_REGS if per_beta else _TABLE_REGS
+    lines = ["{"] + regs + [".reg .f32 beta, v, d, x, acc;"] + _table_index_lines("$1", "ld.global.nc.f32 beta",
+                                                                                   per_beta)
     for i in range(8):
-        lines += _table_level_lines(i, "v") + [f"mov.b32 x, ${2 + i};",
-                                               "mul.rn.f32 d, v, x;" if i == 0 else "fma.rn.f32 d, v, x, d;"]
+        lines += _table_level_lines(i, "v", per_beta=per_beta) + [
+            f"mov.b32 x, ${2 + i};", "mul.rn.f32 d, v, x;" if i == 0 else "fma.rn.f32 d, v, x, d;"]
     lines += ["mov.b32 acc, $13;", "fma.rn.f32 acc, beta, d, acc;", "mov.b32 $0, acc;", "}"]
     return "\n".join(lines) + "\n"
 
 
 _TABLE_WORD_PTX = _table_word_ptx()
 _TABLE_WORD_ASM = tl.constexpr(_TABLE_WORD_PTX)
+#: the same for a level table per β (``PER_BETA``)
+_TABLE_BETA_WORD_PTX = _table_word_ptx(per_beta=True)
+_TABLE_BETA_WORD_ASM = tl.constexpr(_TABLE_BETA_WORD_PTX)
 
 
 def _word_decode_lines(word: str, beta_load: str, outs: tuple[str, str, str, str]) -> list[str]:
@@ -329,15 +369,20 @@ def _word_lanes(w):
 
 
 @triton.jit
-def _table_levels(w, htab_ptr):
+def _table_levels(w, htab_ptr, PER_BETA: tl.constexpr = False):
     """The eight level indices ``l_i = 2 u_i + h_i`` (int32, in [0, 16)) of words ``w`` (table path; the same bit
-    operations as :data:`_TABLE_WORD_PTX`, see the module docstring)."""
+    operations as :data:`_TABLE_WORD_PTX`, see the module docstring); ``PER_BETA``: the indices ``16 j + l_i`` into
+    the flattened 16 x 16 per-β table (``j = w >> 28``, ORed in as :data:`_TABLE_BETA_WORD_PTX` does)."""
     e = tl.load(htab_ptr + ((w >> 24) & 15))
     w3 = w << 3
     de = (w3 & _TAB_U_EVEN) | (e & _TAB_NOT_U_EVEN)
     dd = (w3 & _TAB_U_ODD) | (e & _TAB_NOT_U_ODD)
-    return ((de >> 2) & 15, (dd >> 5) & 15, (de >> 8) & 15, (dd >> 11) & 15,
-            (de >> 14) & 15, (dd >> 17) & 15, (de >> 20) & 15, (dd >> 23) & 15)
+    if PER_BETA:
+        jo = (w >> 24) & 0xF0  # 16 j
+    else:
+        jo = 0
+    return (((de >> 2) & 15) | jo, ((dd >> 5) & 15) | jo, ((de >> 8) & 15) | jo, ((dd >> 11) & 15) | jo,
+            ((de >> 14) & 15) | jo, ((dd >> 17) & 15) | jo, ((de >> 20) & 15) | jo, ((dd >> 23) & 15) | jo)
 
 
 @triton.jit
@@ -359,10 +404,11 @@ def _bx(v, words):
 
 
 @triton.jit
-def _table_dot(words, levels_ptr, htab_ptr, x0, x1, x2, x3, x4, x5, x6, x7):
+def _table_dot(words, levels_ptr, htab_ptr, x0, x1, x2, x3, x4, x5, x6, x7, PER_BETA: tl.constexpr = False):
     """fp32 ``sum_i levels[l_i] x_i`` of words ``[BN, BG]`` and the fp32 activations ``x_i`` ``[1, BG]`` (table path
-    in Triton, for the interpreter): a product and seven FMAs in coordinate order 0..7, as the PTX."""
-    l0, l1, l2, l3, l4, l5, l6, l7 = _table_levels(words, htab_ptr)
+    in Triton, for the interpreter): a product and seven FMAs in coordinate order 0..7, as the PTX (``PER_BETA``:
+    ``levels[j, l_i]``)."""
+    l0, l1, l2, l3, l4, l5, l6, l7 = _table_levels(words, htab_ptr, PER_BETA)
     d = tl.load(levels_ptr + l0) * x0
     d = tl.fma(tl.load(levels_ptr + l1), x1, d)
     d = tl.fma(tl.load(levels_ptr + l2), x2, d)
@@ -563,7 +609,7 @@ def _box_w4a16_kernel(
     M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_MODE: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    TABLE: tl.constexpr = False, FUSED_REDUCE: tl.constexpr = False,
+    TABLE: tl.constexpr = False, FUSED_REDUCE: tl.constexpr = False, PER_BETA: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -581,7 +627,7 @@ def _box_w4a16_kernel(
             # level table: one PTX block per word (index decode, 8 table loads from L1, fp32 FMAs, β)
             x0, x1, x2, x3, x4, x5, x6, x7 = _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G)
             acc = tl.inline_asm_elementwise(
-                _TABLE_WORD_ASM, "=r,r,r,r,r,r,r,r,r,r,l,l,l,r",
+                _TABLE_BETA_WORD_ASM if PER_BETA else _TABLE_WORD_ASM, "=r,r,r,r,r,r,r,r,r,r,l,l,l,r",
                 [words, _bx(x0, words), _bx(x1, words), _bx(x2, words), _bx(x3, words), _bx(x4, words),
                  _bx(x5, words), _bx(x6, words), _bx(x7, words),
                  tl.zeros(words.shape, tl.int64) + levels_ptr.to(tl.int64),
@@ -593,7 +639,7 @@ def _box_w4a16_kernel(
             x0, x1, x2, x3, x4, x5, x6, x7 = _x_f32(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G)
             beta = tl.load(betas_ptr + ((words >> 28) & 15))
             acc += beta * _table_dot(words, levels_ptr, htab_ptr, x0[None, :], x1[None, :], x2[None, :], x3[None, :],
-                                     x4[None, :], x5[None, :], x6[None, :], x7[None, :])
+                                     x4[None, :], x5[None, :], x6[None, :], x7[None, :], PER_BETA)
         elif USE_ASM:
             p0, p1, p2, p3 = _x_pairs(x_ptr, row, stride_xm, offs_g, g_ok, X_MODE, EVEN_G, USE_ASM)
             acc = tl.inline_asm_elementwise(
@@ -667,9 +713,11 @@ def _interleave8(v0, v1, v2, v3, v4, v5, v6, v7):
 
 @triton.jit
 def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_ptr, N, KW,
-                        BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, TABLE: tl.constexpr = False):
+                        BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, TABLE: tl.constexpr = False,
+                        PER_BETA: tl.constexpr = False):
     """``W [N, K]`` (out's dtype: the fp32 decode, cast) from the words with the kernel's lane decode (``TABLE``:
-    the level-table decode, ``scale * (beta * levels[l])`` in fp32).
+    the level-table decode, ``scale * (beta * levels[l])`` in fp32; ``PER_BETA``: ``levels[j, l]`` of the flattened
+    16 x 16 table).
 
     The eight decoded ``[BLOCK_N, BLOCK_G]`` planes are interleaved into the ``[BLOCK_N, 8 BLOCK_G]`` tile of ``W``
     (:func:`_interleave8`) and written by one ``tl.store``: each thread stores whole words (16 bytes of fp16), a warp
@@ -683,14 +731,18 @@ def _box_dequant_kernel(w_ptr, scale_ptr, betas_ptr, levels_ptr, htab_ptr, out_p
     if TABLE:
         # out[n, 8g + i] = scale[n] * (betas[j] * levels[l_i]) in fp32 (the order of BoxCodec.decode_rows)
         l0, l1, l2, l3, l4, l5, l6, l7 = _table_levels(words, htab_ptr)
-        v0 = s * (b * tl.load(levels_ptr + l0))
-        v1 = s * (b * tl.load(levels_ptr + l1))
-        v2 = s * (b * tl.load(levels_ptr + l2))
-        v3 = s * (b * tl.load(levels_ptr + l3))
-        v4 = s * (b * tl.load(levels_ptr + l4))
-        v5 = s * (b * tl.load(levels_ptr + l5))
-        v6 = s * (b * tl.load(levels_ptr + l6))
-        v7 = s * (b * tl.load(levels_ptr + l7))
+        if PER_BETA:
+            lp = levels_ptr + ((words >> 24) & 0xF0)  # row j of the 16 x 16 table, once per word
+        else:
+            lp = levels_ptr
+        v0 = s * (b * tl.load(lp + l0))
+        v1 = s * (b * tl.load(lp + l1))
+        v2 = s * (b * tl.load(lp + l2))
+        v3 = s * (b * tl.load(lp + l3))
+        v4 = s * (b * tl.load(lp + l4))
+        v5 = s * (b * tl.load(lp + l5))
+        v6 = s * (b * tl.load(lp + l6))
+        v7 = s * (b * tl.load(lp + l7))
     else:
         r0, r1, r2, r3 = _word_lanes(words)
         a0, b0 = _lane_values(r0)
@@ -739,9 +791,9 @@ def _check(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tensor, bi
         raise ValueError(f"betas must hold the 16 box-code scales, got {betas.numel()}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must be [N] = [{n}], got {tuple(bias.shape)}")
-    if levels is not None and levels.numel() != 16:
-        raise ValueError(f"levels must hold the 16 signed levels of a b=3 box code (BoxCodec.levels), got "
-                         f"{levels.numel()}")
+    if levels is not None and levels.numel() not in (16, 256):
+        raise ValueError(f"levels must hold the 16 signed levels of a b=3 box code (BoxCodec.levels), or 16 rows of "
+                         f"them for per-β tables (256 values), got {levels.numel()}")
 
 
 _H_TABLE: dict = {}
@@ -755,15 +807,36 @@ def _h_table(dev: torch.device) -> torch.Tensor:
     return _H_TABLE[key]
 
 
-def _table_arg(levels: torch.Tensor | None, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """``(levels_ptr, htab_ptr arguments, TABLE)``: the fp32 contiguous level table and the codeword-bit table, or
-    (unused) betas for the lattice path."""
+def level_table_alignment(levels: torch.Tensor) -> int:
+    """Byte alignment the table path needs for ``levels``: 64 for one 16-entry table, 1024 for 16 x 16 per-β tables
+    (the PTX ORs ``4 l`` resp. ``64 j + 4 l`` into the low word of the address)."""
+    return 1024 if levels.numel() == 256 else 64
+
+
+def aligned_levels(levels: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """``levels`` flattened as a contiguous fp32 tensor on ``device`` (default: its own), starting at a multiple of
+    :func:`level_table_alignment` bytes: a view into a fresh buffer with that much slack (the CUDA caching
+    allocator only guarantees 512-byte alignment).  Build it once (e.g. per layer, as the dispatcher does): a table
+    that is not aligned is copied by the launcher at every call."""
+    flat = levels.detach().to(device=device or levels.device, dtype=torch.float32).reshape(-1)
+    align = level_table_alignment(flat)
+    buf = torch.empty(flat.numel() + align // 4, dtype=torch.float32, device=flat.device)
+    off = (-buf.data_ptr() % align) // 4
+    out = buf[off:off + flat.numel()]
+    out.copy_(flat)
+    return out
+
+
+def _table_arg(levels: torch.Tensor | None, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool, bool]:
+    """``(levels_ptr, htab_ptr arguments, TABLE, PER_BETA)``: the fp32 contiguous level table (16 entries, or the
+    flattened 16 x 16 per-β tables) and the codeword-bit table, or (unused) betas for the lattice path."""
     if levels is None:
-        return betas, betas, False
-    if levels.dtype != torch.float32 or not levels.is_contiguous() or levels.data_ptr() % 64:
-        # the PTX ORs the offset 4 l into the low word of the address: fp32, contiguous, 64-byte aligned
-        levels = levels.to(torch.float32).contiguous().clone()
-    return levels, _h_table(levels.device), True
+        return betas, betas, False, False
+    if (levels.dtype != torch.float32 or not levels.is_contiguous()
+            or levels.data_ptr() % level_table_alignment(levels)):
+        # the PTX ORs the offset (4 l, or 64 j + 4 l) into the low word of the address: fp32, contiguous, aligned
+        levels = aligned_levels(levels)
+    return levels, _h_table(levels.device), True, levels.numel() == 256
 
 
 #: small-M configs (2 <= M <= DEQUANT_MIN_M, :mod:`.box_w4a16_rows`: one decode per word for M_BLOCK rows), by
@@ -831,7 +904,9 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
 
     ``levels``: None for the √2E8 lattice variant (γ = 1); else the code's 16 signed levels ``BoxCodec.levels``
     (fp32 ``[16]``, level table / companded codes): ``W = row_scale · betas[j] · levels[2 u_i + h_i]`` by the
-    table path (module docstring).
+    table path (module docstring); or a level table per β, ``BoxCodec.levels`` ``(16, 16)`` (or flattened,
+    ``[256]``): ``W = row_scale · betas[j] · levels[j, 2 u_i + h_i]`` (``PER_BETA``; pass it 1024-byte aligned,
+    :func:`aligned_levels`, or it is copied at every call).
 
     ``x [..., K]`` fp16 / bf16 / fp32 (read as fp16 by the lattice path, exactly by the table path), ``words``
     int32 ``[N, K/8]``, ``row_scale`` ``[N]`` (fp16), ``betas`` fp32 ``[16]``, ``bias`` ``[N]`` or None; returns
@@ -879,14 +954,14 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
         x_mode, x_arg, x_stride = 2, x2, x2.stride(0)
     bn = cfg["BLOCK_N"]
     extra = {"num_warps": cfg["num_warps"]} if "num_warps" in cfg else {}
-    lv, ht, table = _table_arg(levels, betas)
+    lv, ht, table, per_beta = _table_arg(levels, betas)
     fused = split > 1 and bool(cfg.get("FUSED_REDUCE", False))
     cnt = _counters(dev, triton.cdiv(n, bn) * (triton.cdiv(m, int(cfg.get("M_BLOCK", 1))))) if fused else part
     args = (x_arg, words, row_scale, betas, lv, ht, bias if bias is not None else row_scale, out, part, cnt,
             m, n, kw, x_stride, out.stride(0), kw_per_split)
     consts = dict(HAS_BIAS=bias is not None, SPLIT_K=split, USE_ASM=on_gpu, X_MODE=x_mode,
                   EVEN_N=n % bn == 0, EVEN_G=kw_per_split * split == kw, BLOCK_N=bn, BLOCK_G=bg, TABLE=table,
-                  FUSED_REDUCE=fused, **extra)
+                  FUSED_REDUCE=fused, PER_BETA=per_beta, **extra)
     mb = int(cfg.get("M_BLOCK", 1))
     if mb > 1:
         # small M: one decode per word for mb rows (kernels/box_w4a16_rows.py), bit-identical per row
@@ -914,9 +989,10 @@ def box_dequant(words: torch.Tensor, row_scale: torch.Tensor, betas: torch.Tenso
         betas = betas.to(torch.float32).contiguous()
     out = torch.empty((n, 8 * kw), device=words.device, dtype=dtype)
     bn, bg = (16, 8) if words.device.type != "cuda" else (64, 16)
-    lv, ht, table = _table_arg(levels, betas)
+    lv, ht, table, per_beta = _table_arg(levels, betas)
     _box_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(kw, bg))](
-        words.contiguous(), row_scale, betas, lv, ht, out, n, kw, BLOCK_N=bn, BLOCK_G=bg, TABLE=table)
+        words.contiguous(), row_scale, betas, lv, ht, out, n, kw, BLOCK_N=bn, BLOCK_G=bg, TABLE=table,
+        PER_BETA=per_beta)
     return out
 
 
@@ -924,17 +1000,18 @@ def box_w4a16_reference(x: torch.Tensor, words: torch.Tensor, row_scale: torch.T
                         bias: torch.Tensor | None = None, levels: torch.Tensor | None = None) -> torch.Tensor:
     """Pure-PyTorch spec: ``x @ BoxCodec(3, betas).decode_rows(words, row_scale)^T (+ bias)`` in fp32, cast to
     ``x.dtype``; with ``levels`` (16 signed levels, antisymmetric: ``levels[15 - l] = -levels[l]``) the codec is
-    ``BoxCodec(3, betas, levels=levels[8:])``."""
+    ``BoxCodec(3, betas, levels=levels[8:])``; with 16 x 16 per-β levels (each row antisymmetric)
+    ``BoxCodec(3, betas, levels=levels[:, 8:])``."""
     from llmquant.lattice.box import BoxCodec
 
     _check(words, row_scale, betas, bias, levels)
     if levels is None:
         codec = BoxCodec(3, betas.detach().float().cpu(), "hamming", 1.0)
     else:
-        lv = levels.detach().float().cpu().flatten()
-        if not torch.equal(lv[:8], -lv[8:].flip(0)):
-            raise ValueError(f"levels must be antisymmetric (levels[15 - l] = -levels[l]), got {lv.tolist()}")
-        codec = BoxCodec(3, betas.detach().float().cpu(), "hamming", levels=lv[8:])
+        lv = levels.detach().float().cpu().reshape(-1, 16)
+        if not torch.equal(lv[:, :8], -lv[:, 8:].flip(1)):
+            raise ValueError(f"levels must be antisymmetric (levels[15 - l] = -levels[l], per row), got {lv.tolist()}")
+        codec = BoxCodec(3, betas.detach().float().cpu(), "hamming", levels=lv[:, 8:] if lv.shape[0] > 1 else lv[0, 8:])
     w = codec.decode_rows(words.cpu(), row_scale.float().cpu())
     y = x.float() @ w.to(x.device).T
     if bias is not None:

@@ -17,7 +17,10 @@ BLOCK_G]``).  Per K step:
   Under the interpreter the same Triton ops as the one-row kernel's interpreter path.
 * Level-table path: the index decode and the 8 level loads + β once per word (:data:`_TABLE_DECODE_PTX`, nine
   outputs; in Triton under the interpreter), then per row ``d = λ_0 x_0``, seven FMAs, ``acc = fma(β, d, acc)``
-  (the interpreter: ``acc += β d``, as the one-row kernel's interpreter path).
+  (the interpreter: ``acc += β d``, as the one-row kernel's interpreter path).  A level table per β
+  (``PER_BETA``: the flattened 16 x 16 table, 1024-byte aligned, ``levels[16 j + ℓ_i]``): the same with
+  :data:`_TABLE_BETA_DECODE_PTX` (one more LOP3 per word for row ``j``'s address; the loads of a warp may touch up
+  to 16 64-byte blocks of the table instead of one, see :mod:`.box_w4a16`).
 * Epilogue as the one-row kernel (:func:`.box_w4a16._epilogue`): ``sum`` over the word axis, ``DECODE_SCALE``
   (lattice), row scale, then bias and the cast (``SPLIT_K = 1``) or fp32 partials ``[SPLIT_K, M, N]`` (reduced on the
   host, or in the kernel with ``FUSED_REDUCE``).
@@ -26,7 +29,8 @@ Cost (sm_90, ``kernels/sass.py``, fp16 x, 4 warps, 0 spills, 0 shuffles): a word
 and each row costs ≈ 7 more (HMUL2 + 3 HFMA2 + HADD + conversion + FFMA) plus its share of the x broadcast
 (shared-memory layout conversions).  Instructions per weight **per row**: 2.89 (``M_BLOCK`` 2, ``BLOCK_N`` 256,
 ``BLOCK_G`` 4, 96 registers), 1.96 (4, 256, 4; 126), **1.54** (8, 128, 4; 128), against 3.94 for the one-row
-kernel; level-table path 2.27 per row at ``M_BLOCK`` 8 against 6.36.  **Not timed on a GPU.**
+kernel; level-table path 2.27 per row at ``M_BLOCK`` 8 against 6.36 (per-β tables: 2.29 against 6.92; 154
+registers, 0 spills).  **Not timed on a GPU.**
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import triton.language as tl
 from .box_w4a16 import (
     _DECODE_SCALE,
     _MAC_REGS,
+    _TABLE_BETA_REGS,
     _TABLE_REGS,
     _WORD_REGS,
     _epilogue,
@@ -66,21 +71,25 @@ _ROW_PTX = "\n".join(
     + _word_mac_lines(("$1", "$2", "$3", "$4"), ("$5", "$6", "$7", "$8"), "$10", "$0") + ["}", ""])
 
 
-def _table_decode_ptx() -> str:
+def _table_decode_ptx(per_beta: bool = False) -> str:
     """PTX of one word's table decode: ``$0..$7`` = ``levels[l_i]`` (f32 bits), ``$8`` = ``betas[j]``, for the word
     ``$9`` and the 64-byte aligned addresses of the level table ``$10``, the codeword-bit table ``$11`` and betas
-    ``$12`` (the index decode and loads of :func:`.box_w4a16._table_word_ptx`, without the MACs)."""
-    lines = ["{"] + _TABLE_REGS + _table_index_lines("$9", "ld.global.nc.u32 $8")
+    ``$12`` (the index decode and loads of :func:`.box_w4a16._table_word_ptx`, without the MACs).  ``per_beta``:
+    ``$10`` is the 16 x 16 per-β table (1024-byte aligned), ``$i = levels[j, l_i]``."""
+    lines = ["{"] + (_TABLE_BETA_REGS if per_beta else _TABLE_REGS) + _table_index_lines(
+        "$9", "ld.global.nc.u32 $8", per_beta)
     for i in range(8):
-        lines += _table_level_lines(i, f"${i}", "u32")
+        lines += _table_level_lines(i, f"${i}", "u32", per_beta)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 _TABLE_DECODE_PTX = _table_decode_ptx()
+_TABLE_BETA_DECODE_PTX = _table_decode_ptx(per_beta=True)
 _DECODE_ASM = tl.constexpr(_DECODE_PTX)
 _ROW_ASM = tl.constexpr(_ROW_PTX)
 _TABLE_DECODE_ASM = tl.constexpr(_TABLE_DECODE_PTX)
+_TABLE_BETA_DECODE_ASM = tl.constexpr(_TABLE_BETA_DECODE_PTX)
 
 
 @triton.jit
@@ -142,7 +151,7 @@ def _box_w4a16_rows_kernel(
     M, N, KW, stride_xm, stride_om, KW_PER_SPLIT,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_MODE: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    TABLE: tl.constexpr, M_BLOCK: tl.constexpr, FUSED_REDUCE: tl.constexpr = False,
+    TABLE: tl.constexpr, M_BLOCK: tl.constexpr, FUSED_REDUCE: tl.constexpr = False, PER_BETA: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -163,14 +172,14 @@ def _box_w4a16_rows_kernel(
             if USE_ASM:
                 b64 = tl.zeros(words.shape, tl.int64)
                 l0, l1, l2, l3, l4, l5, l6, l7, beta = tl.inline_asm_elementwise(
-                    _TABLE_DECODE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,=r,r,l,l,l",
+                    _TABLE_BETA_DECODE_ASM if PER_BETA else _TABLE_DECODE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,=r,r,l,l,l",
                     [words, b64 + levels_ptr.to(tl.int64), b64 + htab_ptr.to(tl.int64), b64 + betas_ptr.to(tl.int64)],
                     dtype=(tl.int32,) * 9, is_pure=True, pack=1)
                 l0, l1, l2, l3, l4, l5, l6, l7 = _i2f(l0), _i2f(l1), _i2f(l2), _i2f(l3), _i2f(l4), _i2f(l5), \
                     _i2f(l6), _i2f(l7)
                 beta = _i2f(beta)
             else:
-                i0, i1, i2, i3, i4, i5, i6, i7 = _table_levels(words, htab_ptr)
+                i0, i1, i2, i3, i4, i5, i6, i7 = _table_levels(words, htab_ptr, PER_BETA)
                 l0, l1, l2, l3 = (tl.load(levels_ptr + i0), tl.load(levels_ptr + i1), tl.load(levels_ptr + i2),
                                   tl.load(levels_ptr + i3))
                 l4, l5, l6, l7 = (tl.load(levels_ptr + i4), tl.load(levels_ptr + i5), tl.load(levels_ptr + i6),

@@ -96,7 +96,8 @@ def unsupported_reason(layer, x: torch.Tensor) -> str | None:
 
 def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
     """The box-code W4A16 kernel (:mod:`.box_w4a16`) reads b = 3 words of the Hamming code (√2E8 lattice variant:
-    its lattice path; a level table or companded γ: its table path, fed ``codec.levels``) and needs no activation
+    its lattice path; a level table, one per β, or companded γ: its table path, fed ``codec.levels``, flattened for
+    per-β tables) and needs no activation
     quantizer; the box W4A4 kernel (:mod:`.box_w4a4`) reads
     b = 3 weight words of a lattice box code (Hamming or parity) with integer β ratios and a box activation
     quantizer of the same kind (any b)."""
@@ -113,8 +114,6 @@ def _box_reason(layer, backend: str, x: torch.Tensor) -> str | None:
     elif not (c.b == 3 and c.code == "hamming"):
         return (f"box code b={c.b}, code={c.code} (the box W4A16 kernel reads b=3 Hamming words: lattice variant "
                 "or level table)")
-    elif c.per_beta_levels:
-        return "box code with a level table per β (the W4A16 table path reads one 16-entry table)"
     reason = _input_reason(backend, x)
     if reason is None and x.shape[-1] != layer.in_features:
         reason = f"input has {x.shape[-1]} features, layer expects {layer.in_features}"
@@ -218,12 +217,20 @@ def _device_betas(layer, device: torch.device) -> torch.Tensor:
 
 def _device_levels(layer, device: torch.device) -> torch.Tensor | None:
     """None for the √2E8 lattice variant (γ = 1, no level table: the kernel's lattice path); else the codec's 16
-    signed levels ``codec.levels`` (level table or companded γ) as a contiguous fp32 tensor on ``device``, built
-    once per layer and device."""
+    signed levels ``codec.levels`` (level table or companded γ) as a contiguous fp32 tensor on ``device``, or, for
+    a level table per β (``codec.per_beta_levels``), its ``(16, 16)`` table flattened (1 KB fp32, 1024-byte aligned:
+    :func:`.box_w4a16.aligned_levels`), built once per layer and device."""
     from .device_cache import device_copy
 
     if layer.codec.is_lattice:
         return None
+    if layer.codec.per_beta_levels:
+        from .box_w4a16 import aligned_levels
+
+        cache = layer.__dict__.setdefault("_kernel_levels", {})
+        if str(device) not in cache:
+            cache[str(device)] = aligned_levels(layer.codec.levels, device)
+        return cache[str(device)]
     return device_copy(layer, "_kernel_levels", layer.codec.levels, device)
 
 

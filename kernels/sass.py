@@ -296,7 +296,7 @@ def kernel_specs() -> list[dict]:
 
     Configs are the GPU defaults of the launchers (``choose_config`` of the W4A16 GEMM for small / medium /
     large M, the box-code W4A16 GEMV's ``GPU_CONFIG`` with fp16 and bf16 x and its small-M kernel's M_BLOCK = 8 tile
-    (lattice and table, fp16 x), ``e8_w4a4_gemm``'s CUDA tile in both modes,
+    (lattice, level table and a level table per β, fp16 x), ``e8_w4a4_gemm``'s CUDA tile in both modes,
     the box-code W4A4 GEMM's decode / prefill tiles for 2x2 and 1x2 int8 limbs and its activation int8 conversion
     (``kernels/box_w4a4.py``), ``e8_encode``'s ``block_r``, the Hadamard tile
     sizes of n = 4096 and 14336), with BF16 activations for the GEMMs (the comparison is against BF16).
@@ -321,18 +321,22 @@ def kernel_specs() -> list[dict]:
                       "tensor_flops_per_mac": 2.0, "int8": False},
         })
     # the box-code (b=3) W4A16 decode GEMV (kernels/box_w4a16.py): one int32 word per 8 weights + fp16 row scale
-    # ("table": the level-table path, TABLE=True, of the shipped box_variant 'table' configs)
+    # ("table": the level-table path, TABLE=True, of the shipped box_variant 'table' configs; "beta_tables": the same
+    # path reading a level table per β, PER_BETA=True, box_variant 'beta_tables')
     box_sig = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "levels_ptr": "*fp32",
                "htab_ptr": "*i32", "bias_ptr": "*fp32", "out_ptr": "*fp16", "part_ptr": "*fp32", "cnt_ptr": "*i32",
                "M": "i32", "N": "i32", "KW": "i32", "stride_xm": "i32", "stride_om": "i32", "KW_PER_SPLIT": "i32"}
-    for table, xname, x_mode in ((False, "fp16", 0), (False, "bf16", 1), (True, "fp16", 0), (True, "bf16", 1)):
+    for table, per_beta, xname, x_mode in ((False, False, "fp16", 0), (False, False, "bf16", 1),
+                                           (True, False, "fp16", 0), (True, False, "bf16", 1),
+                                           (True, True, "fp16", 0), (True, True, "bf16", 1)):
+        variant = " beta_tables" if per_beta else " table" if table else ""
         specs.append({
-            "kernel": "w4a16", "label": f"box b=3{' table' if table else ''}, decode GEMV (M=1), {xname} x",
+            "kernel": "w4a16", "label": f"box b=3{variant}, decode GEMV (M=1), {xname} x",
             "kernel_ref": "llmquant.kernels.box_w4a16:_box_w4a16_kernel",
             "signature": dict(box_sig, out_ptr=f"*{xname}"),
             "constexprs": {"HAS_BIAS": False, "SPLIT_K": 4, "USE_ASM": True, "X_MODE": x_mode, "EVEN_N": True,
                            "EVEN_G": True, "BLOCK_N": 1024, "BLOCK_G": 4, "TABLE": table,
-                           "FUSED_REDUCE": False},
+                           "FUSED_REDUCE": False, "PER_BETA": per_beta},
             "num_warps": 4, "weights_per_iter": 1024 * 4 * 8,
             "divisible_by_16": ("N", "KW", "stride_xm", "stride_om", "KW_PER_SPLIT"),
             "model": {"type": "gemm", "m": M_SMALL, "block_m": 1, "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K,
@@ -343,15 +347,16 @@ def kernel_specs() -> list[dict]:
     from .box_w4a16 import ROWS_CONFIGS
 
     rc = ROWS_CONFIGS[8]
-    for table in (False, True):
+    for table, per_beta in ((False, False), (True, False), (True, True)):
+        variant = " beta_tables" if per_beta else " table" if table else ""
         specs.append({
-            "kernel": "w4a16", "label": f"box b=3{' table' if table else ''}, small-M GEMV (M=16, M_BLOCK="
+            "kernel": "w4a16", "label": f"box b=3{variant}, small-M GEMV (M=16, M_BLOCK="
                                         f"{rc['M_BLOCK']}), fp16 x",
             "kernel_ref": "llmquant.kernels.box_w4a16_rows:_box_w4a16_rows_kernel",
             "signature": box_sig,
             "constexprs": {"HAS_BIAS": False, "SPLIT_K": 4, "USE_ASM": True, "X_MODE": 0, "EVEN_N": True,
                            "EVEN_G": True, "BLOCK_N": rc["BLOCK_N"], "BLOCK_G": rc["BLOCK_G"], "TABLE": table,
-                           "M_BLOCK": rc["M_BLOCK"], "FUSED_REDUCE": False},
+                           "M_BLOCK": rc["M_BLOCK"], "FUSED_REDUCE": False, "PER_BETA": per_beta},
             "num_warps": rc["num_warps"], "weights_per_iter": rc["BLOCK_N"] * rc["BLOCK_G"] * 8,
             "divisible_by_16": ("N", "KW", "stride_xm", "stride_om", "KW_PER_SPLIT"),
             "model": {"type": "gemm", "m": 16, "block_m": rc["M_BLOCK"],

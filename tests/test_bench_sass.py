@@ -75,10 +75,10 @@ def test_bench_kernels_sass_json(tools, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list)
     assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard"}
-    # w4a16 x 3 tiles + box GEMV x 2 dtypes x (lattice, level-table path) + its small-M kernel x (lattice, table),
-    # w4a4 x 2 modes, encode, hadamard x 2 sizes, and the box W4A4 kernel: 6 configs + its 2 activation
-    # int8-conversion rows
-    assert len(rows) == 22
+    # w4a16 x 3 tiles + box GEMV x 2 dtypes x (lattice, level-table path, per-β level tables) + its small-M kernel x
+    # (lattice, table, per-β tables), w4a4 x 2 modes, encode, hadamard x 2 sizes, and the box W4A4 kernel: 6 configs
+    # + its 2 activation int8-conversion rows
+    assert len(rows) == 25
     for r in rows:
         assert ROW_KEYS <= set(r), r.keys()
         assert r["arch"] == "sm_90"
@@ -98,19 +98,25 @@ def test_bench_kernels_sass_json(tools, capsys):
         assert r["shuffles"] > 0
         assert 50 < r["instructions_per_weight"] < 1000
     box = [r for r in rows if r["config"]["label"].startswith("box b=3")]
-    assert len(box) == 6 and sum(r["config"]["TABLE"] for r in box) == 3
+    assert len(box) == 9 and sum(r["config"]["TABLE"] for r in box) == 6
+    assert sum(r["config"]["PER_BETA"] for r in box) == 3 and all(r["config"]["TABLE"] for r in box
+                                                                 if r["config"]["PER_BETA"])
     for r in box:
         # the box-code GEMV (kernels/box_w4a16.py): no cross-lane work, no spills, ~4 instructions per weight on the
         # lattice path, ~8 on the level-table path (8 L1 table loads + their addresses per word)
         assert r["region"] == "loop" and r["shuffles"] == 0 and r["spills"] == 0
         per_row = r["instructions_per_weight"] / r["config"].get("M_BLOCK", 1)
         assert per_row < (10 if r["config"]["TABLE"] else 5)
-    one = {r["config"]["TABLE"]: r for r in box if "M_BLOCK" not in r["config"] and r["config"]["X_MODE"] == 0}
+    path = lambda r: (r["config"]["TABLE"], r["config"]["PER_BETA"])
+    one = {path(r): r for r in box if "M_BLOCK" not in r["config"] and r["config"]["X_MODE"] == 0}
     for r in (r for r in box if "M_BLOCK" in r["config"]):
         # the small-M kernel (box_w4a16_rows.py): per weight and row (its weights_per_iter counts a tile's weights
         # once for M_BLOCK rows) at most half the one-row kernel's instructions: the decode is shared by the rows
         per_row = r["instructions_per_weight"] / r["config"]["M_BLOCK"]
-        assert per_row < 0.5 * one[r["config"]["TABLE"]]["instructions_per_weight"], (r["config"], per_row)
+        assert per_row < 0.5 * one[path(r)]["instructions_per_weight"], (r["config"], per_row)
+    # per-β tables: one more LOP3 per word (the row address) than the shared table; the rest is register allocation
+    # (copies of the address's high word), measured within 1 instruction per weight of it
+    assert abs(one[True, True]["instructions_per_weight"] - one[True, False]["instructions_per_weight"]) < 1.0
     for r in rows:
         if r["kernel"] in ("encode", "hadamard"):
             assert r["region"] == "whole kernel"
@@ -146,37 +152,42 @@ def test_signature_errors_name_the_arguments(tools):
 
 def test_box_w4a16_fp32_and_dequant_specializations_compile_for_sm90(tools):
     """Specializations the benchmark rows do not cover compile for sm_90 with the GPU's inline PTX (``USE_ASM``):
-    fp32 x (``X_MODE = 2``) on the level-table and lattice paths (the table one once failed to compile: a constexpr
-    early ``return`` let Triton type the int32 shifts of the half-precision branch on fp32 x; the interpreter never
-    sees it), masked tiles with bias and no split; and the dequant kernel (prefill) for every output dtype, whose
-    eight decoded planes are interleaved and stored as whole 16-byte words (coalesced), never 2-byte scalars."""
+    fp32 x (``X_MODE = 2``) on the level-table (shared and per-β) and lattice paths (the table one once failed to
+    compile: a constexpr early ``return`` let Triton type the int32 shifts of the half-precision branch on fp32 x; the
+    interpreter never sees it), masked tiles with bias and no split; and the dequant kernel (prefill) for every output
+    dtype, shared and per-β tables, whose eight decoded planes are interleaved and stored as whole 16-byte words
+    (coalesced), never 2-byte scalars."""
     from llmquant.kernels.sass import _run_jobs, kernel_specs
 
     box = next(s for s in kernel_specs() if s["label"].startswith("box b=3"))
     jobs = []
-    for table, x_mode, xsig, out, extra in (
-            (True, 2, "*fp32", "*fp32", {}),
-            (False, 2, "*fp32", "*fp32", {}),
-            (True, 2, "*fp32", "*bf16", {"HAS_BIAS": True, "SPLIT_K": 1, "EVEN_N": False, "EVEN_G": False}),
-            (False, 1, "*i32", "*bf16", {"HAS_BIAS": True, "SPLIT_K": 1, "EVEN_N": False, "EVEN_G": False})):
+    one_row = ((True, 2, "*fp32", "*fp32", {}),
+               (False, 2, "*fp32", "*fp32", {}),
+               (True, 2, "*fp32", "*bf16", {"HAS_BIAS": True, "SPLIT_K": 1, "EVEN_N": False, "EVEN_G": False}),
+               (False, 1, "*i32", "*bf16", {"HAS_BIAS": True, "SPLIT_K": 1, "EVEN_N": False, "EVEN_G": False}),
+               (True, 2, "*fp32", "*fp32", {"PER_BETA": True}),
+               (True, 2, "*fp32", "*bf16", {"PER_BETA": True, "HAS_BIAS": True, "SPLIT_K": 1, "EVEN_N": False,
+                                             "EVEN_G": False}))
+    for table, x_mode, xsig, out, extra in one_row:
         jobs.append({"kernel_ref": box["kernel_ref"], "signature": dict(box["signature"], x_ptr=xsig, out_ptr=out),
                      "constexprs": dict(box["constexprs"], TABLE=table, X_MODE=x_mode, **extra),
                      "weights_per_iter": box["weights_per_iter"], "arch": "sm_90", "num_warps": 4, "num_stages": 3,
                      "divisible_by_16": list(box["divisible_by_16"]), "keep_sass": False})
     deq_sig = {"w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "levels_ptr": "*fp32",
                "htab_ptr": "*i32", "N": "i32", "KW": "i32"}
-    deq = [(table, out) for table in (False, True) for out in ("*fp16", "*bf16", "*fp32")]
-    for table, out in deq:
+    deq = [(table, per_beta, out) for table, per_beta in ((False, False), (True, False), (True, True))
+           for out in ("*fp16", "*bf16", "*fp32")]
+    for table, per_beta, out in deq:
         jobs.append({"kernel_ref": "llmquant.kernels.box_w4a16:_box_dequant_kernel",
                      "signature": dict(deq_sig, out_ptr=out), "constexprs": {"BLOCK_N": 64, "BLOCK_G": 16,
-                                                                             "TABLE": table},
+                                                                             "TABLE": table, "PER_BETA": per_beta},
                      "weights_per_iter": 64 * 16 * 8, "arch": "sm_90", "num_warps": 4, "num_stages": 3,
                      "divisible_by_16": ["N", "KW"], "keep_sass": True})
     rows = _run_jobs(jobs)
-    for r in rows[:4]:
+    for r in rows[:len(one_row)]:
         assert r["region"] == "loop" and r["spills"] == 0 and r["shuffles"] == 0
         assert r["instructions_per_weight"] < 10
-    for (table, out), r in zip(deq, rows[4:]):
+    for (table, _, out), r in zip(deq, rows[len(one_row):]):
         assert r["spills"] == 0
         stores = [ln for ln in r["sass"].splitlines() if re.search(r"\bSTG\.", ln)]
         # 64 x 16 words per CTA, 128 threads: 8 words per thread, one 16-byte store each (fp32: two)
@@ -186,7 +197,8 @@ def test_box_w4a16_fp32_and_dequant_specializations_compile_for_sm90(tools):
 
 def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(tools):
     """What the dispatcher can launch on a GPU beyond the benchmark rows compiles for sm_90 with the inline PTX: the
-    small-M W4A16 kernel for fp16 / bf16 / fp32 x on both paths (M_BLOCK 8, and 2 on masked tiles with bias); the
+    small-M W4A16 kernel for fp16 / bf16 / fp32 x on its three paths (lattice, level table, per-β tables; M_BLOCK 8,
+    and 2 on masked tiles with bias); the
     one-row kernel with the in-kernel split-K reduction (``FUSED_REDUCE``); and the box activation encode for
     fp16 / bf16 / fp32 x, Hamming (16 β) and parity (2 β) codes, with given and with computed row scales (the fp32
     table path once failed only on the GPU: the interpreter never compiles)."""
@@ -203,11 +215,12 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
                 "keep_sass": False}
 
     jobs = []
-    for table in (False, True):
+    for table, per_beta in ((False, False), (True, False), (True, True)):
         for x_mode, xsig, mb, even in ((0, "*i32", 8, True), (1, "*i32", 8, False), (2, "*fp32", 2, False)):
             extra = {} if even else {"HAS_BIAS": True, "EVEN_N": False, "EVEN_G": False}
             jobs.append(job(rows_spec, dict(rows_spec["signature"], x_ptr=xsig),
-                            dict(rows_spec["constexprs"], TABLE=table, X_MODE=x_mode, M_BLOCK=mb, **extra),
+                            dict(rows_spec["constexprs"], TABLE=table, PER_BETA=per_beta, X_MODE=x_mode, M_BLOCK=mb,
+                                 **extra),
                             rows_spec["weights_per_iter"]))
     jobs.append(job(one_row, dict(one_row["signature"]), dict(one_row["constexprs"], FUSED_REDUCE=True),
                     one_row["weights_per_iter"]))

@@ -6,9 +6,10 @@
   checked lane by lane against the same decode, and its 8-MAC against an fp64 dot;
 * the GEMM (split-K or not, bias on/off, odd shapes, M = 1, 3, 17, fp16 / fp32 / bf16 activations) is within
   the fp16-rounding bound of the fp32 reference (the kernel reads x as fp16);
-* the level-table path (``levels=codec.levels``: the shipped ``box_variant: table`` code, and a companded γ): its
-  dequant is bit-identical to ``decode_rows``, its GEMM (GEMV, split-K, GPU tile, dequant prefill) within the
-  same bound;
+* the level-table path (``levels=codec.levels``: the shipped ``box_variant: table`` code, a companded γ, and the
+  shipped ``beta_tables`` code with a level table per β, ``levels (16, 16)``): its dequant is bit-identical to
+  ``decode_rows``, its PTX (emulator) reads ``betas[j] * levels[(j,) l_i]`` exactly, its GEMM (GEMV, split-K, GPU
+  tile, dequant prefill) within the same bound;
 * the small-M kernel (``kernels/box_w4a16_rows.py``, one decode per word for M_BLOCK rows) equals the one-row kernel
   bit for bit (both paths, fp16 / bf16 / fp32 x, split-K, bias, masked rows, the GPU tiles), and its PTX blocks
   (decode, then per row) equal ``_WORD_PTX`` bit for bit in the emulator;
@@ -26,7 +27,7 @@ import pytest
 import torch
 from _kernels_support import kernel_device
 
-from llmquant.lattice.box import BoxCodec, E8BoxCodec, load_box_setting
+from llmquant.lattice.box import BoxCodec, E8BoxCodec, load_box_setting, shipped_box_codec
 
 pytestmark = pytest.mark.kernels
 
@@ -55,8 +56,17 @@ def _table_codec() -> BoxCodec:
     return BoxCodec(3, st["betas"], st["code"], levels=st["levels"])
 
 
+def _beta_tables_codec() -> BoxCodec:
+    """The shipped code with a level table per β (``box_variant: beta_tables``: b = 3, Hamming, 16 β, levels
+    ``(16, 16)``)."""
+    codec = shipped_box_codec(3, "beta_tables")
+    assert codec.per_beta_levels and codec.levels.shape == (16, 16)
+    return codec
+
+
 def _levels_arg(codec: BoxCodec):
-    """What the dispatcher passes: None for the γ = 1 lattice code, else the 16 signed levels."""
+    """What the dispatcher passes: None for the γ = 1 lattice code, else the 16 signed levels (per-β tables: the
+    ``(16, 16)`` table; the dispatcher flattens it, the launcher reads either)."""
     return None if codec.gamma == 1.0 and codec.level_table is None else codec.levels
 
 
@@ -353,14 +363,19 @@ def _gamma_codec() -> BoxCodec:
     return BoxCodec(3, E8BoxCodec(3).betas, "hamming", gamma=1.3)
 
 
-@pytest.mark.parametrize("which", ["table", "gamma"])
+def _which_codec(which: str) -> BoxCodec:
+    return {"table": _table_codec, "gamma": _gamma_codec, "beta_tables": _beta_tables_codec}[which]()
+
+
+@pytest.mark.parametrize("which", ["table", "gamma", "beta_tables"])
 @pytest.mark.parametrize("kind", ["random", "encoded"])
 def test_table_dequant_bit_identical_to_decode_rows(dev, which, kind):
-    """The table path's index decode (l_i = 2 u_i + h_i) and ``scale * (beta * levels[l])`` in fp32, bit for bit."""
+    """The table path's index decode (l_i = 2 u_i + h_i) and ``scale * (beta * levels[l])`` in fp32, bit for bit
+    (per-β tables: ``levels[j, l]``)."""
     from llmquant.kernels.box_w4a16 import box_dequant
 
-    codec = _table_codec() if which == "table" else _gamma_codec()
-    assert codec.levels.numel() == 16 and codec.gamma != 1.0
+    codec = _which_codec(which)
+    assert codec.levels.numel() == (256 if which == "beta_tables" else 16) and codec.gamma != 1.0
     if kind == "random":
         words = _random_words(40, 24, seed=21)  # every top byte (m, j) appears
         scale = (torch.rand(40, generator=torch.Generator().manual_seed(22)) + 0.25).half()
@@ -378,6 +393,12 @@ def test_table_dequant_bit_identical_to_decode_rows(dev, which, kind):
     # a wrong table gives a different W: the kernel really reads it
     w_uni = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev))
     assert not torch.equal(w_uni.cpu(), ref)
+    if which == "beta_tables":
+        # ... and really reads row j: one row for every β gives a different W; the flattened table the same one
+        w_row = box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev), levels=lv[5].contiguous())
+        assert not torch.equal(w_row.cpu(), ref)
+        assert torch.equal(box_dequant(words.to(dev), scale.to(dev), codec.betas.to(dev), levels=lv.flatten()).cpu(),
+                           ref)
 
 
 def test_table_level_indices_match_fields():
@@ -399,18 +420,35 @@ def test_table_level_indices_match_fields():
         assert [(H[mm] >> (3 * i + 2)) & 1 for i in range(8)] == codewords("hamming")[mm].tolist()
 
 
-@pytest.mark.parametrize("which", ["table", "gamma"])
-def test_table_word_ptx_matches_box_decode(which):
-    """The GPU's table-path PTX (``_TABLE_WORD_PTX``), run by the emulator: each coordinate's level (one-hot x)
-    exactly ``betas[j] * levels[l_i]``, and a random x's 8-MAC + β-FMA equal to the fp32 computation in coordinate
-    order (the same roundings: a product, seven FMAs, one FMA with β)."""
+def _table_memory(codec: BoxCodec) -> tuple[dict, int, int, int]:
+    """The emulator's memory for the table PTX: ``(memory, tbase, hbase, bbase)``, the level table (per-β: the
+    flattened 16 x 16 table, 1024-byte aligned), the codeword-bit table and betas (64-byte aligned), as the
+    launcher lays them out."""
     from llmquant.kernels import box_w4a16 as K
 
-    codec = _table_codec() if which == "table" else _gamma_codec()
-    tbase, hbase, bbase = 0x7F00_0000_2000, 0x7F00_0000_3040, 0x7F00_0000_1000  # 64-byte aligned (the launcher's)
+    tbase, hbase, bbase = 0x7F00_0000_2400, 0x7F00_0000_3040, 0x7F00_0000_1000
     memory = {bbase + 4 * j: _f32_bits(float(b)) for j, b in enumerate(codec.betas.tolist())}
-    memory.update({tbase + 4 * i: _f32_bits(float(v)) for i, v in enumerate(codec.levels.tolist())})
+    memory.update({tbase + 4 * i: _f32_bits(float(v)) for i, v in enumerate(codec.levels.flatten().tolist())})
     memory.update({hbase + 4 * m: e for m, e in enumerate(K.hamming_h_table())})
+    return memory, tbase, hbase, bbase
+
+
+def _level_values(codec: BoxCodec, w: int) -> list[float]:
+    """The 8 fp32 levels ``levels[(j,) 2 u_i + h_i]`` of one word (from ``BoxCodec.fields``)."""
+    lv = codec.levels[(w & 0xFFFFFFFF) >> 28] if codec.per_beta_levels else codec.levels
+    return [float(lv[i]) for i in _level_indices(codec, w)]
+
+
+@pytest.mark.parametrize("which", ["table", "gamma", "beta_tables"])
+def test_table_word_ptx_matches_box_decode(which):
+    """The GPU's table-path PTX (``_TABLE_WORD_PTX``; per-β tables ``_TABLE_BETA_WORD_PTX``), run by the emulator:
+    each coordinate's level (one-hot x) exactly ``betas[j] * levels[(j,) l_i]``, and a random x's 8-MAC + β-FMA
+    equal to the fp32 computation in coordinate order (the same roundings: a product, seven FMAs, one FMA with β)."""
+    from llmquant.kernels import box_w4a16 as K
+
+    codec = _which_codec(which)
+    ptx = K._TABLE_BETA_WORD_PTX if codec.per_beta_levels else K._TABLE_WORD_PTX
+    memory, tbase, hbase, bbase = _table_memory(codec)
     words = _random_words(1, 300, seed=25)[0].tolist() + _encoded_words(1, 40, seed=26, codec=codec)[0][0].tolist()
     g = torch.Generator().manual_seed(27)
     f32 = np.float32
@@ -423,17 +461,17 @@ def test_table_word_ptx_matches_box_decode(which):
             x[i] = 1.0
             args = {"$1": u, **{f"${2 + k}": _f32_bits(x[k]) for k in range(8)}, "$10": tbase, "$11": hbase,
                     "$12": bbase, "$13": _f32_bits(0.0)}
-            assert _f32(run_word_ptx(K._TABLE_WORD_PTX, args, memory)) == dec[i], (hex(u), i)
+            assert _f32(run_word_ptx(ptx, args, memory)) == dec[i], (hex(u), i)
         xs = (torch.randn(8, generator=g) * 3).half().float().tolist()
         acc0 = 0.25
         args = {"$1": u, **{f"${2 + k}": _f32_bits(xs[k]) for k in range(8)}, "$10": tbase, "$11": hbase,
                 "$12": bbase, "$13": _f32_bits(acc0)}
-        lv = [f32(codec.levels[v]) for v in _level_indices(codec, w)]
+        lv = [f32(v) for v in _level_values(codec, w)]
         d = f32(lv[0] * f32(xs[0]))
         for k in range(1, 8):
             d = f32(np.float64(lv[k]) * xs[k] + np.float64(d))
         want = f32(np.float64(beta) * np.float64(d) + acc0)
-        assert _f32(run_word_ptx(K._TABLE_WORD_PTX, args, memory)) == float(want), hex(u)
+        assert _f32(run_word_ptx(ptx, args, memory)) == float(want), hex(u)
 
 
 def _level_indices(codec: BoxCodec, w: int) -> list[int]:
@@ -444,39 +482,45 @@ def _level_indices(codec: BoxCodec, w: int) -> list[int]:
     return (2 * u[0] + codewords(codec.code)[m[0]]).tolist()
 
 
+@pytest.mark.parametrize("which", ["table", "beta_tables"])
 @pytest.mark.parametrize("m", [1, 3, 17])
-def test_table_gemm_fp16_shapes(dev, m):
-    _check_gemm(dev, m, 37, 13, torch.float16, bias=False, seed=30 + m, codec=_table_codec())
+def test_table_gemm_fp16_shapes(dev, m, which):
+    _check_gemm(dev, m, 37, 13, torch.float16, bias=False, seed=30 + m, codec=_which_codec(which))
 
 
+@pytest.mark.parametrize("which", ["table", "beta_tables"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
-def test_table_gemm_dtypes_bias(dev, dtype):
-    _check_gemm(dev, 2, 48, 16, dtype, bias=True, seed=41, codec=_table_codec())
+def test_table_gemm_dtypes_bias(dev, dtype, which):
+    _check_gemm(dev, 2, 48, 16, dtype, bias=True, seed=41, codec=_which_codec(which))
 
 
-def test_table_gemm_split_k_gpu_tile_gamma(dev):
+@pytest.mark.parametrize("which", ["table", "beta_tables"])
+def test_table_gemm_split_k_gpu_tile_gamma(dev, which):
     from llmquant.kernels.box_w4a16 import GPU_CONFIG
 
-    codec = _table_codec()
+    codec = _which_codec(which)
     _check_gemm(dev, 1, 32, 32, torch.float16, bias=True, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 2},
                 codec=codec)
     _check_gemm(dev, 3, 33, 21, torch.float16, bias=False, config={"BLOCK_N": 16, "BLOCK_G": 8, "SPLIT_K": 3},
                 codec=codec)
     _check_gemm(dev, 1, 40, 12, torch.float16, bias=True, config=dict(GPU_CONFIG, SPLIT_K=2), codec=codec)
-    _check_gemm(dev, 2, 24, 9, torch.float16, bias=True, codec=_gamma_codec())
+    if which == "table":
+        _check_gemm(dev, 2, 24, 9, torch.float16, bias=True, codec=_gamma_codec())
 
 
+@pytest.mark.parametrize("which", ["table", "beta_tables"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_table_gemm_dequant_prefill_path(dev, dtype):
-    _check_gemm(dev, 19, 40, 12, dtype, bias=True, config={"DEQUANT": True}, codec=_table_codec())
+def test_table_gemm_dequant_prefill_path(dev, dtype, which):
+    _check_gemm(dev, 19, 40, 12, dtype, bias=True, config={"DEQUANT": True}, codec=_which_codec(which))
 
 
-def test_table_gemm_fp32_accumulation_is_tight(dev):
+@pytest.mark.parametrize("which", ["table", "beta_tables"])
+def test_table_gemm_fp32_accumulation_is_tight(dev, which):
     """The table path reads x exactly and multiplies and sums in fp32: the error is at fp32 level (n u |terms|,
     u = 2^-24), far inside the fp16 lanes' 2^-9 (the lattice path could not pass this: it rounds x to fp16)."""
     from llmquant.kernels.box_w4a16 import box_w4a16_matmul
 
-    codec = _table_codec()
+    codec = _which_codec(which)
     kw = 16
     words, scale = _encoded_words(24, kw, seed=51, codec=codec)
     x = torch.randn(2, 8 * kw, generator=torch.Generator().manual_seed(52))
@@ -501,6 +545,34 @@ def test_table_errors(dev):
     bad[0] = 1.0
     with pytest.raises(ValueError, match="antisymmetric"):
         box_w4a16_reference(x, words, scale, codec.betas, levels=bad)
+    per_beta = _beta_tables_codec().levels
+    with pytest.raises(ValueError, match="16 rows of them"):
+        box_w4a16_matmul(x.to(dev), words.to(dev), scale.to(dev), codec.betas.to(dev), levels=per_beta[:15].to(dev))
+    bad = per_beta.clone()
+    bad[3, 0] = 1.0
+    with pytest.raises(ValueError, match="antisymmetric"):
+        box_w4a16_reference(x, words, scale, codec.betas, levels=bad)
+
+
+def test_level_table_alignment():
+    """The launcher's table argument: 64-byte aligned for one table, 1024-byte aligned for the 16 x 16 per-β tables
+    (the PTX ORs ``64 j + 4 l`` into the address's low word); a misaligned per-β table is copied to an aligned one
+    with the same values (``aligned_levels``, what the dispatcher caches per layer)."""
+    from llmquant.kernels.box_w4a16 import _table_arg, aligned_levels
+
+    per_beta = _beta_tables_codec().levels
+    betas = torch.ones(16)
+    for lv in (per_beta, _table_codec().levels):
+        align = 1024 if lv.numel() == 256 else 64
+        a = aligned_levels(lv)
+        assert a.shape == (lv.numel(),) and a.data_ptr() % align == 0 and torch.equal(a, lv.flatten())
+        buf = torch.empty(lv.numel() + 512)
+        off = next(o for o in range(1, 512) if (buf.data_ptr() + 4 * o) % align)  # a misaligned copy
+        mis = buf[off:off + lv.numel()]
+        mis.copy_(lv.flatten())
+        t, _, table, per = _table_arg(mis, betas)
+        assert table and per == (lv.numel() == 256) and t.data_ptr() % align == 0 and torch.equal(t, lv.flatten())
+        assert _table_arg(a, betas)[0] is a  # aligned: passed as is
 
 
 # ------------------------------------------------------------------------------ small-M kernel (box_w4a16_rows)
@@ -532,34 +604,30 @@ def test_rows_ptx_equals_word_ptx():
             assert got == want, hex(u)
 
 
-@pytest.mark.parametrize("which", ["table", "gamma"])
+@pytest.mark.parametrize("which", ["table", "gamma", "beta_tables"])
 def test_rows_table_decode_ptx(which):
-    """The small-M kernel's table decode block: the 8 levels ``levels[l_i]`` and ``betas[j]`` of every word (the
+    """The small-M kernel's table decode block: the 8 levels ``levels[(j,) l_i]`` and ``betas[j]`` of every word (the
     per-row MACs are Triton fp32 ops in the order of ``_TABLE_WORD_PTX``: a product, seven FMAs, one β FMA)."""
-    from llmquant.kernels import box_w4a16 as K
     from llmquant.kernels import box_w4a16_rows as R
 
-    codec = _table_codec() if which == "table" else _gamma_codec()
-    tbase, hbase, bbase = 0x7F00_0000_2000, 0x7F00_0000_3040, 0x7F00_0000_1000
-    memory = {bbase + 4 * j: _f32_bits(float(b)) for j, b in enumerate(codec.betas.tolist())}
-    memory.update({tbase + 4 * i: _f32_bits(float(v)) for i, v in enumerate(codec.levels.tolist())})
-    memory.update({hbase + 4 * m: e for m, e in enumerate(K.hamming_h_table())})
+    codec = _which_codec(which)
+    ptx = R._TABLE_BETA_DECODE_PTX if codec.per_beta_levels else R._TABLE_DECODE_PTX
+    memory, tbase, hbase, bbase = _table_memory(codec)
     for w in _random_words(1, 300, seed=74)[0].tolist():
         u = w & 0xFFFFFFFF
-        out = run_word_ptx(R._TABLE_DECODE_PTX, {"$9": u, "$10": tbase, "$11": hbase, "$12": bbase}, memory,
-                           outputs=9)
-        want = [_f32_bits(float(codec.levels[i])) for i in _level_indices(codec, w)]
+        out = run_word_ptx(ptx, {"$9": u, "$10": tbase, "$11": hbase, "$12": bbase}, memory, outputs=9)
+        want = [_f32_bits(v) for v in _level_values(codec, w)]
         assert out[:8] == want and out[8] == _f32_bits(float(codec.betas[u >> 28])), hex(u)
 
 
-@pytest.mark.parametrize("which", ["lattice", "table"])
+@pytest.mark.parametrize("which", ["lattice", "table", "beta_tables"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_rows_kernel_bit_identical_to_one_row_kernel(dev, which, dtype):
     """M = 2..11 through the small-M kernel (M_BLOCK 2, 4, 8; masked rows, split-K, bias) equals the one-row kernel
     (one program per row, the same tiles) bit for bit, and the default config takes it for 1 < M."""
     from llmquant.kernels.box_w4a16 import box_w4a16_matmul, choose_config
 
-    codec = E8BoxCodec(3) if which == "lattice" else _table_codec()
+    codec = E8BoxCodec(3) if which == "lattice" else _which_codec(which)
     levels = _levels_arg(codec)
     words, scale = _encoded_words(37, 21, seed=81, codec=codec)
     g = torch.Generator().manual_seed(82)

@@ -1,5 +1,5 @@
 """A box-coded LatticeLinear (b = 3 Hamming: the lattice variant, the shipped level-table variant of the deployable
-configs, a companded γ) runs the box W4A16 kernel through the dispatcher and agrees with its reference forward;
+configs, the shipped level table per β (``beta_tables``), a companded γ) runs the box W4A16 kernel through the dispatcher and agrees with its reference forward;
 other box codes (b < 3, the parity code) fall back to the reference."""
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ def _layer(variant: str, seed: int = 0, bits: int = 3):
     return layer
 
 
-@pytest.mark.parametrize("variant", ["lattice", "table"])
+@pytest.mark.parametrize("variant", ["lattice", "table", "beta_tables"])
 def test_box_hamming_variants_use_the_kernel(variant):
     dev = kernel_device()
     layer = _layer(variant).to(dev)
-    assert (layer.codec.level_table is not None) == (variant == "table")
+    assert (layer.codec.level_table is not None) == (variant != "lattice")
+    assert layer.codec.per_beta_levels == (variant == "beta_tables")
     x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(1)).to(dev)
     with torch.no_grad():
         ref = layer(x)
@@ -43,6 +44,11 @@ def test_box_hamming_variants_use_the_kernel(variant):
         assert dispatch.unsupported_reason(layer, x) is None
         out = dispatch.try_forward(layer, x)
     assert out is not None and out.shape == ref.shape
+    if variant == "beta_tables":
+        # the (16, 16) per-β table, flattened, 1024-byte aligned (the PTX ORs 64 j + 4 l into the address), cached
+        lv = dispatch._device_levels(layer, x.device)
+        assert lv.shape == (256,) and lv.data_ptr() % 1024 == 0 and torch.equal(lv.cpu(), layer.codec.levels.flatten())
+        assert dispatch._device_levels(layer, x.device) is lv
     # lattice path: x read as fp16, each word's 8 products summed in fp16; table path: fp32 (kernels/box_w4a16.py)
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
     _assert_gemm_bound(layer, x, out)
