@@ -5,7 +5,7 @@
 
 * no activation quantizer                -> W4A16 fused decode-GEMM (:mod:`.e8_decode_gemm`; box-coded
   layers, b = 3 Hamming code: :mod:`.box_w4a16`, its lattice path for γ = 1 and its level-table path for a
-  level table (``box_variant: table``) or a companded γ);
+  level table (``box_variant: table``), per-β level tables (``beta_tables``) or a companded γ);
 * box-coded layer (b = 3 Hamming / parity lattice code, integer-ratio β set) with a box activation quantizer
   (same kinds of code, any b) -> activations encoded once per token row by the box encode kernel
   (:mod:`.box_encode`, words bit-identical to :meth:`~llmquant.quant.activations.RowQuantizer.encode_rows`, memoized
