@@ -109,3 +109,29 @@ def test_gaussian_rows_reach_1_6_gamma_at_4_stored_bits():
     assert scalar.rate == 4.0 and exact.mse < 0.6 * scalar.mse
     with pytest.raises(ValueError, match="gain=False"):
         measure(A[:, :2], B[:, :2], Method("lattice", "E8", 12, 8, "min_error", gain=False))
+
+
+def test_tiny_model_with_per_beta_tables_everywhere_round_trips(tmp_path, data_dir):
+    """Weights, activations and KV on ``beta_tables``: quantize a tiny model to a checkpoint, load it back (file
+    validation included) and get the same logits; the codecs come back with their (16, 16) tables."""
+    from pathlib import Path
+
+    from llmquant import api
+    from llmquant.config import load_config
+
+    root = tmp_path / "data"
+    (root / "wikitext-2-raw").mkdir(parents=True)
+    text = (data_dir / "wikitext-2-raw" / "wiki.train.raw").read_text(encoding="utf-8")[:20_000]
+    (root / "wikitext-2-raw" / "wiki.train.raw").write_text(text, encoding="utf-8")
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny-llama-e8-w4a4kv4.yaml"
+    cfg = load_config(tiny, [f"calibration.data_dir={root}", "calibration.n_samples=2", "weights.code=box",
+                             "weights.box_variant=beta_tables", "activations.code=box",
+                             "activations.box_variant=beta_tables", "kv.code=box", "kv.box_variant=beta_tables"])
+    model, _, _, out = api.quantize_to_checkpoint(cfg, tmp_path / "ckpt", progress=False, log=None)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
+    loaded, _ = api.load(out, device="cpu", backend="reference")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    q = loaded.model.layers[0].self_attn.q_proj
+    assert q.codec.per_beta_levels and q.codec.levels.shape == (16, 16)
+    assert q.act_q.codec.per_beta_levels
