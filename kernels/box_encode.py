@@ -53,9 +53,14 @@ all 7.1 million decided vectors of 9.9 million (Gaussian, bf16 / fp16 rows with 
 midpoints per β, equal magnitudes, zeros, ±64 outliers, mirrored pairs, ulp-perturbed ties; b = 1, 2, 3).
 
 Divisions.  ``y = x / s`` and (parity) ``t = y / β_j`` are IEEE divisions computed from the reciprocal
-``fl(1 / s)`` / ``fl(1 / β_j)`` (once per row / per program) by one multiply and two FMA residual steps
-(``_div_by``, Markstein's theorem; checked equal to the division on every fp32 mantissa for the shipped β and
-on every fp16 scale mantissa); the parity path keeps ``t`` of both β for the winner's levels.
+``zh = fl(1 / s)`` / ``fl(1 / β_j)`` (once per row / per program).  fp16 / bf16 x and the parity code's β: by one
+multiply and one FMA, ``fl(a zh + fl(a zl))`` with ``zl = fl(fl(1 - b zh) zh)`` (``_div_fast``); this is the
+correctly rounded quotient for every fp16 / bf16 x over every fp16 scale (checked on every mantissa pair) but
+not for every divisor: a parity codec's β are checked on the host over every fp32 mantissa
+(:func:`fast_division_exact`, memoized; the shipped ``d8int8`` β pass) and a codec with a failing β is encoded by
+the unrolled enumeration instead (``STRUCT = False``).  fp32 x: one multiply and two FMA residual steps
+(``_div_by``, Markstein's theorem; checked on every fp16 scale mantissa over 4096 random fp32 mantissas).  The
+parity path keeps ``t`` of both β for the winner's levels.
 
 Word layout (:class:`~llmquant.lattice.box.BoxCodec`, ``kernel_layout``): bits ``[b i, b (i+1))`` = ``u_i``,
 bits ``[8b, 8b + M)`` = ``m``, bits ``[8b + M, 8b + 8)`` = ``j`` (so the top byte is ``|C| j + m``); ``b = 3``:
@@ -83,11 +88,13 @@ re-reads are of a few KB), then encodes vector blocks ``q, q + SPLIT, ...`` of `
 8-vectors: every thread owns whole 8-vectors (eight 1-D
 tensors, one per coordinate; no cross-lane work), the ``k |C|`` candidate sums fully unrolled (Hamming), or the
 structured search above plus one block-wide max (``REDUX``) deciding whether the block runs the enumeration
-(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 883 instructions per thread
-and 8-vector on the hot path = 110.4 per element (bf16 / fp16 x; 109.4 fp32 x; 110.8 with computed scales), the
-vector-block loop without its cold block (313 instructions, the enumeration loops), 100 registers, 0 spills (the
-unrolled enumeration: 408 per element); Hamming (``int``): 842.8 per element, 48 registers
-(tests/test_bench_sass.py, ``encode_hot_path``).  A non-finite
+(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 730 instructions per thread
+and 8-vector on the hot path = 91.25 per element (bf16 x; 91.4 fp16 x; 93.4 fp32 x; 91.5 with computed scales),
+the vector-block loop without its cold block (313 instructions, the enumeration loops), 99 registers, 0 spills (the
+unrolled enumeration: 391 per element); Hamming (``int``): 836.25 per element, 48 registers
+(tests/test_bench_sass.py, ``encode_hot_path``).  The winner's ``u_i`` are read from the bits of
+``fl(fl(t - o_h) + 1.5 * 2^24)`` (integer clamp), the parity-1 level as ``r + σ/2`` from r's parity bit
+(``_both_errors``): the same fp32 ops as the reference, fewer instructions.  A non-finite
 input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal gets
 scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
 allocations are the two outputs (the β set is cached on the device per codec at the first call: call once
@@ -95,6 +102,8 @@ before capturing).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -169,23 +178,44 @@ def _div_by(a, b, rb):
 
 
 @triton.jit
+def _div_fast(a, zh, zl):
+    """``fl(a / b)`` as ``fl(a zh + fl(a zl))`` (one multiply, one FMA) from ``zh = fl(1 / b)``,
+    ``zl = fl(fl(1 - b zh) zh)`` (:func:`_recip_pair`): the correctly rounded quotient for every ``a`` whose quotient
+    is normal *when* ``b`` passes :func:`fast_division_exact` (the β of a parity codec; checked on the host over every
+    fp32 mantissa) or ``a`` is an fp16 / bf16 value and ``b`` an fp16 value (the row scale; every mantissa pair,
+    tests/test_box_encode_d8.py).  Quotients below ``2^-100`` may differ in the last places (module docstring)."""
+    return tl.fma(a, zh, a * zl)
+
+
+@triton.jit
+def _recip_pair(b):
+    """``(zh, zl)`` of :func:`_div_fast`: ``zh = fl(1 / b)``, ``zl = fl(fl(1 - b zh) zh)`` (the FMA residual is
+    exact)."""
+    zh = tl.div_rn(1.0, b)
+    return zh, tl.fma(-zh, b, 1.0) * zh
+
+
+@triton.jit
 def _both_errors(t, B: tl.constexpr):
     """``(e_1, e_0)``: the squared distance of ``t`` to its nearest level of parity 1 and of parity 0, as the
     reference forms them (``fl(t - L)^2``, ``L`` the same level, or one at the same distance 1 on a rounding tie).
 
     The levels are the half-integers ``k + 1/2``, ``-2^b <= k < 2^b``, parity ``k mod 2``; with
     ``r = round_half_even(clamp(t, -(2^b - 1), 2^b - 1))`` (``fl(tc + 1.5 * 2^23) - 1.5 * 2^23``) the two levels
-    ``r -/+ 1/2`` bracket t (or are the two end levels beyond the box) and are the nearest of each parity; ``r - 1/2``
-    has parity ``(r - 1) mod 2``, read from the last bit of ``fl(tc + 1.5 * 2^23)``."""
+    ``r -/+ 1/2`` bracket t (or are the two end levels beyond the box) and are the nearest of each parity; ``r + 1/2``
+    has parity ``r mod 2``, read from the last bit of ``w = fl(tc + 1.5 * 2^23)``: the parity-1 level is
+    ``r + σ/2``, ``σ = +1`` for odd r, -1 for even r.  ``f = t - r`` is exact for ``|t| < 2^24`` (Sterbenz inside
+    the box; beyond it r is an integer multiple of t's ulp <= 1), so ``fl(f -/+ σ/2) = fl(t - L)``, the reference's
+    difference; a coordinate with ``|t| >= 2^24`` may get other errors, but its vector fails the margin test of
+    :func:`_parity_beta` (its error >= 2^47 dwarfs every ``|d| <= 2 sqrt(F) + 17``) and is enumerated."""
     LIM: tl.constexpr = (1 << B) - 1.0
     w = tl.minimum(tl.maximum(t, -LIM), LIM) + 12582912.0
-    r = w - 12582912.0
-    d_lo = t - (r - 0.5)
-    d_hi = t - (r + 0.5)
-    e_lo = d_lo * d_lo
-    e_hi = d_hi * d_hi
-    r_odd = (w.to(tl.int32, bitcast=True) & 1) != 0
-    return tl.where(r_odd, e_hi, e_lo), tl.where(r_odd, e_lo, e_hi)
+    f = t - (w - 12582912.0)
+    # σ/2 = +1/2 for odd r (bit 0 of w), -1/2 for even r: the bits of -1/2 with the sign bit flipped by r's parity
+    half = ((w.to(tl.int32, bitcast=True) << 31) + -1090519040).to(tl.float32, bitcast=True)  # + 0xBF000000 mod 2^32
+    d1 = f - half
+    d0 = f + half
+    return d1 * d1, d0 * d0
 
 
 @triton.jit
@@ -198,15 +228,19 @@ def _word_sum(hw, e1, e0):
 
 
 @triton.jit
-def _parity_beta(ys, beta, rbeta, B: tl.constexpr):
+def _parity_beta(ys, beta, zh, zl, B: tl.constexpr, FAST: tl.constexpr):
     """Structured exact search of the parity code [8,7,2] for one β (module docstring, "Parity code"): the
     reference's first minimum ``(E, m)`` over the 128 codewords wherever ``ok``; also ``t = y / β`` (8 tensors).
-    ``rbeta = fl(1 / β)``."""
+    ``(zh, zl)`` = :func:`_recip_pair` of β; ``FAST``: divide by :func:`_div_fast` (β passed
+    :func:`fast_division_exact`), else by :func:`_div_by`."""
     ts = ()
     e1 = ()
     e0 = ()
     for i in tl.static_range(8):
-        t = _div_by(ys[i], beta, rbeta)
+        if FAST:
+            t = _div_fast(ys[i], zh, zl)
+        else:
+            t = _div_by(ys[i], beta, zh)
         ts = ts + (t,)
         p1, p0 = _both_errors(t, B)
         e1 = e1 + (p1,)
@@ -323,13 +357,17 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
     # y = x / s by the FMA division from 1 / s (_div_by); an infinite scale (fp16 overflow of the RMS) divides
     # by 1 with reciprocal 0: y = 0 = x / inf
     s_inf = s == float("inf")
-    rs = tl.where(s_inf, 0.0, tl.div_rn(1.0, s))
     s = tl.where(s_inf, 1.0, s)
+    rs, rs_lo = _recip_pair(s)
+    rs = tl.where(s_inf, 0.0, rs)
+    rs_lo = tl.where(s_inf, 0.0, rs_lo)
+    # fp16 / bf16 x: y = x / s by the two-op division (exact for every fp16 / bf16 x and fp16 s), fp32 x by _div_by
+    X_FP32: tl.constexpr = x_ptr.dtype.element_ty == tl.float32
     if STRUCT:
         beta_0 = tl.load(betas_ptr)
         beta_1 = tl.load(betas_ptr + 1)
-        rbeta_0 = tl.div_rn(1.0, beta_0)
-        rbeta_1 = tl.div_rn(1.0, beta_1)
+        zh_0, zl_0 = _recip_pair(beta_0)
+        zh_1, zl_1 = _recip_pair(beta_1)
     OFF0: tl.constexpr = 0.5 - (1 << B)  # o_0 = 0 - 2^b + 1/2
     n_blocks = tl.cdiv(NV, BLOCK_V)
     for vb in range(part, n_blocks, SPLIT):
@@ -338,14 +376,17 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
         ys = ()
         for i in tl.static_range(8):
             xi = tl.load(xrow + (v * 8 + i)[None, :], mask=vmask, other=0.0).to(tl.float32)
-            ys = ys + (_div_by(xi, s, rs),)
+            if X_FP32:
+                ys = ys + (_div_by(xi, s, rs),)
+            else:
+                ys = ys + (_div_fast(xi, rs, rs_lo),)
         best = tl.full([BLOCK_R, BLOCK_V], float("inf"), tl.float32)
         best_jm = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
         if STRUCT:
             # parity code, 2 β: the structured search per β, the runtime enumeration for a block only when one of
             # its vectors is not provably decided by it
-            e_0, m_0, ok_0, t_0 = _parity_beta(ys, beta_0, rbeta_0, B)
-            e_1, m_1, ok_1, t_1 = _parity_beta(ys, beta_1, rbeta_1, B)
+            e_0, m_0, ok_0, t_0 = _parity_beta(ys, beta_0, zh_0, zl_0, B, True)
+            e_1, m_1, ok_1, t_1 = _parity_beta(ys, beta_1, zh_1, zl_1, B, True)
             second = e_1 < e_0
             best_jm = tl.where(second, NC + m_1, m_0)
             if tl.max((ok_0 & ok_1).to(tl.int32) ^ 1) != 0:
@@ -384,8 +425,8 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
                 best = tl.where(better, e, best)
                 best_jm = tl.where(better, j * NC + m, best_jm)
         # the winner's level indices: the same ops on the same t = y / β_j
-        jb = best_jm // NC
-        mb = best_jm % NC
+        jb = (best_jm.to(tl.uint32, bitcast=True) // NC).to(tl.int32, bitcast=True)  # best_jm >= 0
+        mb = best_jm & (NC - 1)
         if not STRUCT:
             beta_b = tl.load(betas_ptr + jb)
         word = best_jm << (8 * B)
@@ -395,8 +436,12 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
             else:
                 t = tl.div_rn(ys[i], beta_b)
             h = _bit(mb, i, PARITY)
-            u2 = _twice_level_index(t, h.to(tl.float32) + OFF0, B)
-            word = word | ((u2.to(tl.int32) >> 1) << (B * i))
+            # u = clamp(round_half_even((t - o_h) / 2), 0, 2^b - 1) read from the bits of
+            # V = fl(fl(t - o_h) + 1.5 * 2^24) (= 1.5 * 2^24 + 2 u' in [2^24, 2^25): bits 0x4BC00000 + u'), clamped as
+            # integers first (V >= 2^25 -> 2^b - 1; V < 2^24 or negative -> 0: the ordered bits of the same value)
+            vb = ((t - tl.where(h != 0, OFF0 + 1.0, OFF0)) + 25165824.0).to(tl.int32, bitcast=True)
+            u = tl.minimum(tl.maximum(vb, 0x4BC00000), 0x4BC00000 + (1 << B) - 1) - 0x4BC00000
+            word = word | (u << (B * i))
         tl.store(words_ptr + rows.to(tl.int64)[:, None] * NV + v[None, :], word, mask=vmask)
 
 
@@ -409,6 +454,43 @@ def supported_reason(codec) -> str | None:
     if not codec.is_lattice:
         return f"box codec {codec!r} is not a lattice box code (gamma=1, no level table)"
     return None
+
+
+def fast_division_exact(beta: float) -> bool:
+    """Whether :func:`_div_fast` by ``β`` (``fl(a zh + fl(a zl))``, ``zh = fl(1/β)``, ``zl = fl(fl(1 - β zh) zh)``)
+    is the IEEE quotient ``fl(a / β)`` for every fp32 ``a`` with a normal quotient: checked on all 2^23 mantissas
+    ``a`` in [1, 2) (the quotient's bits do not depend on a's exponent), with the FMA emulated exactly in float64
+    (``a zh`` is exact in 48 bits; the float64 sum with ``fl(a zl)`` is corrected by its TwoSum error where it lands
+    on an fp32 rounding midpoint).  Memoized per β (about a second of numpy on the first call)."""
+    return _fast_division_exact(float(torch.tensor(beta, dtype=torch.float32)))
+
+
+@functools.lru_cache(maxsize=256)
+def _fast_division_exact(beta: float) -> bool:
+    import numpy as np
+
+    f32, f64 = np.float32, np.float64
+    b = f32(beta)
+    if not (np.isfinite(b) and b > 0):
+        return False
+    zh = f32(1.0) / b
+    zl = f32(f32(f64(1.0) - f64(zh) * f64(b)) * zh)  # fl(1 - β zh) (exact in float64), times zh in fp32
+    step = 1 << 20
+    for lo in range(0, 1 << 23, step):
+        a = (np.arange(lo, lo + step, dtype=np.uint32) | np.uint32(0x3F800000)).view(f32)
+        p = (a * zl).astype(f64)  # fl32(a zl)
+        hi = a.astype(f64) * f64(zh)  # exact
+        s = hi + p
+        bp = s - hi
+        err = (hi - (s - bp)) + (p - bp)  # TwoSum: s + err = hi + p exactly
+        q = s.astype(f32)
+        d = s - q.astype(f64)
+        nb = np.nextafter(q, np.where(d > 0, f32(np.inf), f32(-np.inf)).astype(f32))
+        mid = (d != 0) & (2 * np.abs(d) == np.abs(nb.astype(f64) - q.astype(f64)))
+        q = np.where(mid & (err != 0) & ((err > 0) == (d > 0)), nb, q)  # a midpoint: the exact sum lies beyond it
+        if not np.array_equal(q, a / b):
+            return False
+    return True
 
 
 def _device_betas(codec, device: torch.device) -> torch.Tensor:
@@ -467,6 +549,9 @@ def box_encode_rows(x: torch.Tensor, codec, scales: torch.Tensor | None = None, 
         if not out_scales.is_contiguous():
             raise ValueError("box_encode_rows: scales must be contiguous")
     if m and nv:
+        # the parity code's structured search divides by β with _div_fast: only for β where that is exact (else the
+        # unrolled enumeration of every (β, codeword), IEEE divisions)
+        structured = codec.code == "parity" and all(fast_division_exact(v) for v in codec.betas.tolist())
         cfg = {"MEAN_MUL": x.device.type == "cuda", **launch_config(m, nv, x.device), **(config or {})}
         grid = cfg.pop("grid")
         if x.device.type == "cuda":
@@ -475,7 +560,7 @@ def box_encode_rows(x: torch.Tensor, codec, scales: torch.Tensor | None = None, 
             x2, _device_betas(codec, x.device), words, out_scales, m, k, nv, x2.stride(0),
             codec.betas.numel(), 1 << codec.m_bits,
             B=codec.b, PARITY=codec.code == "parity", NB=codec.betas.numel(), NC=1 << codec.m_bits,
-            STRUCT=codec.code == "parity",
+            STRUCT=structured,
             HAS_SCALE=scales is not None, **cfg)
     return words.reshape(*lead, nv), out_scales.reshape(lead)
 
