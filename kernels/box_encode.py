@@ -88,13 +88,19 @@ re-reads are of a few KB), then encodes vector blocks ``q, q + SPLIT, ...`` of `
 8-vectors: every thread owns whole 8-vectors (eight 1-D
 tensors, one per coordinate; no cross-lane work), the ``k |C|`` candidate sums fully unrolled (Hamming), or the
 structured search above plus one block-wide max (``REDUX``) deciding whether the block runs the enumeration
-(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 730 instructions per thread
-and 8-vector on the hot path = 91.25 per element (bf16 x; 91.4 fp16 x; 93.4 fp32 x; 91.5 with computed scales),
-the vector-block loop without its cold block (313 instructions, the enumeration loops), 99 registers, 0 spills (the
+(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 731 instructions per thread
+and 8-vector on the hot path = 91.375 per element (bf16 / fp16 x; 93.4 fp32 x; 91.5 with computed scales),
+the vector-block loop without its cold block (313 instructions, the enumeration loops), 100 registers, 0 spills (the
 unrolled enumeration: 391 per element); Hamming (``int``): 836.25 per element, 48 registers
 (tests/test_bench_sass.py, ``encode_hot_path``).  The winner's ``u_i`` are read from the bits of
 ``fl(fl(t - o_h) + 1.5 * 2^24)`` (integer clamp), the parity-1 level as ``r + σ/2`` from r's parity bit
-(``_both_errors``): the same fp32 ops as the reference, fewer instructions.  A non-finite
+(``_both_errors``): the same fp32 ops as the reference, fewer instructions.
+
+W4A4 limbs in the same pass (:func:`box_encode_rows_int8`, ``_box_encode_int8_kernel``): with the words, the int8
+activation limb planes of the box W4A4 GEMM (:func:`.box_w4a4.box_int8_coords` of the words, from the winner's
+``u_i``, ``h_i`` and ratio ``r_j``; one limb: four coordinates per int32 by bytewise integer arithmetic), so the
+separate words -> limbs pass (10.56 instructions per element) is not needed: ``d8int8`` 774 instructions per
+8-vector on the hot path = 96.75 per element (bf16 x, given scales), 99 registers, 0 spills.  A non-finite
 input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal gets
 scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
 allocations are the two outputs (the β set is cached on the device per codec at the first call: call once
@@ -330,6 +336,29 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
                        B: tl.constexpr, PARITY: tl.constexpr, NB: tl.constexpr, NC: tl.constexpr,
                        MEAN_MUL: tl.constexpr, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr, STRUCT: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    _encode(x_ptr, betas_ptr, words_ptr, scales_ptr, words_ptr, betas_ptr, M, K, NV, stride_xm, n_betas, n_cw,
+            B, PARITY, NB, NC, MEAN_MUL, HAS_SCALE, SPLIT, STRUCT, BLOCK_R, BLOCK_V, BLOCK_K, 0)
+
+
+@triton.jit
+def _box_encode_int8_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, xq_ptr, rtab_ptr, M, K, NV, stride_xm,
+                            n_betas, n_cw, B: tl.constexpr, PARITY: tl.constexpr, NB: tl.constexpr,
+                            NC: tl.constexpr, MEAN_MUL: tl.constexpr, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+                            STRUCT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+                            BLOCK_K: tl.constexpr, LIMBS: tl.constexpr):
+    _encode(x_ptr, betas_ptr, words_ptr, scales_ptr, xq_ptr, rtab_ptr, M, K, NV, stride_xm, n_betas, n_cw,
+            B, PARITY, NB, NC, MEAN_MUL, HAS_SCALE, SPLIT, STRUCT, BLOCK_R, BLOCK_V, BLOCK_K, LIMBS)
+
+
+@triton.jit
+def _encode(x_ptr, betas_ptr, words_ptr, scales_ptr, xq_ptr, rtab_ptr, M, K, NV, stride_xm, n_betas, n_cw,
+            B: tl.constexpr, PARITY: tl.constexpr, NB: tl.constexpr, NC: tl.constexpr,
+            MEAN_MUL: tl.constexpr, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr, STRUCT: tl.constexpr,
+            BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, LIMBS: tl.constexpr):
+    """The encode (module docstring); ``LIMBS`` > 0: also the W4A4 kernel's int8 activation limb planes
+    (:func:`.box_w4a4.box_int8_coords` of the words: ``t_i = r_j (4 u_i + 2 h_i - 2^(b+1) + 1)``, one plane, or
+    ``t >> 5`` and ``t & 31``) into ``xq_ptr`` (int32 view of ``[LIMBS, M, K]`` int8: 4 coordinates per int32,
+    little-endian), ``r_j`` from the int32 ratio table ``rtab_ptr``."""
     part = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < M
@@ -430,6 +459,14 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
         if not STRUCT:
             beta_b = tl.load(betas_ptr + jb)
         word = best_jm << (8 * B)
+        if LIMBS > 0:
+            rj = tl.load(rtab_ptr + jb)
+            nrj = rj * (1 - (2 << B))  # -(2^(b+1) - 1) r
+            q_lo = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
+            q_hi = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
+            if LIMBS == 2:
+                q2_lo = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
+                q2_hi = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
         for i in tl.static_range(8):
             if STRUCT:
                 t = tl.where(jb == 1, t_1[i], t_0[i])
@@ -442,7 +479,44 @@ def _box_encode_kernel(x_ptr, betas_ptr, words_ptr, scales_ptr, M, K, NV, stride
             vb = ((t - tl.where(h != 0, OFF0 + 1.0, OFF0)) + 25165824.0).to(tl.int32, bitcast=True)
             u = tl.minimum(tl.maximum(vb, 0x4BC00000), 0x4BC00000 + (1 << B) - 1) - 0x4BC00000
             word = word | (u << (B * i))
+            if LIMBS == 1:  # 4 u_i into byte i % 4 (bits 2..4), bytes r (4 u + 2 h) - 15 r after the loop
+                if i < 4:
+                    q_lo = q_lo + (u << (8 * (i % 4) + 2))
+                else:
+                    q_hi = q_hi + (u << (8 * (i % 4) + 2))
+            elif LIMBS == 2:
+                ti = rj * ((u << 2) | (h << 1)) + nrj
+                byte = ((ti >> 5) & 255) << (8 * (i % 4))
+                byte2 = (ti & 31) << (8 * (i % 4))
+                if i < 4:
+                    q_lo = q_lo | byte
+                    q2_lo = q2_lo | byte2
+                else:
+                    q_hi = q_hi | byte
+                    q2_hi = q2_hi | byte2
+        if LIMBS == 1:
+            # one limb: T = (2^(b+1) - 1) r <= 127, so r (4 u + 2 h) <= 2 T fits its byte; h_0..h_3 spread to bits 0,
+            # 8, 16, 24 by one multiply (the 4 shifted copies of the nibble do not overlap there); then every byte
+            # minus (2^(b+1) - 1) r by a borrow-free bytewise subtraction (SWAR: ((a | H) - (c & ~H)) ^ ((a ^ ~c) & H),
+            # H = 0x80808080): the int8 t_i, little-endian
+            cw = mb | (_bit(mb, 7, PARITY) << 7)  # the codeword's bits h_0..h_7
+            if not PARITY:
+                cw = cw | (_bit(mb, 4, PARITY) << 4) | (_bit(mb, 5, PARITY) << 5) | (_bit(mb, 6, PARITY) << 6)
+            c = (-nrj) * 0x01010101  # (2^(b+1) - 1) r in every byte
+            cl = c & 0x7F7F7F7F
+            a = rj * (q_lo + ((((cw & 15) * 0x204081) & 0x01010101) << 1))
+            q_lo = ((a | -2139062144) - cl) ^ ((a ^ ~c) & -2139062144)  # H = 0x80808080
+            a = rj * (q_hi + (((((cw >> 4) & 15) * 0x204081) & 0x01010101) << 1))
+            q_hi = ((a | -2139062144) - cl) ^ ((a ^ ~c) & -2139062144)
         tl.store(words_ptr + rows.to(tl.int64)[:, None] * NV + v[None, :], word, mask=vmask)
+        if LIMBS > 0:
+            qp = xq_ptr + rows.to(tl.int64)[:, None] * (2 * NV) + 2 * v[None, :]
+            tl.store(qp, q_lo, mask=vmask)
+            tl.store(qp + 1, q_hi, mask=vmask)
+            if LIMBS == 2:
+                qp2 = qp + M.to(tl.int64) * (2 * NV)
+                tl.store(qp2, q2_lo, mask=vmask)
+                tl.store(qp2 + 1, q2_hi, mask=vmask)
 
 
 def supported_reason(codec) -> str | None:
@@ -525,6 +599,20 @@ def box_encode_rows(x: torch.Tensor, codec, scales: torch.Tensor | None = None, 
     instead of computing them (returned as given).  ``x`` on CUDA, or on the CPU under ``TRITON_INTERPRET=1``.
     ``config``: launch parameters replacing :func:`launch_config`'s (tests: ``num_warps``, ``SPLIT``,
     ``BLOCK_R``, ``BLOCK_V``, ``BLOCK_K``, ``grid``, and ``MEAN_MUL``)."""
+    return _encode_rows(x, codec, scales, config, False)[:2]
+
+
+def box_encode_rows_int8(x: torch.Tensor, codec, scales: torch.Tensor | None = None, *,
+                         config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`box_encode_rows` plus the W4A4 GEMM's int8 activation limb planes, by the same kernel:
+    ``(words [..., K/8], scales [...], planes int8 [L, R, K])`` (``R`` = rows of x, flattened; ``L`` = the
+    codec's int8 limbs, :func:`.box_w4a4.codec_constants`), ``planes`` equal to
+    :func:`.box_w4a4.box_int8_coords` of the words (pass them to :func:`.box_w4a4.box_w4a4_matmul` as
+    ``x_planes``: its separate words -> limbs pass is then skipped).  Needs an integer-ratio β set."""
+    return _encode_rows(x, codec, scales, config, True)
+
+
+def _encode_rows(x: torch.Tensor, codec, scales, config, int8: bool):
     why = supported_reason(codec)
     if why is not None:
         raise ValueError(f"box_encode_rows: {why}")
@@ -539,6 +627,11 @@ def box_encode_rows(x: torch.Tensor, codec, scales: torch.Tensor | None = None, 
         x2 = x2.contiguous()
     m, nv = x2.shape[0], k // 8
     words = torch.empty(m, nv, dtype=torch.int32, device=x.device)
+    if int8:
+        from .box_w4a4 import codec_constants
+
+        kx = codec_constants(codec, x.device)
+        planes = torch.empty(kx["limbs"], m, k, dtype=torch.int8, device=x.device)
     if scales is None:
         out_scales = torch.empty(m, dtype=torch.float32, device=x.device)
     else:
@@ -556,13 +649,16 @@ def box_encode_rows(x: torch.Tensor, codec, scales: torch.Tensor | None = None, 
         grid = cfg.pop("grid")
         if x.device.type == "cuda":
             cfg["enable_fp_fusion"] = False
-        _box_encode_kernel[grid](
-            x2, _device_betas(codec, x.device), words, out_scales, m, k, nv, x2.stride(0),
-            codec.betas.numel(), 1 << codec.m_bits,
-            B=codec.b, PARITY=codec.code == "parity", NB=codec.betas.numel(), NC=1 << codec.m_bits,
-            STRUCT=structured,
-            HAS_SCALE=scales is not None, **cfg)
-    return words.reshape(*lead, nv), out_scales.reshape(lead)
+        const = dict(B=codec.b, PARITY=codec.code == "parity", NB=codec.betas.numel(), NC=1 << codec.m_bits,
+                     STRUCT=structured, HAS_SCALE=scales is not None, **cfg)
+        tail = (m, k, nv, x2.stride(0), codec.betas.numel(), 1 << codec.m_bits)
+        if int8:
+            _box_encode_int8_kernel[grid](x2, _device_betas(codec, x.device), words, out_scales,
+                                          planes.view(torch.int32), kx["rtab"], *tail, LIMBS=kx["limbs"], **const)
+        else:
+            _box_encode_kernel[grid](x2, _device_betas(codec, x.device), words, out_scales, *tail, **const)
+    out = (words.reshape(*lead, nv), out_scales.reshape(lead))
+    return out + (planes,) if int8 else out
 
 
 def quantizer_encode_rows(act, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

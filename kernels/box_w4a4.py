@@ -351,9 +351,12 @@ def choose_config(m: int, device: torch.device, w_limbs: int = 1) -> dict:
 
 def box_w4a4_matmul(x_words: torch.Tensor, xs: torch.Tensor, x_codec, w_words: torch.Tensor, ws: torch.Tensor,
                     w_codec, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
-                    raw: bool = False, config: dict | None = None) -> torch.Tensor:
+                    raw: bool = False, config: dict | None = None,
+                    x_planes: torch.Tensor | None = None) -> torch.Tensor:
     """``y [M, N]`` (module doc) from activation words ``[M, K/8]`` + scales ``[M]`` and weight words ``[N, K/8]``
-    (b = 3 layout: one int32 per word) + row scales ``[N]``; ``raw``: the integer ``I`` (int64) instead."""
+    (b = 3 layout: one int32 per word) + row scales ``[N]``; ``raw``: the integer ``I`` (int64) instead.
+    ``x_planes``: the activations' int8 limb planes ``[L_x, M, K]`` when already made (by the encode,
+    :func:`.box_encode.box_encode_rows_int8`): the words -> limbs pass (:func:`box_int8_coords`) is skipped."""
     if x_words.dim() != 2 or w_words.dim() != 2 or x_words.shape[1] != w_words.shape[1]:
         raise ValueError(f"box W4A4: activation words [M, K/8] and weight words [N, K/8] must share K/8, got "
                          f"{tuple(x_words.shape)} and {tuple(w_words.shape)}")
@@ -366,7 +369,14 @@ def box_w4a4_matmul(x_words: torch.Tensor, xs: torch.Tensor, x_codec, w_words: t
     dev = x_words.device
     kx = codec_constants(x_codec, dev)
     kw = codec_constants(w_codec, dev)
-    xq = box_int8_coords(x_words, kx["b"], kx["rtab"], kx["limbs"], kx["code_id"])
+    if x_planes is None:
+        xq = box_int8_coords(x_words, kx["b"], kx["rtab"], kx["limbs"], kx["code_id"])
+    else:
+        if (x_planes.dtype != torch.int8 or tuple(x_planes.shape) != (kx["limbs"], m, 8 * g)
+                or not x_planes.is_contiguous() or x_planes.device != dev):
+            raise ValueError(f"box W4A4: x_planes must be contiguous int8 [{kx['limbs']}, {m}, {8 * g}] on {dev}, got "
+                             f"{x_planes.dtype} {tuple(x_planes.shape)} on {x_planes.device}")
+        xq = x_planes
     cfg = dict(config or choose_config(m, dev, kw["limbs"]))
     out = torch.empty((m, n), device=dev, dtype=torch.int64 if raw else out_dtype)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)

@@ -63,6 +63,32 @@ def test_shipped_w4a4_codecs_bit_identical(dev, b, variant, dtype):
 
 
 @pytest.mark.kernels
+@pytest.mark.parametrize("b,variant", [(3, "d8int8"), (3, "int"), (2, "int8")])
+def test_fused_int8_limb_planes(dev, b, variant):
+    """``box_encode_rows_int8``: the same words and scales as the reference, and the W4A4 activation limb planes equal
+    to the words -> limbs conversion (1 limb: D8 2 β b=3 and Hamming b=2, by the bytewise path; 2 limbs: b=3 'int');
+    the W4A4 GEMM fed those planes (``x_planes``) gives the integer result of the words."""
+    from llmquant.kernels import box_w4a4 as W
+    from llmquant.kernels.box_encode import box_encode_rows_int8
+
+    codec = shipped_box_codec(b, variant)
+    x = _rows(5, 136, 7, torch.bfloat16)  # 17 vectors: a masked block
+    words, scales, planes = box_encode_rows_int8(x.to(dev), codec)
+    rw, rs = _reference(x.to(dev), codec)
+    assert torch.equal(words.cpu(), rw.cpu()) and torch.equal(scales.cpu(), rs.cpu())
+    kx = W.codec_constants(codec, dev)
+    t = W.int_coords_reference(rw.cpu(), codec.b, kx["ratios"], codec.code)
+    assert planes.shape == (kx["limbs"], 5, 136) and torch.equal(planes.cpu(), W.split_limbs_reference(t, kx["limbs"]))
+    assert int(t.abs().max()) > (90 if kx["limbs"] == 1 else 127)  # large coordinates: the byte arithmetic is tested
+    ws = torch.ones(5, dtype=torch.float16, device=dev)
+    i_words = W.box_w4a4_matmul(words, scales, codec, words, ws, codec, raw=True)
+    i_planes = W.box_w4a4_matmul(words, scales, codec, words, ws, codec, raw=True, x_planes=planes)
+    assert torch.equal(i_planes, i_words)
+    with pytest.raises(ValueError, match="x_planes must be"):
+        W.box_w4a4_matmul(words, scales, codec, words, ws, codec, raw=True, x_planes=planes[:, :4])
+
+
+@pytest.mark.kernels
 @pytest.mark.parametrize("b,code", [(1, "hamming"), (2, "hamming"), (1, "parity"), (2, "parity"), (3, "parity")])
 def test_other_widths_and_codes(dev, b, code):
     codec = shipped_box_codec(b, "lattice") if code == "hamming" else BoxCodec(b, [0.35, 0.9], "parity")
