@@ -88,19 +88,20 @@ re-reads are of a few KB), then encodes vector blocks ``q, q + SPLIT, ...`` of `
 8-vectors: every thread owns whole 8-vectors (eight 1-D
 tensors, one per coordinate; no cross-lane work), the ``k |C|`` candidate sums fully unrolled (Hamming), or the
 structured search above plus one block-wide max (``REDUX``) deciding whether the block runs the enumeration
-(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 731 instructions per thread
-and 8-vector on the hot path = 91.375 per element (bf16 / fp16 x; 93.4 fp32 x; 91.5 with computed scales),
-the vector-block loop without its cold block (313 instructions, the enumeration loops), 100 registers, 0 spills (the
-unrolled enumeration: 391 per element); Hamming (``int``): 836.25 per element, 48 registers
+(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 721 instructions per thread
+and 8-vector on the hot path = 90.125 per element (bf16 x; 89.6 fp16 x; 93.4 fp32 x; 90.25 with computed scales),
+the vector-block loop without its cold block (313 instructions, the enumeration loops), 98 registers, 0 spills (the
+unrolled enumeration: 389.9 per element); Hamming (``int``): 835 per element, 48 registers
 (tests/test_bench_sass.py, ``encode_hot_path``).  The winner's ``u_i`` are read from the bits of
 ``fl(fl(t - o_h) + 1.5 * 2^24)`` (integer clamp), the parity-1 level as ``r + σ/2`` from r's parity bit
-(``_both_errors``): the same fp32 ops as the reference, fewer instructions.
+(``_both_errors``), an fp16 / bf16 vector read by one 16-byte load: the same fp32 ops as the reference, fewer
+instructions.
 
 W4A4 limbs in the same pass (:func:`box_encode_rows_int8`, ``_box_encode_int8_kernel``): with the words, the int8
 activation limb planes of the box W4A4 GEMM (:func:`.box_w4a4.box_int8_coords` of the words, from the winner's
 ``u_i``, ``h_i`` and ratio ``r_j``; one limb: four coordinates per int32 by bytewise integer arithmetic), so the
-separate words -> limbs pass (10.56 instructions per element) is not needed: ``d8int8`` 774 instructions per
-8-vector on the hot path = 96.75 per element (bf16 x, given scales), 99 registers, 0 spills.  A non-finite
+separate words -> limbs pass (10.56 instructions per element) is not needed: ``d8int8`` 767 instructions per
+8-vector on the hot path = 95.875 per element (bf16 x, given scales; 95.5 fp16 x), 101 registers, 0 spills.  A non-finite
 input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal gets
 scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
 allocations are the two outputs (the β set is cached on the device per codec at the first call: call once
@@ -403,12 +404,24 @@ def _encode(x_ptr, betas_ptr, words_ptr, scales_ptr, xq_ptr, rtab_ptr, M, K, NV,
         v = vb * BLOCK_V + tl.arange(0, BLOCK_V)
         vmask = rmask[:, None] & (v < NV)[None, :]
         ys = ()
-        for i in tl.static_range(8):
-            xi = tl.load(xrow + (v * 8 + i)[None, :], mask=vmask, other=0.0).to(tl.float32)
-            if X_FP32:
+        if X_FP32:
+            for i in tl.static_range(8):
+                xi = tl.load(xrow + (v * 8 + i)[None, :], mask=vmask, other=0.0)
                 ys = ys + (_div_by(xi, s, rs),)
-            else:
-                ys = ys + (_div_fast(xi, rs, rs_lo),)
+        else:
+            # the 8 coordinates of each vector in one 16-byte load (contiguous per thread), split into 8 tensors
+            xv = tl.load(xrow[:, :, None] + (v * 8)[None, :, None] + tl.arange(0, 8)[None, None, :],
+                         mask=vmask[:, :, None], other=0.0).to(tl.float32)
+            e, o = tl.split(tl.reshape(xv, [BLOCK_R, BLOCK_V, 2, 2, 2]))  # coordinate 4 a + 2 b + c: c = 0 / 1
+            ee, eo = tl.split(e)
+            oe, oo = tl.split(o)
+            x0, x4 = tl.split(ee)
+            x2, x6 = tl.split(eo)
+            x1, x5 = tl.split(oe)
+            x3, x7 = tl.split(oo)
+            xs8 = (x0, x1, x2, x3, x4, x5, x6, x7)
+            for i in tl.static_range(8):
+                ys = ys + (_div_fast(xs8[i], rs, rs_lo),)
         best = tl.full([BLOCK_R, BLOCK_V], float("inf"), tl.float32)
         best_jm = tl.zeros([BLOCK_R, BLOCK_V], tl.int32)
         if STRUCT:
