@@ -101,11 +101,12 @@ W4A4 limbs in the same pass (:func:`box_encode_rows_int8`, ``_box_encode_int8_ke
 activation limb planes of the box W4A4 GEMM (:func:`.box_w4a4.box_int8_coords` of the words, from the winner's
 ``u_i``, ``h_i`` and ratio ``r_j``; one limb: four coordinates per int32 by bytewise integer arithmetic), so the
 separate words -> limbs pass (10.56 instructions per element) is not needed: ``d8int8`` 767 instructions per
-8-vector on the hot path = 95.875 per element (bf16 x, given scales; 95.5 fp16 x), 101 registers, 0 spills.  A non-finite
-input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal gets
-scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
-allocations are the two outputs (the β set is cached on the device per codec at the first call: call once
-before capturing).
+8-vector on the hot path = 95.875 per element (bf16 x, given scales; 95.5 fp16 x), 101 registers, 0 spills.
+
+A non-finite input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal
+gets scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
+allocations are the outputs (the β set is cached on the device per codec, and its division check memoized, at the
+first call: call once before capturing).
 """
 
 from __future__ import annotations
@@ -235,19 +236,15 @@ def _word_sum(hw, e1, e0):
 
 
 @triton.jit
-def _parity_beta(ys, beta, zh, zl, B: tl.constexpr, FAST: tl.constexpr):
+def _parity_beta(ys, beta, zh, zl, B: tl.constexpr):
     """Structured exact search of the parity code [8,7,2] for one β (module docstring, "Parity code"): the
-    reference's first minimum ``(E, m)`` over the 128 codewords wherever ``ok``; also ``t = y / β`` (8 tensors).
-    ``(zh, zl)`` = :func:`_recip_pair` of β; ``FAST``: divide by :func:`_div_fast` (β passed
-    :func:`fast_division_exact`), else by :func:`_div_by`."""
+    reference's first minimum ``(E, m)`` over the 128 codewords wherever ``ok``; also ``t = y / β`` (8 tensors,
+    by :func:`_div_fast` from ``(zh, zl)`` = :func:`_recip_pair` of β: β passed :func:`fast_division_exact`)."""
     ts = ()
     e1 = ()
     e0 = ()
     for i in tl.static_range(8):
-        if FAST:
-            t = _div_fast(ys[i], zh, zl)
-        else:
-            t = _div_by(ys[i], beta, zh)
+        t = _div_fast(ys[i], zh, zl)
         ts = ts + (t,)
         p1, p0 = _both_errors(t, B)
         e1 = e1 + (p1,)
@@ -384,8 +381,8 @@ def _encode(x_ptr, betas_ptr, words_ptr, scales_ptr, xq_ptr, rtab_ptr, M, K, NV,
         s = tl.where(s > 0.0, s, 1.0).to(tl.float16).to(tl.float32)
         tl.store(scales_ptr + rows, s, mask=rmask & (rows * 0 + part == 0))
     s = s[:, None]
-    # y = x / s by the FMA division from 1 / s (_div_by); an infinite scale (fp16 overflow of the RMS) divides
-    # by 1 with reciprocal 0: y = 0 = x / inf
+    # y = x / s by the FMA divisions from 1 / s (_div_fast, _div_by); an infinite scale (fp16 overflow of the RMS)
+    # divides by 1 with reciprocals 0: y = 0 = x / inf
     s_inf = s == float("inf")
     s = tl.where(s_inf, 1.0, s)
     rs, rs_lo = _recip_pair(s)
@@ -427,8 +424,8 @@ def _encode(x_ptr, betas_ptr, words_ptr, scales_ptr, xq_ptr, rtab_ptr, M, K, NV,
         if STRUCT:
             # parity code, 2 β: the structured search per β, the runtime enumeration for a block only when one of
             # its vectors is not provably decided by it
-            e_0, m_0, ok_0, t_0 = _parity_beta(ys, beta_0, zh_0, zl_0, B, True)
-            e_1, m_1, ok_1, t_1 = _parity_beta(ys, beta_1, zh_1, zl_1, B, True)
+            e_0, m_0, ok_0, t_0 = _parity_beta(ys, beta_0, zh_0, zl_0, B)
+            e_1, m_1, ok_1, t_1 = _parity_beta(ys, beta_1, zh_1, zl_1, B)
             second = e_1 < e_0
             best_jm = tl.where(second, NC + m_1, m_0)
             if tl.max((ok_0 & ok_1).to(tl.int32) ^ 1) != 0:
@@ -492,7 +489,7 @@ def _encode(x_ptr, betas_ptr, words_ptr, scales_ptr, xq_ptr, rtab_ptr, M, K, NV,
             vb = ((t - tl.where(h != 0, OFF0 + 1.0, OFF0)) + 25165824.0).to(tl.int32, bitcast=True)
             u = tl.minimum(tl.maximum(vb, 0x4BC00000), 0x4BC00000 + (1 << B) - 1) - 0x4BC00000
             word = word | (u << (B * i))
-            if LIMBS == 1:  # 4 u_i into byte i % 4 (bits 2..4), bytes r (4 u + 2 h) - 15 r after the loop
+            if LIMBS == 1:  # 4 u_i into byte i % 4 (bits 2..4); r (4 u + 2 h) - (2^(b+1) - 1) r after the loop
                 if i < 4:
                     q_lo = q_lo + (u << (8 * (i % 4) + 2))
                 else:

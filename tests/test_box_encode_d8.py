@@ -113,9 +113,8 @@ def test_two_op_division_is_ieee_division():
     search) agrees with this brute force (interpreter FMA, one rounding) on the shipped β and on a β where one
     mantissa's quotient is off."""
     import numpy as np
-    from triton._C.libtriton import interpreter as _interp
-
     from llmquant.kernels.box_encode import fast_division_exact
+    from triton._C.libtriton import interpreter as _interp
 
     fma = _interp.fma_fp32
     f32 = np.float32
