@@ -97,7 +97,8 @@ unrolled enumeration: 389.9 per element); Hamming (``int``): 835 per element, 48
 (``_both_errors``), an fp16 / bf16 vector read by one 16-byte load: the same fp32 ops as the reference, fewer
 instructions.
 
-W4A4 limbs in the same pass (:func:`box_encode_rows_int8`, ``_box_encode_int8_kernel``): with the words, the int8
+W4A4 limbs in the same pass (:func:`box_encode_rows_int8`, memoized per quantizer by
+:func:`quantizer_encode_rows_int8`; ``_box_encode_int8_kernel``): with the words, the int8
 activation limb planes of the box W4A4 GEMM (:func:`.box_w4a4.box_int8_coords` of the words, from the winner's
 ``u_i``, ``h_i`` and ratio ``r_j``; one limb: four coordinates per int32 by bytewise integer arithmetic), so the
 separate words -> limbs pass (10.56 instructions per element) is not needed: ``d8int8`` 767 instructions per
@@ -689,3 +690,22 @@ def quantizer_encode_rows(act, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         return hit
     scales = box_row_scale(x.to(torch.float32)).squeeze(-1)
     return memo.put(x, box_encode_rows(x, act.codec, scales=scales))
+
+
+def quantizer_encode_rows_int8(act, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`quantizer_encode_rows` plus the W4A4 int8 activation limb planes ``[L, R, K]`` (``R`` rows of x,
+    flattened) from the same kernel (:func:`box_encode_rows_int8`): the W4A4 dispatch passes them to
+    :func:`.box_w4a4.box_w4a4_matmul` as ``x_planes``.  Memoized like the words: ``(words, scales)`` in the
+    quantizer's ``_enc_memo``, the planes in a second memo of the same kind (``_enc_int8_memo``) tied to those words
+    (a hit needs both, with the same words object: a cleared or replaced ``_enc_memo`` entry re-encodes)."""
+    from llmquant.quant.activations import _InputMemo, box_row_scale
+
+    planes_memo = act.__dict__.setdefault("_enc_int8_memo", _InputMemo())
+    hit, phit = act._enc_memo.get(x), planes_memo.get(x)
+    if hit is not None and phit is not None and phit[0] is hit[0]:
+        return hit[0], hit[1], phit[1]
+    scales = box_row_scale(x.to(torch.float32)).squeeze(-1)
+    words, scales, planes = box_encode_rows_int8(x, act.codec, scales=scales)
+    act._enc_memo.put(x, (words, scales))
+    planes_memo.put(x, (words, planes))
+    return words, scales, planes

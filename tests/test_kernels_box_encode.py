@@ -89,6 +89,29 @@ def test_fused_int8_limb_planes(dev, b, variant):
 
 
 @pytest.mark.kernels
+def test_quantizer_encode_rows_int8_memo(dev):
+    """The quantizer-level fused encode: the reference's words and scales, planes of those words; a second call with
+    the same input is a memo hit (the same tensors), a cleared quantizer memo re-encodes."""
+    from llmquant.kernels import box_w4a4 as W
+    from llmquant.kernels.box_encode import quantizer_encode_rows_int8
+
+    codec = shipped_box_codec(3, "d8int8")
+    act = RowQuantizer("box", codec=codec)
+    x = _rows(4, 64, 3, torch.bfloat16).reshape(2, 2, 64).to(dev)
+    words, scales, planes = quantizer_encode_rows_int8(act, x)
+    rw, rs = _reference(x.cpu(), codec)
+    assert torch.equal(words.cpu(), rw) and torch.equal(scales.cpu(), rs)
+    kx = W.codec_constants(codec, dev)
+    assert torch.equal(planes, W.box_int8_coords(words.reshape(-1, 8), codec.b, kx["rtab"], 1, kx["code_id"]))
+    again = quantizer_encode_rows_int8(act, x)
+    assert all(a is b for a, b in zip(again, (words, scales, planes)))
+    assert act.encode_rows(x)[0] is words  # the quantizer's own memo holds the kernel's words
+    act.clear_memo()
+    fresh = quantizer_encode_rows_int8(act, x)
+    assert fresh[2] is not planes and torch.equal(fresh[2], planes)
+
+
+@pytest.mark.kernels
 @pytest.mark.parametrize("b,code", [(1, "hamming"), (2, "hamming"), (1, "parity"), (2, "parity"), (3, "parity")])
 def test_other_widths_and_codes(dev, b, code):
     codec = shipped_box_codec(b, "lattice") if code == "hamming" else BoxCodec(b, [0.35, 0.9], "parity")
