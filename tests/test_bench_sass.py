@@ -246,9 +246,9 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
         assert (r["loop_instructions"] < 200) if parity else (r["loop_instructions"] > 2000), r
         if parity:
             hot = encode_hot_path(r["sass"])
-            # 883 instructions per 8-vector and thread (110 per element) at the time of writing (408 per element
-            # with the 256 candidate sums unrolled)
-            assert hot["cold"] > 100 and hot["hot"] * 128 / (128 * 8) < 120, (xsig, hot)
+            # 721 instructions per 8-vector and thread (90.1 per element, bf16 x; 93.4 fp32 x) at the time of writing
+            # (883 before stop 19; 408 per element with the 256 candidate sums unrolled)
+            assert hot["cold"] > 100 and hot["hot"] * 128 / (128 * 8) < 100, (xsig, hot)
 
 
 def encode_hot_path(sass: str) -> dict:
