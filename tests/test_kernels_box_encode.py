@@ -214,8 +214,8 @@ def test_w4a4_dispatch_encodes_a_shared_input_once_with_the_kernel(dev, monkeypa
         layers.append(quantize_linear(lin, None, wcfg, act_q=act)[0].to(dev))
     x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(2)).to(dev)
     calls = []
-    real = box_encode.box_encode_rows
-    monkeypatch.setattr(box_encode, "box_encode_rows", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = box_encode.box_encode_rows_int8  # the W4A4 dispatch's encode: words, scales and the int8 limb planes
+    monkeypatch.setattr(box_encode, "box_encode_rows_int8", lambda *a, **k: calls.append(a) or real(*a, **k))
     with torch.no_grad():
         refs = [layer(x) for layer in layers]
         act.clear_memo()
