@@ -165,8 +165,8 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
     * ``w4a16`` ``voronoi q=..``: :func:`.e8_decode_gemm.e8_decode_gemm` (the NestQuant-scheme reference
       kernel; 5/8 B per weight);
     * ``w4a4`` ``box <act>/<weight>`` for :data:`W4A4_VARIANTS`: the activation box encode of the ``[M, K]``
-      input (:func:`.box_encode.quantizer_encode_rows`: the Triton encode kernel with the reference's per-row
-      scales, memo cleared each call), then
+      input (:func:`.box_encode.quantizer_encode_rows_int8`: the Triton encode kernel with the reference's per-row
+      scales, writing the words and the int8 activation limbs as the dispatch does, memo cleared each call), then
       :func:`.box_w4a4.box_w4a4_matmul`; ``time_us`` = encode + GEMM; the online Hadamard of the input
       is timed beside it (``hadamard_us``).
 
@@ -178,7 +178,7 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
     from llmquant.quant.activations import RowQuantizer
     from llmquant.rotation.random_hadamard import random_signs
 
-    from .box_encode import quantizer_encode_rows
+    from .box_encode import quantizer_encode_rows_int8
     from .box_w4a4 import box_w4a4_matmul
     from .box_w4a16 import box_w4a16_matmul
     from .e8_decode_gemm import e8_decode_gemm
@@ -237,12 +237,13 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
 
                 def encode(act=act, x=x):
                     act.clear_memo()  # time a fresh encode, not the memo
-                    return quantizer_encode_rows(act, x)
+                    return quantizer_encode_rows_int8(act, x)
 
-                xw, xs = encode()
+                xw, xs, xp = encode()
                 ww = _random_words(n, k // 8, gen, dev)
                 t_enc = timer(encode)
-                t_gemm = timer(partial(box_w4a4_matmul, xw, xs, x_codec, ww, rs, w_codec, out_dtype=x.dtype))
+                t_gemm = timer(partial(box_w4a4_matmul, xw, xs, x_codec, ww, rs, w_codec, out_dtype=x.dtype,
+                                       x_planes=xp))
                 r = _row("w4a4", k, n, m, t_enc + t_gemm, tbf, n * k / 2 + 2 * n + m * k / 2 + act_bytes,
                          "torch_bf16")
                 r.update({"config": label, "encode_us": round(t_enc, 3), "gemm_us": round(t_gemm, 3), "timer": TIMER_USED,
