@@ -35,7 +35,7 @@ Per-β level tables (``levels=`` of shape ``(k, 2^b)``, one positive ascending h
 parity structure, the word layout, the stored bits and the separable exact encoder are unchanged (per β the
 nearest level of each parity is searched in that β's table); only the codebook's shape may now change with the
 scale: a large-norm vector gets a differently companded grid than a small one.  Found by Lloyd iterations on
-Gaussian vectors (:func:`llmquant.lattice.beta_search.search_box_tables`).
+Gaussian vectors (:func:`llmquant.lattice.box_tables.lloyd_tables`).
 
 Exact nearest-codeword encoder.  For fixed ``(h, β)`` the squared error ``Σ_i (y_i - β λ[2u_i + h_i])^2``
 is separable in ``u_i``: ``u_i`` = nearest entry of the ascending parity-``h_i`` levels

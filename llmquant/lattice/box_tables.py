@@ -13,8 +13,9 @@ Lloyd's algorithm for this structured codebook, on ``n_samples`` iid N(0, 1) 8-v
    each row, ``T <- (T - reverse(T)) / 2`` (the source is symmetric and ``x -> -x`` maps codewords to codewords);
 3. repeat until the MSE of step 1 drops by less than ``rtol`` (relative) or ``max_iters``.
 
-Steps 1 and 2 each cannot raise the sample MSE (the encoder is exact; the centroid is the least-squares value),
-so the iteration converges to a local optimum of the start.  The codec form: ``β_j`` = RMS of row ``j``'s
+The encode and the centroid step cannot raise the sample MSE (the encoder is exact; the centroid is the
+least-squares value); the symmetrisation can, by a sampling-noise amount (the sample is not exactly symmetric), so
+the iteration settles near a local optimum of the start (the recorded training MSE falls monotonically here).  The codec form: ``β_j`` = RMS of row ``j``'s
 positive entries, rows ordered by ``β`` (strictly ascending, as :class:`.box.BoxCodec` needs; the order of the
 rows only changes tie-breaks), ``λ_j = T[j, 2^b:] / β_j`` (each must stay strictly ascending, checked).
 Started from the shipped ``table`` variant (one table for all β).
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from .beta_search import _gain_mse
 from .box import BOX_BETA_FILE, BoxCodec, codewords, shipped_box_codec
 
 #: Lloyd defaults: training samples (8-vectors), seed, stopping rule
@@ -55,13 +57,6 @@ def full_table(codec: BoxCodec) -> torch.Tensor:
     """``T[j, ℓ] = β_j λ_j[ℓ]`` float64 ``(k, 2^(b+1))`` of any box codec (a shared table repeated per β)."""
     lv = codec.levels.to(torch.float64)
     return codec.betas.to(torch.float64)[:, None] * (lv if lv.dim() == 2 else lv.expand(codec.betas.numel(), -1))
-
-
-def gain_mse(x: torch.Tensor, xh: torch.Tensor) -> float:
-    """MSE per entry after the least-squares gain (what a per-row scale realises)."""
-    x, xh = x.double(), xh.double()
-    g = (x * xh).sum() / xh.square().sum()
-    return float((x - g * xh).square().mean())
 
 
 def lloyd_tables(b: int, start: str = "table", n_samples: int = LLOYD_DEFAULTS["n_samples"],
@@ -103,7 +98,7 @@ def lloyd_tables(b: int, start: str = "table", n_samples: int = LLOYD_DEFAULTS["
 def evaluate(codec: BoxCodec, n_samples: int, seed: int) -> float:
     """Gain-optimised MSE per entry on fresh seeded Gaussian 8-vectors (the shipped sets' protocol)."""
     x = torch.randn(int(n_samples), 8, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
-    return gain_mse(x, codec.fake_quant(x))
+    return _gain_mse(x, codec.fake_quant(x))  # MSE per entry after the least-squares gain
 
 
 def main(argv: list[str] | None = None) -> int:
