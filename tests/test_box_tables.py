@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from llmquant.lattice import box_encode, box_lut, native
-from llmquant.lattice.box import BOX_BETA_FILE, BoxCodec, box_nearest, codewords, load_box_setting, shipped_box_codec
+from llmquant.lattice.box import (
+    BOX_BETA_FILE,
+    BoxCodec,
+    box_nearest,
+    codewords,
+    load_box_setting,
+    shipped_box_codec,
+)
 from llmquant.lattice.box_tables import evaluate, full_table, lloyd_tables, table_codec
 from llmquant.theory.gamma import gamma
 from llmquant.theory.gaussian import Method, gaussian_pair, measure
@@ -28,7 +35,7 @@ def test_every_encoder_path_is_the_brute_force_nearest(b, k):
     codec = _random_tables(b, k, seed=b)
     assert codec.per_beta_levels and codec.levels.shape == (k, 1 << (b + 1)) and not codec.is_lattice
     x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(7)) * 0.6
-    j, m, u, xh = box_nearest(x, b, codec.betas, codec.code, None, levels=codec.level_table)
+    xh = box_nearest(x, b, codec.betas, codec.code, None, levels=codec.level_table)[3]
     words, xh_ref = codec.quantize_reference(x)
     assert torch.equal(xh, xh_ref)
     with native.disabled():

@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for b in args.widths:
         r = lloyd_tables(b, "table", args.n_samples, args.seed, args.max_iters, args.rtol,
-                         progress=lambda it, v: print(f"box b={b} iteration {it}: train mse {v:.6g} "
-                                                      f"({time.time() - t0:.0f}s)", file=sys.stderr))
+                         progress=lambda it, v, b=b: print(f"box b={b} iteration {it}: train mse {v:.6g} "
+                                                           f"({time.time() - t0:.0f}s)", file=sys.stderr))
         betas = [round(v, 7) for v in r["betas"]]
         levels = [[round(v, 6) for v in row] for row in r["levels"]]
         codec = BoxCodec(b, betas, r["code"], None, levels)
