@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 
 
-def device_copy(owner, name: str, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` (fp32, contiguous, freshly allocated) on ``device``, cached on ``owner`` under ``name``."""
+def device_copy(owner, name: str, tensor: torch.Tensor, device: torch.device, build=None) -> torch.Tensor:
+    """``tensor`` (fp32, contiguous, freshly allocated) on ``device``, cached on ``owner`` under ``name``;
+    ``build(tensor, device)``, when given, makes the copy instead (e.g. a table with a stricter alignment)."""
     cache = owner.__dict__.setdefault(name, {})
     key = str(device)
     if key not in cache:
-        cache[key] = tensor.detach().to(device=device, dtype=torch.float32).contiguous().clone()
+        cache[key] = (build(tensor, device) if build is not None
+                      else tensor.detach().to(device=device, dtype=torch.float32).contiguous().clone())
     return cache[key]

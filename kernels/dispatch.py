@@ -225,14 +225,10 @@ def _device_levels(layer, device: torch.device) -> torch.Tensor | None:
 
     if layer.codec.is_lattice:
         return None
-    if layer.codec.per_beta_levels:
-        from .box_w4a16 import aligned_levels
+    from .box_w4a16 import aligned_levels
 
-        cache = layer.__dict__.setdefault("_kernel_levels", {})
-        if str(device) not in cache:
-            cache[str(device)] = aligned_levels(layer.codec.levels, device)
-        return cache[str(device)]
-    return device_copy(layer, "_kernel_levels", layer.codec.levels, device)
+    # aligned as the table path needs it (64 bytes for one table, 1024 for per-β tables), cached like the betas
+    return device_copy(layer, "_kernel_levels", layer.codec.levels, device, build=aligned_levels)
 
 
 def hadamard_unsupported_reason(rotation, x: torch.Tensor) -> str | None:
