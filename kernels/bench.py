@@ -343,6 +343,10 @@ def main_sass(args) -> int:
         sp = r["predicted_speedup_vs_bf16"]
         print(f"{r['kernel']:>8}  {r['config']['label']:<32} {r['instructions_per_weight']:>12} {r['registers']:>5} "
               f"{r['spills']:>6} {r['shuffles']:>11} {sp['H100']:>7} {sp['H200']:>7}")
+        we = r.get("predicted_speedup_vs_bf16_with_encode")
+        if we:
+            print(f"{'':>8}  {'  + its activation encode':<32} {'':>12} {'':>5} {'':>6} {'':>11} {we['H100']:>7} "
+                  f"{we['H200']:>7}   (one Llama-3-8B layer)")
     return 0
 
 

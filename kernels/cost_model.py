@@ -91,6 +91,13 @@ def predict_gemm(instr_per_weight: float, stored_bytes_per_weight: float, *, m: 
     return out
 
 
+#: The linears of one Llama-3-8B decoder layer (hidden 4096, intermediate 14336, 8 KV heads of 128): ``weights`` =
+#: sum of N K over q, k, v, o, gate, up, down; ``encoded_per_row`` = sum of K over their distinct inputs (q/k/v share
+#: one, gate/up another: 3 hidden-size inputs + the intermediate one), for :func:`predict_w4a4_with_encode`.
+LLAMA3_8B_LAYER = {"weights": float(4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336),
+                   "encoded_per_row": float(3 * 4096 + 14336)}
+
+
 def predict_w4a4_with_encode(gemm: dict, encodes: list[dict], *, weights: float, encoded_per_row: float, m: int,
                              gpus=GPUS) -> dict:
     """``{gpu: t_bf16 / (t_gemm + t_encode)}`` of a W4A4 layer whose activations are encoded by separate kernels.

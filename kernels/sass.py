@@ -12,7 +12,9 @@ turns the SASS into per-weight numbers:
   software pipelining puts the loads of later stages in the same loop, and prologue/epilogue outside).
   A kernel without a backward branch (one tile per program: encode, Hadamard) is counted whole, from
   its first instruction to its last ``EXIT`` (cold subroutines placed after it, e.g. the slow path of an
-  IEEE division, are left out).  Both sides of every branch inside the region are counted, so this is
+  IEEE division, are left out).  A kernel whose loop holds a rarely taken slow path with loops of its own (the
+  box activation encode) is counted on its **hot path** instead (:func:`find_hot_path`: the outer loop minus the
+  forward branch that skips the slow path), with the slow path's size beside it.  Both sides of every branch inside the region are counted, so this is
   the cost of one iteration when no branch is skipped.  ``NOP`` s are not counted.
 * ``instructions_per_weight = loop_instructions * threads / weights_per_iter`` with ``threads =
   num_warps * 32`` (every warp of the CTA runs the loop body; one SASS instruction = 32 thread-
@@ -112,13 +114,15 @@ def _resolve(ref: str):
 
 
 def compile_kernel(kernel_fn, signature: dict, constexprs: dict, *, arch: str | int = DEFAULT_ARCH,
-                   num_warps: int = 4, num_stages: int = 3, divisible_by_16=()):
+                   num_warps: int = 4, num_stages: int = 3, divisible_by_16=(), enable_fp_fusion: bool | None = None):
     """``triton.compile`` of ``kernel_fn`` for ``arch`` without a GPU; returns the ``CompiledKernel``.
 
     ``signature``: Triton types of the runtime arguments (``"*fp16"``, ``"*i32"``, ``"*u8"``, ``"i32"``, ...);
     every argument in ``constexprs`` is added as ``"constexpr"``.  ``divisible_by_16``: argument names
     specialized as multiples of 16 (what the launcher does for 16-byte-aligned pointers and integer
-    arguments divisible by 16); pointers are always treated as aligned.
+    arguments divisible by 16); pointers are always treated as aligned.  ``enable_fp_fusion``: the launch option
+    of that name (``None``: Triton's default); pass what the launcher passes (``False`` for the box encode, whose
+    fp32 steps must not contract into FMAs), so the SASS counted is the SASS that runs.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -136,7 +140,10 @@ def compile_kernel(kernel_fn, signature: dict, constexprs: dict, *, arch: str | 
     attrs = {(i,): [["tt.divisibility", 16]] for i in sorted(names.index(n) for n in aligned)}
     src = ASTSource(kernel_fn, sig, dict(constexprs), attrs)
     target = GPUTarget("cuda", parse_arch(arch), 32)
-    return triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if enable_fp_fusion is not None:
+        options["enable_fp_fusion"] = bool(enable_fp_fusion)
+    return triton.compile(src, target=target, options=options)
 
 
 def disassemble(cubin: bytes) -> tuple[str, str]:
@@ -197,10 +204,41 @@ def find_main_loop(instrs: list[Instr]) -> tuple[int, int, str]:
     return 0, (exits[-1] if exits else len(instrs) - 1), "whole kernel"
 
 
+def find_hot_path(instrs: list[Instr]) -> tuple[int, int, int, int]:
+    """``(first, last, cold_first, cold_last)``: the *outermost* loop region (the longest backward-branch region,
+    indices inclusive) and its cold block (``cold_first > cold_last`` when there is none).
+
+    For a kernel whose per-iteration fast path branches around a rarely taken slow path that holds the inner
+    loops (the box activation encode: the structured search, and a runtime enumeration for a block with an
+    undecided vector): the cold block is the largest forward branch inside the outer loop whose span covers every
+    inner loop, i.e. the instructions strictly between the branch and its target.  The hot path is the loop minus
+    that block; it is the cost of an iteration that does not take the slow path (the slow path's frequency is a
+    property of the data, reported beside it, not counted here).
+    """
+    at = {ins.address: k for k, ins in enumerate(instrs)}
+    branches = [(k, int(m.group(1), 16)) for k, ins in enumerate(instrs)
+                if ins.opcode == "BRA" and (m := _BRA_RE.search(ins.text)) and int(m.group(1), 16) in at]
+    loops = [(at[t], k) for k, t in branches if t < instrs[k].address]
+    if not loops:
+        raise ValueError("find_hot_path: the kernel has no loop")
+    a, b = max(loops, key=lambda lp: lp[1] - lp[0])
+    inner = [lp for lp in loops if lp != (a, b) and a <= lp[0] and lp[1] <= b]
+    skips = [(k, at[t]) for k, t in branches if a <= k and at[t] <= b and t > instrs[k].address
+             and all(k < lp[0] and lp[1] < at[t] for lp in inner)]
+    if not (inner and skips):
+        return a, b, 1, 0
+    lo, hi = max(skips, key=lambda sk: sk[1] - sk[0])
+    return a, b, lo + 1, hi - 1
+
+
 def static_cost(kernel_fn, signature: dict, constexprs: dict, weights_per_iter: int, *,
                 arch: str | int = DEFAULT_ARCH, num_warps: int = 4, num_stages: int = 3,
-                divisible_by_16=(), keep_sass: bool = False) -> dict:
+                divisible_by_16=(), keep_sass: bool = False, region: str = "main_loop",
+                enable_fp_fusion: bool | None = None) -> dict:
     """Compile ``kernel_fn`` for ``arch`` (no GPU) and measure its main loop in SASS.
+
+    ``region``: ``"main_loop"`` (:func:`find_main_loop`) or ``"hot_path"`` (:func:`find_hot_path`: the outer loop
+    without its cold block; adds ``cold_instructions``); ``enable_fp_fusion``: as :func:`compile_kernel`.
 
     Returns a dict: ``arch``, ``num_warps``, ``threads``, ``region`` ("loop" / "whole kernel"),
     ``loop_instructions`` (warp-level SASS instructions in the region, NOPs excluded), ``weights_per_iter``,
@@ -234,17 +272,28 @@ def static_cost(kernel_fn, signature: dict, constexprs: dict, weights_per_iter: 
         return _static_cost_subprocess([{
             "kernel_ref": _kernel_ref(kernel_fn), "signature": signature, "constexprs": constexprs,
             "weights_per_iter": weights_per_iter, "arch": arch, "num_warps": num_warps, "num_stages": num_stages,
-            "divisible_by_16": list(divisible_by_16), "keep_sass": keep_sass}])[0]
+            "divisible_by_16": list(divisible_by_16), "keep_sass": keep_sass, "region": region,
+            "enable_fp_fusion": enable_fp_fusion}])[0]
+    if region not in ("main_loop", "hot_path"):
+        raise ValueError(f"static_cost: region must be 'main_loop' or 'hot_path', got {region!r}")
     t0 = time.perf_counter()
     compiled = compile_kernel(kernel_fn, signature, constexprs, arch=arch, num_warps=num_warps,
-                              num_stages=num_stages, divisible_by_16=divisible_by_16)
+                              num_stages=num_stages, divisible_by_16=divisible_by_16,
+                              enable_fp_fusion=enable_fp_fusion)
     seconds = time.perf_counter() - t0
     sass, res = disassemble(compiled.asm["cubin"])
     instrs = parse_sass(sass)
     if not instrs:
         raise RuntimeError(f"{kernel_fn.__name__}: cuobjdump printed no SASS instructions")
-    a, b, kind = find_main_loop(instrs)
-    region = [ins for ins in instrs[a:b + 1] if ins.opcode != "NOP"]
+    cold = []
+    if region == "hot_path":
+        a, b, c0, c1 = find_hot_path(instrs)
+        kind = "hot path"
+        cold = [ins for ins in instrs[c0:c1 + 1] if ins.opcode != "NOP"]
+        region = [ins for k, ins in enumerate(instrs[a:b + 1], a) if ins.opcode != "NOP" and not c0 <= k <= c1]
+    else:
+        a, b, kind = find_main_loop(instrs)
+        region = [ins for ins in instrs[a:b + 1] if ins.opcode != "NOP"]
     ops = collections.Counter(ins.opcode for ins in region)
     all_ops = collections.Counter(ins.opcode for ins in instrs)
     threads = num_warps * 32
@@ -260,6 +309,8 @@ def static_cost(kernel_fn, signature: dict, constexprs: dict, weights_per_iter: 
         "loop_spills": ops["STL"] + ops["LDL"],
         "top_opcodes": dict(ops.most_common(12)), "compile_seconds": round(seconds, 2),
     }
+    if kind == "hot path":
+        out["cold_instructions"] = len(cold)
     if keep_sass:
         out["sass"] = sass
     return out
@@ -402,7 +453,8 @@ def kernel_specs() -> list[dict]:
                 "model": {"type": "gemm", "m": m, "block_m": cfg["BLOCK_M"],
                           "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K + (2.0 * lw if planes else 0.0),
                           "tensor_flops_per_mac": 2.0 * lx * lw, "int8": True,
-                          **({"once_from": f"box-int8-{lw}"} if planes else {})},
+                          **({"once_from": f"box-int8-{lw}"} if planes else {}),
+                          **({"with_encode_from": "box-encode-d8int8-limbs"} if code_w and m == M_LARGE else {})},
             })
     for lw in (2, 1):
         specs.append({
@@ -415,6 +467,39 @@ def kernel_specs() -> list[dict]:
             "constexprs": {"B": 3, "LIMBS": lw, "BLOCK_R": 32, "BLOCK_G": 16, "CODE": 0 if lw == 2 else 1},
             "num_warps": 4, "weights_per_iter": 32 * 16 * 8, "divisible_by_16": ("R", "G", "plane"),
             "model": {"type": "elementwise", "bytes_per_element": 0.5 + lw, "tensor_flops_per_element": 0.0},
+        })
+    # the box activation encode (kernels/box_encode.py) as the W4A4 dispatch launches it on a GPU for prefill rows
+    # (launch_config: 4 warps, 128 8-vectors per block, one per thread; scales given by dispatch; fp contraction
+    # off): the D8 'd8int8' code's structured search (STRUCT) counted on its hot path (the vector-block loop without
+    # the runtime enumeration that a block with an undecided vector takes), words only and with the W4A4 int8
+    # limbs written in the same pass (what dispatch runs); the Hamming 'int' code's unrolled 16 x 16 candidates
+    import torch
+
+    from .box_encode import launch_config as encode_launch
+
+    ecfg = encode_launch(M_LARGE, REFERENCE_K // 8, torch.device("cuda"))
+    enc_sig = {"x_ptr": "*bf16", "betas_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp32", "M": "i32",
+               "K": "i32", "NV": "i32", "stride_xm": "i32", "n_betas": "i32", "n_cw": "i32"}
+    for code, limbs in (("d8int8", 0), ("d8int8", 1), ("int", 2)):
+        parity = code == "d8int8"
+        specs.append({
+            "id": f"box-encode-{code}" + ("-limbs" if limbs else ""), "kernel": "encode",
+            "label": (f"box activation encode, b=3 {code} ("
+                      + ("D8, 2 β, structured search, hot path" if parity else "Hamming, 16 β x 16 codewords unrolled")
+                      + "), bf16 x, given scales" + (f", + {limbs} int8 limb plane(s) for the W4A4 GEMM" if limbs
+                                                     else "")),
+            "kernel_ref": "llmquant.kernels.box_encode:" + ("_box_encode_int8_kernel" if limbs
+                                                             else "_box_encode_kernel"),
+            "signature": dict(enc_sig, **({"xq_ptr": "*i32", "rtab_ptr": "*i32"} if limbs else {})),
+            "constexprs": {"B": 3, "PARITY": parity, "NB": 2 if parity else 16, "NC": 128 if parity else 16,
+                           "MEAN_MUL": True, "HAS_SCALE": True, "SPLIT": ecfg["SPLIT"], "STRUCT": parity,
+                           "BLOCK_R": ecfg["BLOCK_R"], "BLOCK_V": ecfg["BLOCK_V"], "BLOCK_K": ecfg["BLOCK_K"],
+                           **({"LIMBS": limbs} if limbs else {})},
+            "num_warps": ecfg["num_warps"], "weights_per_iter": ecfg["BLOCK_V"] * 8,
+            "divisible_by_16": ("K", "NV", "stride_xm", "n_cw"),
+            "region": "hot_path" if parity else "main_loop", "enable_fp_fusion": False,
+            # reads 2 B (bf16), writes the 0.5 B word and 1 B per limb
+            "model": {"type": "elementwise", "bytes_per_element": 2.5 + limbs, "tensor_flops_per_element": 0.0},
         })
     specs.append({
         "kernel": "encode", "label": "min_error, 4 betas, bf16 input",
@@ -452,10 +537,25 @@ def _predict(model: dict, row: dict, once: float = 0.0) -> dict:
                                tensor_flops_per_element=model["tensor_flops_per_element"])
 
 
+def _with_encode(model: dict, row: dict, once: float, enc_spec: dict, enc_row: dict) -> dict:
+    """The W4A4 prefill prediction with its activation encode (:func:`.cost_model.predict_w4a4_with_encode` on the
+    linears of one Llama-3-8B layer, :data:`.cost_model.LLAMA3_8B_LAYER`, at the row's ``m``)."""
+    from .cost_model import LLAMA3_8B_LAYER, predict_w4a4_with_encode
+
+    gemm = {"instr_per_weight": row["instructions_per_weight"],
+            "stored_bytes_per_weight": model["stored_bytes_per_weight"], "block_m": model["block_m"],
+            "tensor_flops_per_mac": model["tensor_flops_per_mac"], "int8": model["int8"],
+            "once_instr_per_weight": once}
+    enc = [{"instr_per_element": enc_row["instructions_per_weight"],
+            "bytes_per_element": enc_spec["model"]["bytes_per_element"]}]
+    return predict_w4a4_with_encode(gemm, enc, m=model["m"], **LLAMA3_8B_LAYER)
+
+
 def _job(spec: dict, arch) -> dict:
     return {"kernel_ref": spec["kernel_ref"], "signature": spec["signature"], "constexprs": spec["constexprs"],
             "weights_per_iter": spec["weights_per_iter"], "arch": arch, "num_warps": spec["num_warps"],
-            "num_stages": 3, "divisible_by_16": list(spec["divisible_by_16"]), "keep_sass": False}
+            "num_stages": 3, "divisible_by_16": list(spec["divisible_by_16"]), "keep_sass": False,
+            "region": spec.get("region", "main_loop"), "enable_fp_fusion": spec.get("enable_fp_fusion")}
 
 
 def _run_jobs(jobs: list[dict]) -> list[dict]:
@@ -480,11 +580,14 @@ def bench_rows(arch: str | int = DEFAULT_ARCH) -> list[dict]:
     ``registers``, ``spills``, ``shuffles``, ``predicted_speedup_vs_bf16`` ``{"H100", "H200"}``, and the
     details (``loop_instructions``, ``threads``, ``weights_per_iter``, ``region``, ``stack_bytes``,
     ``top_opcodes``, ``model``, ...).  GEMMs are predicted at the ``m`` in ``model`` against a BF16 GEMM
-    of the same shape; encode / Hadamard against one memory-bound BF16 pass over the same elements.
+    of the same shape; encode / Hadamard against one memory-bound BF16 pass over the same elements.  The D8 box
+    W4A4 prefill row also carries ``predicted_speedup_vs_bf16_with_encode``: the GEMM plus the activation encode that
+    feeds it (its row ``box-encode-d8int8-limbs``, hot path) on one Llama-3-8B layer's linears, not overlapped.
     """
     specs = kernel_specs()
     results = _run_jobs([_job(s, arch) for s in specs])
     by_id = {s["id"]: r for s, r in zip(specs, results) if "id" in s}
+    spec_by_id = {s["id"]: s for s in specs if "id" in s}
     rows = []
     for spec, res in zip(specs, results):
         once_from = spec["model"].get("once_from")
@@ -494,6 +597,10 @@ def bench_rows(arch: str | int = DEFAULT_ARCH) -> list[dict]:
                "arch": res["arch"], "instructions_per_weight": res["instructions_per_weight"],
                "registers": res["registers"], "spills": res["spills"], "shuffles": res["shuffles"],
                "predicted_speedup_vs_bf16": _predict(spec["model"], res, once)}
+        enc_id = spec["model"].get("with_encode_from")
+        if enc_id:
+            row["predicted_speedup_vs_bf16_with_encode"] = _with_encode(spec["model"], res, once, spec_by_id[enc_id],
+                                                                        by_id[enc_id])
         row.update({k: v for k, v in res.items() if k not in row})
         row["model"] = spec["model"]
         rows.append(row)

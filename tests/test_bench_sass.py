@@ -77,8 +77,8 @@ def test_bench_kernels_sass_json(tools, capsys):
     assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard"}
     # w4a16 x 3 tiles + box GEMV x 2 dtypes x (lattice, level-table path, per-β level tables) + its small-M kernel x
     # (lattice, table, per-β tables), w4a4 x 2 modes, encode, hadamard x 2 sizes, and the box W4A4 kernel: 6 configs
-    # + its 2 activation int8-conversion rows
-    assert len(rows) == 25
+    # + its 2 activation int8-conversion rows + the box activation encode (d8int8 words, d8int8 + limb, int + limbs)
+    assert len(rows) == 28
     for r in rows:
         assert ROW_KEYS <= set(r), r.keys()
         assert r["arch"] == "sm_90"
@@ -117,9 +117,40 @@ def test_bench_kernels_sass_json(tools, capsys):
     # per-β tables: one more LOP3 per word (the row address) than the shared table; the rest is register allocation
     # (copies of the address's high word), measured within 1 instruction per weight of it
     assert abs(one[True, True]["instructions_per_weight"] - one[True, False]["instructions_per_weight"]) < 1.0
+    box_enc = {r["config"]["label"]: r for r in rows if r["config"]["label"].startswith("box activation encode")}
+    assert len(box_enc) == 3
     for r in rows:
-        if r["kernel"] in ("encode", "hadamard"):
+        if r["kernel"] in ("encode", "hadamard") and r not in box_enc.values():
             assert r["region"] == "whole kernel"
+    for label, r in box_enc.items():
+        # compiled as launched (no fp contraction); the D8 structured search on its hot path: the runtime
+        # enumeration (a loop nest of >100 instructions) is the cold block left out; the Hamming code's 256
+        # candidates unrolled in the vector-block loop
+        assert r["config"]["num_warps"] == 4 and r["config"]["BLOCK_V"] == 128 and r["spills"] == 0, r
+        if r["config"]["PARITY"]:
+            assert r["region"] == "hot path" and r["cold_instructions"] > 100
+            # 90.25 / 95.75 per element at the time of writing (words / words + the int8 limb)
+            assert r["instructions_per_weight"] < 100, r
+        else:
+            assert r["region"] == "loop" and r["instructions_per_weight"] > 500, r
+    d8 = [r for r in box_enc.values() if r["config"]["PARITY"]]
+    assert d8[0]["instructions_per_weight"] < d8[1]["instructions_per_weight"]  # the limb costs a few more
+    # the D8 W4A4 prefill row carries the prediction with its activation encode (fused limb row): the cost model on
+    # the row's own numbers, below the GEMM alone
+    from llmquant.kernels.cost_model import LLAMA3_8B_LAYER, predict_w4a4_with_encode
+
+    pre = next(r for r in rows if "D8" in r["config"]["label"] and "prefill" in r["config"]["label"])
+    once = next(r for r in rows if r["config"]["label"].startswith("box words -> int8 limbs (b=3, 1 limb"))
+    m = pre["model"]
+    want = predict_w4a4_with_encode(
+        {"instr_per_weight": pre["instructions_per_weight"], "stored_bytes_per_weight": m["stored_bytes_per_weight"],
+         "block_m": m["block_m"], "tensor_flops_per_mac": m["tensor_flops_per_mac"], "int8": True,
+         "once_instr_per_weight": once["instructions_per_weight"]},
+        [{"instr_per_element": d8[1]["instructions_per_weight"], "bytes_per_element": 3.5}], m=2048,
+        **LLAMA3_8B_LAYER)
+    assert pre["predicted_speedup_vs_bf16_with_encode"] == want
+    assert all(want[g] < pre["predicted_speedup_vs_bf16"][g] for g in want)
+    assert sum("predicted_speedup_vs_bf16_with_encode" in r for r in rows) == 1
 
 
 def test_static_cost_library_function(tools):
@@ -252,21 +283,42 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
 
 
 def encode_hot_path(sass: str) -> dict:
-    """The box encode's vector-block loop in SASS (the loop that contains the others): ``loop`` instructions,
-    ``cold`` = those of its cold block (the largest forward branch inside it that jumps over every inner loop: the
-    runtime enumeration), ``hot`` = loop - cold (NOPs excluded), per thread and 8-vector."""
-    from llmquant.kernels.sass import _BRA_RE, parse_sass
+    """``{"loop", "cold", "hot"}`` instructions (NOPs excluded) per thread and 8-vector of the box encode's
+    vector-block loop, by :func:`llmquant.kernels.sass.find_hot_path`."""
+    from llmquant.kernels.sass import find_hot_path, parse_sass
 
     ins = parse_sass(sass)
-    at = {i.address: k for k, i in enumerate(ins)}
-    branches = [(k, int(m.group(1), 16)) for k, i in enumerate(ins)
-                if i.opcode == "BRA" and (m := _BRA_RE.search(i.text)) and int(m.group(1), 16) in at]
-    loops = [(at[t], k) for k, t in branches if t < ins[k].address]
-    a, b = max(loops, key=lambda lp: lp[1] - lp[0])
-    inner = [lp for lp in loops if lp != (a, b) and a <= lp[0] and lp[1] <= b]
-    skips = [(k, at[t]) for k, t in branches if a <= k and at[t] <= b and t > ins[k].address
-             and all(k < lp[0] and lp[1] < at[t] for lp in inner)]
-    lo, hi = max(skips, key=lambda sk: sk[1] - sk[0]) if inner and skips else (0, 0)
-    count = lambda x, y: sum(1 for i in ins[x:y] if i.opcode != "NOP")
-    loop, cold = count(a, b + 1), (count(lo + 1, hi) if hi else 0)
+    a, b, c0, c1 = find_hot_path(ins)
+    count = lambda x, y: sum(1 for i in ins[x:y + 1] if i.opcode != "NOP")
+    loop, cold = count(a, b), count(c0, c1)
     return {"loop": loop, "cold": cold, "hot": loop - cold}
+
+
+def test_find_hot_path_leaves_out_the_slow_block():
+    """The outer loop minus the forward branch that jumps over every inner loop (the slow path); no inner loop: no
+    cold block; no loop: an error."""
+    from llmquant.kernels.sass import find_hot_path, parse_sass
+
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FADD R2, R2, R3 ;
+        /*0020*/               @P0 BRA 0x70 ;
+        /*0030*/                   IADD3 R5, R5, 1, RZ ;
+        /*0040*/                   FFMA R2, R2, R3, R4 ;
+        /*0050*/               @P1 BRA 0x40 ;
+        /*0060*/                   NOP ;
+        /*0070*/                   FMUL R2, R2, R3 ;
+        /*0080*/              @!P2 BRA 0x10 ;
+        /*0090*/                   EXIT ;
+    """
+    ins = parse_sass(listing)
+    a, b, c0, c1 = find_hot_path(ins)
+    assert (ins[a].address, ins[b].address) == (0x10, 0x80)
+    assert (ins[c0].address, ins[c1].address) == (0x30, 0x60)  # the cold block: after the skip, before its target
+    hot = [i.address for k, i in enumerate(ins[a:b + 1], a) if not c0 <= k <= c1]
+    assert hot == [0x10, 0x20, 0x70, 0x80]
+    flat = parse_sass(listing.replace("@P1 BRA 0x40", "IADD3 R6, R6, 1, RZ"))
+    a, b, c0, c1 = find_hot_path(flat)
+    assert (flat[a].address, flat[b].address) == (0x10, 0x80) and c0 > c1
+    with pytest.raises(ValueError, match="no loop"):
+        find_hot_path(parse_sass(listing.replace("@!P2 BRA 0x10", "NOP").replace("@P1 BRA 0x40", "NOP")))

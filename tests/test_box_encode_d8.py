@@ -286,9 +286,12 @@ def test_w4a4_prediction_with_encode():
     # the README's figure: llama3-8b linears (q/k/v share an input, gate/up too), M = 2048, the D8 W4A4 prefill
     # GEMM row of `llmquant bench kernels --sass` (1.719 instr/weight, 2.5005 B/weight, 10.562 for the weight planes),
     # the d8int8 encode's hot path (90.125 instr/element, 2.5 B) and the words -> int8 activation limbs (10.562, 1.5 B)
+    from llmquant.kernels.cost_model import LLAMA3_8B_LAYER
+
     h, i, kv = 4096, 14336, 1024
     llama = {"weights": float(h * (h + 2 * kv) + h * h + 2 * h * i + i * h), "encoded_per_row": float(3 * h + i),
              "m": 2048}
+    assert llama == dict(LLAMA3_8B_LAYER, m=2048)
     encs = [{"instr_per_element": 90.125, "bytes_per_element": 2.5},
             {"instr_per_element": 10.562, "bytes_per_element": 1.5}]
     pred = predict_w4a4_with_encode(gemm, encs, **llama)
