@@ -122,7 +122,7 @@ def test_bench_kernels_sass_json(tools, capsys):
     for r in rows:
         if r["kernel"] in ("encode", "hadamard") and r not in box_enc.values():
             assert r["region"] == "whole kernel"
-    for label, r in box_enc.items():
+    for r in box_enc.values():
         # compiled as launched (no fp contraction); the D8 structured search on its hot path: the runtime
         # enumeration (a loop nest of >100 instructions) is the cold block left out; the Hamming code's 256
         # candidates unrolled in the vector-block loop
