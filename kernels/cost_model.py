@@ -126,6 +126,18 @@ def predict_w4a4_with_encode(gemm: dict, encodes: list[dict], *, weights: float,
     return out
 
 
+def predict_dequant_gemm(instr_per_weight: float, bytes_per_weight: float, *, m: int, gpus=GPUS) -> dict:
+    """``{gpu: t_bf16 / (t_dequant + t_bf16)}``: a prefill path that decodes the weight once per call into BF16
+    (``instr_per_weight``, ``bytes_per_weight`` read + written: the dequant kernel's roofline) and then runs the BF16
+    GEMM itself at ``m`` rows; always below 1 (the decode is added to the BF16 time, not overlapped)."""
+    out = {}
+    for gpu in gpus:
+        t_bf16 = bf16_gemm_time_per_weight(gpu, m)
+        t_deq = time_per_weight(gpu, instructions=instr_per_weight, bytes_=bytes_per_weight)
+        out[gpu.name] = round(t_bf16 / (t_deq + t_bf16), 4)
+    return out
+
+
 def predict_elementwise(instr_per_element: float, bytes_per_element: float, *, tensor_flops_per_element: float = 0.0,
                         gpus=GPUS) -> dict:
     """``{gpu: t_bf16_pass / t_ours}`` for a per-element kernel (encode, Hadamard), see :func:`bf16_elementwise_time`."""

@@ -347,10 +347,14 @@ def kernel_specs() -> list[dict]:
 
     Configs are the GPU defaults of the launchers (``choose_config`` of the W4A16 GEMM for small / medium /
     large M, the box-code W4A16 GEMV's ``GPU_CONFIG`` with fp16 and bf16 x and its small-M kernel's M_BLOCK = 8 tile
-    (lattice, level table and a level table per β, fp16 x), ``e8_w4a4_gemm``'s CUDA tile in both modes,
+    (lattice, level table and a level table per β, fp16 x), its prefill dequant (64 x 16 words, bf16 out),
+    ``e8_w4a4_gemm``'s CUDA tile in both modes,
     the box-code W4A4 GEMM's decode / prefill tiles for 2x2 and 1x2 int8 limbs and its activation int8 conversion
-    (``kernels/box_w4a4.py``), ``e8_encode``'s ``block_r``, the Hadamard tile
+    (``kernels/box_w4a4.py``), the box activation encode (``kernels/box_encode.py``: D8 ``d8int8`` on its hot path,
+    with and without the W4A4 limb; Hamming ``int`` with 2 limbs), the box KV cache decode
+    (``kernels/box_kv_decode.py``, head_dim 128), ``e8_encode``'s ``block_r``, the Hadamard tile
     sizes of n = 4096 and 14336), with BF16 activations for the GEMMs (the comparison is against BF16).
+    A spec may carry ``region`` / ``enable_fp_fusion`` for :func:`static_cost` (the launch's own options).
     """
     w4a16 = "llmquant.kernels.e8_decode_gemm:_e8_decode_gemm_kernel"
     w4a16_sig = {"x_ptr": "*bf16", "codes_ptr": "*i32", "bidx_ptr": "*u8", "betas_ptr": "*fp32",
@@ -412,6 +416,21 @@ def kernel_specs() -> list[dict]:
             "divisible_by_16": ("N", "KW", "stride_xm", "stride_om", "KW_PER_SPLIT"),
             "model": {"type": "gemm", "m": 16, "block_m": rc["M_BLOCK"],
                       "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K, "tensor_flops_per_mac": 0.0, "int8": False},
+        })
+    # its prefill path (CUDA, M > DEQUANT_MIN_M): the dequant kernel (64 x 16 words per program, bf16 out, as
+    # box_dequant launches it) decodes the weight once per call, then a BF16 GEMM; predicted at M = 2048
+    deq_sig = {"w_ptr": "*i32", "scale_ptr": "*fp16", "betas_ptr": "*fp32", "levels_ptr": "*fp32",
+               "htab_ptr": "*i32", "out_ptr": "*bf16", "N": "i32", "KW": "i32"}
+    for table, per_beta in ((False, False), (True, False), (True, True)):
+        variant = " beta_tables" if per_beta else " table" if table else ""
+        specs.append({
+            "kernel": "w4a16", "label": f"box b=3{variant}, prefill dequant (M=2048: decode once to bf16, then a "
+                                        "BF16 GEMM)",
+            "kernel_ref": "llmquant.kernels.box_w4a16:_box_dequant_kernel", "signature": deq_sig,
+            "constexprs": {"BLOCK_N": 64, "BLOCK_G": 16, "TABLE": table, "PER_BETA": per_beta},
+            "num_warps": 4, "weights_per_iter": 64 * 16 * 8, "divisible_by_16": ("N", "KW"),
+            # reads the word and row scale, writes 2 B of bf16 per weight
+            "model": {"type": "dequant_gemm", "m": M_LARGE, "bytes_per_weight": 0.5 + 2.0 / REFERENCE_K + 2.0},
         })
     w4a4_sig = {"xc_ptr": "*i32", "xb_ptr": "*u8", "xs_ptr": "*fp32", "xbetas_ptr": "*fp32", "wc_ptr": "*i32",
                 "wb_ptr": "*u8", "ws_ptr": "*fp32", "wbetas_ptr": "*fp32", "bias_ptr": "*fp32", "gx2_ptr": "*fp32",
@@ -501,6 +520,27 @@ def kernel_specs() -> list[dict]:
             # reads 2 B (bf16), writes the 0.5 B word and 1 B per limb
             "model": {"type": "elementwise", "bytes_per_element": 2.5 + limbs, "tensor_flops_per_element": 0.0},
         })
+    # the packed box KV cache's decode on a GPU (kernels/box_kv_decode.py; issue 10): head_dim 128 (16 words per row)
+    # at the launcher's CUDA tile, b=3 lattice codes (int, d8int8) into fp16 and the level-table code into fp32
+    from .box_kv_decode import launch_config as kv_launch
+
+    kcfg = kv_launch(4096, 16, torch.device("cuda"))
+    kv_sig = {"words_ptr": "*i32", "scales_ptr": "*fp16", "tab_ptr": "*fp32", "T": "i32", "NV": "i32",
+              "stride_wo": "i32", "stride_wt": "i32", "stride_wv": "i32", "stride_so": "i32", "stride_st": "i32"}
+    for lattice, out, nbytes in ((True, "fp16", 2), (False, "fp32", 4)):
+        specs.append({
+            "kernel": "kv_decode", "label": f"box KV cache decode, b=3 {'lattice' if lattice else 'level table'}, "
+                                            f"head_dim 128, {out} out",
+            "kernel_ref": "llmquant.kernels.box_kv_decode:_box_kv_decode_kernel",
+            "signature": dict(kv_sig, out_ptr=f"*{out}"),
+            "constexprs": {"B": 3, "M_BITS": 4, "PARITY": False, "LATTICE": lattice, "BF16_BITS": False,
+                           "BLOCK_R": kcfg["BLOCK_R"], "BLOCK_V": kcfg["BLOCK_V"]},
+            "num_warps": kcfg["num_warps"], "weights_per_iter": kcfg["BLOCK_R"] * kcfg["BLOCK_V"] * 8,
+            "divisible_by_16": ("NV", "stride_wo", "stride_wt"), "enable_fp_fusion": False,
+            # reads the 0.5 B word share and the row's fp16 scale, writes the value
+            "model": {"type": "elementwise", "bytes_per_element": 0.5 + 2.0 / 128 + nbytes,
+                      "tensor_flops_per_element": 0.0},
+        })
     specs.append({
         "kernel": "encode", "label": "min_error, 4 betas, bf16 input",
         "kernel_ref": "llmquant.kernels.e8_encode:_e8_encode_kernel",
@@ -526,9 +566,11 @@ def kernel_specs() -> list[dict]:
 
 
 def _predict(model: dict, row: dict, once: float = 0.0) -> dict:
-    from .cost_model import predict_elementwise, predict_gemm
+    from .cost_model import predict_dequant_gemm, predict_elementwise, predict_gemm
 
     ipw = row["instructions_per_weight"]
+    if model["type"] == "dequant_gemm":
+        return predict_dequant_gemm(ipw, model["bytes_per_weight"], m=model["m"])
     if model["type"] == "gemm":
         return predict_gemm(ipw, model["stored_bytes_per_weight"], m=model["m"], block_m=model["block_m"],
                             tensor_flops_per_mac=model["tensor_flops_per_mac"], int8=model["int8"],

@@ -74,11 +74,12 @@ def test_bench_kernels_sass_json(tools, capsys):
     assert main(["bench", "kernels", "--sass", "--arch", "sm_90", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list)
-    assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard"}
+    assert {r["kernel"] for r in rows} == {"w4a16", "w4a4", "encode", "hadamard", "kv_decode"}
     # w4a16 x 3 tiles + box GEMV x 2 dtypes x (lattice, level-table path, per-β level tables) + its small-M kernel x
-    # (lattice, table, per-β tables), w4a4 x 2 modes, encode, hadamard x 2 sizes, and the box W4A4 kernel: 6 configs
-    # + its 2 activation int8-conversion rows + the box activation encode (d8int8 words, d8int8 + limb, int + limbs)
-    assert len(rows) == 28
+    # (lattice, table, per-β tables) + its prefill dequant x 3, w4a4 x 2 modes, encode, hadamard x 2 sizes, and the
+    # box W4A4 kernel: 6 configs + its 2 activation int8-conversion rows + the box activation encode (d8int8 words,
+    # d8int8 + limb, int + limbs) + the box KV decode x 2
+    assert len(rows) == 33
     for r in rows:
         assert ROW_KEYS <= set(r), r.keys()
         assert r["arch"] == "sm_90"
@@ -97,7 +98,17 @@ def test_bench_kernels_sass_json(tools, capsys):
         assert r["region"] == "loop"
         assert r["shuffles"] > 0
         assert 50 < r["instructions_per_weight"] < 1000
-    box = [r for r in rows if r["config"]["label"].startswith("box b=3")]
+    deq = [r for r in rows if "prefill dequant" in r["config"]["label"]]
+    for r in deq:
+        # decode once per call into bf16 + the BF16 GEMM: 16-byte stores, below BF16 by the decode's share (~0.85-0.9)
+        assert r["region"] == "whole kernel" and r["spills"] == 0 and r["instructions_per_weight"] < 16, r
+        assert all(0.5 < v < 1.0 for v in r["predicted_speedup_vs_bf16"].values()), r
+    assert [(r["config"]["TABLE"], r["config"]["PER_BETA"]) for r in deq] == [(False, False), (True, False),
+                                                                              (True, True)]
+    kv = [r for r in rows if r["kernel"] == "kv_decode"]
+    assert len(kv) == 2 and all(r["spills"] == 0 and r["shuffles"] == 0 and r["instructions_per_weight"] < 20
+                                for r in kv), kv
+    box = [r for r in rows if r["config"]["label"].startswith("box b=3") and r not in deq]
     assert len(box) == 9 and sum(r["config"]["TABLE"] for r in box) == 6
     assert sum(r["config"]["PER_BETA"] for r in box) == 3 and all(r["config"]["TABLE"] for r in box
                                                                  if r["config"]["PER_BETA"])
@@ -120,7 +131,7 @@ def test_bench_kernels_sass_json(tools, capsys):
     box_enc = {r["config"]["label"]: r for r in rows if r["config"]["label"].startswith("box activation encode")}
     assert len(box_enc) == 3
     for r in rows:
-        if r["kernel"] in ("encode", "hadamard") and r not in box_enc.values():
+        if r["kernel"] in ("encode", "hadamard", "kv_decode") and r not in box_enc.values():
             assert r["region"] == "whole kernel"
     for r in box_enc.values():
         # compiled as launched (no fp contraction); the D8 structured search on its hot path: the runtime
@@ -322,3 +333,17 @@ def test_find_hot_path_leaves_out_the_slow_block():
     assert (flat[a].address, flat[b].address) == (0x10, 0x80) and c0 > c1
     with pytest.raises(ValueError, match="no loop"):
         find_hot_path(parse_sass(listing.replace("@!P2 BRA 0x10", "NOP").replace("@P1 BRA 0x40", "NOP")))
+
+
+def test_predict_dequant_gemm_adds_the_decode_to_bf16():
+    """The prefill dequant path's prediction: BF16 GEMM time over (decode + BF16 GEMM); a free decode gives 1, the
+    decode's own roofline (bytes or instructions, whichever is slower) is added per weight."""
+    from llmquant.kernels.cost_model import H100, H200, predict_dequant_gemm, time_per_weight
+
+    assert predict_dequant_gemm(0.0, 0.0, m=2048) == {"H100": 1.0, "H200": 1.0}
+    p = predict_dequant_gemm(12.6, 2.5005, m=2048)
+    for gpu in (H100, H200):
+        t_bf16 = 2 * 2048 / gpu.bf16_flops
+        t_deq = time_per_weight(gpu, instructions=12.6, bytes_=2.5005)
+        assert p[gpu.name] == pytest.approx(t_bf16 / (t_bf16 + t_deq), abs=1e-4)
+    assert p["H100"] < p["H200"] < 1.0  # memory-bound decode: the faster HBM loses less
