@@ -2,7 +2,7 @@
 
 Needs triton and the ``cuobjdump`` shipped in its wheel (no GPU, no CUDA toolkit).  Under the CPU test
 session ``TRITON_INTERPRET=1`` is set (tests/conftest.py), so the compile runs in a subprocess without it;
-that path is what these tests exercise.  The first run compiles 20 configs (~2-3 min on 2 cores); Triton's
+that path is what these tests exercise.  The first run compiles 33 configs (~2-3 min on 2 cores); Triton's
 cache (~/.triton/cache) makes later runs take seconds.
 """
 
