@@ -14,8 +14,9 @@ turns the SASS into per-weight numbers:
   its first instruction to its last ``EXIT`` (cold subroutines placed after it, e.g. the slow path of an
   IEEE division, are left out).  A kernel whose loop holds a rarely taken slow path with loops of its own (the
   box activation encode) is counted on its **hot path** instead (:func:`find_hot_path`: the outer loop minus the
-  forward branch that skips the slow path), with the slow path's size beside it.  Both sides of every branch inside the region are counted, so this is
-  the cost of one iteration when no branch is skipped.  ``NOP`` s are not counted.
+  forward branch that skips the slow path), with the slow path's size beside it.  Both sides of every branch
+  inside the region are counted, so this is the cost of one iteration when no branch is skipped.  ``NOP`` s are
+  not counted.
 * ``instructions_per_weight = loop_instructions * threads / weights_per_iter`` with ``threads =
   num_warps * 32`` (every warp of the CTA runs the loop body; one SASS instruction = 32 thread-
   instructions) and ``weights_per_iter`` the weights one CTA consumes per iteration (``BLOCK_N * BLOCK_K``
