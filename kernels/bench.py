@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--m", type=int, nargs="+", default=None,
                    help=f"token counts M (default {list(GPU_M)} on CUDA, {list(CPU_M)} on CPU)")
     p.add_argument("--kernels", nargs="+", choices=KERNEL_GROUPS, default=list(KERNEL_GROUPS),
-                   help="CUDA kernel groups to time (default: all): box-w4a16 (lattice + table paths), voronoi-w4a16 "
+                   help="CUDA kernel groups to time (default: all): box-w4a16 (lattice, table and per-β table paths), voronoi-w4a16 "
                         "(the NestQuant-scheme reference kernel, slow at large M), box-w4a4")
     p.add_argument("--q", type=int, default=14, help="Voronoi modulus of the weight/activation codes (<= 16)")
     p.add_argument("--k-betas", type=int, default=4, help="number of betas of the random lattice weights")
@@ -160,8 +160,9 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
                kernels=KERNEL_GROUPS) -> list[dict]:
     """Rows for each (K, N) x M, all timed in this run against torch BF16 (and FP16) ``x @ W^T``:
 
-    * ``w4a16`` ``box b=3 lattice`` / ``box b=3 table``: :func:`.box_w4a16.box_w4a16_matmul` (the deployable
-      W4A16 kernel, uniform levels / the shipped configs' level table; 0.5 B per weight + an fp16 row scale);
+    * ``w4a16`` ``box b=3 lattice`` / ``table`` / ``beta_tables``: :func:`.box_w4a16.box_w4a16_matmul` (the
+      deployable W4A16 kernel, uniform levels / the shipped configs' level table / a level table per β; 0.5 B per
+      weight + an fp16 row scale);
     * ``w4a16`` ``voronoi q=..``: :func:`.e8_decode_gemm.e8_decode_gemm` (the NestQuant-scheme reference
       kernel; 5/8 B per weight);
     * ``w4a4`` ``box <act>/<weight>`` for :data:`W4A4_VARIANTS`: the activation box encode of the ``[M, K]``
@@ -180,7 +181,7 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
 
     from .box_encode import quantizer_encode_rows_int8
     from .box_w4a4 import box_w4a4_matmul
-    from .box_w4a16 import box_w4a16_matmul
+    from .box_w4a16 import aligned_levels, box_w4a16_matmul
     from .e8_decode_gemm import e8_decode_gemm
     from .hadamard import hadamard_transform
 
@@ -191,9 +192,13 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
     g = generator_matrix("E8")
     w16_codec = _box_codec("lattice")
     w16_betas = w16_codec.betas.to(dev, torch.float32).contiguous().clone()
-    table_codec = _box_codec("table")  # the shipped W4A16 configs' code: non-uniform levels, the kernel's TABLE path
-    table_betas = table_codec.betas.to(dev, torch.float32).contiguous().clone()
-    table_levels = table_codec.levels.to(dev, torch.float32).contiguous().clone()
+    # the level-table paths: the shipped W4A16 configs' code (non-uniform levels, the kernel's TABLE path) and the
+    # per-β tables (PER_BETA: a 16 x 16 table, 1024-byte aligned as the dispatcher passes it)
+    tables = []
+    for variant in ("table", "beta_tables"):
+        codec = _box_codec(variant)
+        tables.append((variant, codec.betas.to(dev, torch.float32).contiguous().clone(),
+                       aligned_levels(codec.levels.to(dev, torch.float32))))
     pairs = [(_box_codec(a), _box_codec(w), f"box {a}/{w}") for a, w in W4A4_VARIANTS]
     half = torch.float16 if on_gpu else torch.float32
     rows = []
@@ -220,11 +225,12 @@ def bench_cuda(shapes, ms, q, n_betas, seed, timer=None, device="cuda", on_row=N
                     r["eager_us"] = round(_time_cuda_eager(partial(box_w4a16_matmul, x, words, rs, w16_betas)), 3)
                     r["torch_fp16_eager_us"] = round(_time_cuda_eager(partial(torch.matmul, x, w16.T)), 3)
                 rows.append(r)
-                t = timer(partial(box_w4a16_matmul, x, words, rs, table_betas, levels=table_levels))
-                r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
-                r.update(config="box b=3 table", torch_fp16_us=round(t16, 3), speedup_vs_fp16=round(t16 / t, 3),
-                         timer=TIMER_USED)
-                rows.append(r)
+                for variant, t_betas, t_levels in tables:
+                    t = timer(partial(box_w4a16_matmul, x, words, rs, t_betas, levels=t_levels))
+                    r = _row("w4a16", k, n, m, t, tbf, n * k / 2 + 2 * n + act_bytes, "torch_bf16")
+                    r.update(config=f"box b=3 {variant}", torch_fp16_us=round(t16, 3),
+                             speedup_vs_fp16=round(t16 / t, 3), timer=TIMER_USED)
+                    rows.append(r)
             if "voronoi-w4a16" in kernels:
                 t = timer(partial(e8_decode_gemm, x, codes, bidx, betas, scale, g, q))
                 r = _row("w4a16", k, n, m, t, tbf, n * k * 5 / 8 + 4 * n + act_bytes, "torch_bf16")

@@ -4,6 +4,7 @@ Kernel rows come from the benchmark's stderr (one JSON row per line, written as 
 stopped by its time limit still shows what it measured); decode rows from the JSON document on stdout."""
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def main(out: str) -> None:
                   f"{r['time_us']:>9.1f}us bf16 {r['torch_bf16_us']:>9.1f}us x{r['speedup']:<6} "
                   f"{r['GBps']:>7}GB/s{extra} [{r.get('timer')}]"
                   + (f" eager {r['eager_us']} (fp16 eager {r['torch_fp16_eager_us']})" if "eager_us" in r else ""))
+    for name in sorted(p.stem for p in out.glob("sweep_*.log")):
+        # gpu_gemv_sweep.py: one JSON line per shape; the default tile against the best, and FUSED_REDUCE on/off
+        for line in (out / f"{name}.log").read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            d = json.loads(line)
+            fused = {c: v for c, v in d["all"].items() if c.endswith("F") and isinstance(v, float)}
+            pairs = [(c[:-1], d["all"].get(c[:-1]), v) for c, v in fused.items()]
+            gain = [a / b for _, a, b in pairs if isinstance(a, float) and b > 0]
+            print(f"{name} K{d['K']:>6} N{d['N']:>6} M{d['M']}: fp16 {d['torch_fp16_us']}us default "
+                  f"{d['default_us']}us best {d['best']} {d['best_us']}us; FUSED_REDUCE speedup over host reduce "
+                  + (f"median {statistics.median(gain):.2f} ({len(gain)} configs)" if gain else "n/a"))
+    log = out / "pytest_kernels.log"
+    if log.exists():
+        print("pytest_kernels:", (log.read_text().strip().splitlines() or ["(empty)"])[-1])
     for name in sorted(p.stem for p in out.glob("decode_*.log")):
         d = _doc(out / f"{name}.log")
         if not d:

@@ -48,7 +48,8 @@ def test_bench_cuda_rows_under_interpreter():
     rows = bench_cuda([(64, 16)], [2], 14, 2, 0, timer=lambda f: (f(), 2.0)[1], device=str(dev), on_row=seen.append)
     assert rows == seen
     configs = [(r["kernel"], r["config"]) for r in rows]
-    assert configs == [("w4a16", "box b=3 lattice"), ("w4a16", "box b=3 table"), ("w4a16", "voronoi q=14 k=2")] + [
+    assert configs == [("w4a16", "box b=3 lattice"), ("w4a16", "box b=3 table"), ("w4a16", "box b=3 beta_tables"),
+                       ("w4a16", "voronoi q=14 k=2")] + [
         ("w4a4", f"box {a}/{w}") for a, w in W4A4_VARIANTS]
     for r in rows:
         assert r["speedup"] == pytest.approx(r["torch_bf16_us"] / r["time_us"], rel=1e-3)
@@ -119,4 +120,4 @@ def test_bench_cuda_kernel_groups_filter_rows():
 
     rows = bench_cuda([(64, 16)], [1], 14, 2, 0, timer=lambda f: (f(), 2.0)[1], device=str(dev),
                       kernels=("box-w4a16",))
-    assert [r["config"] for r in rows] == ["box b=3 lattice", "box b=3 table"]
+    assert [r["config"] for r in rows] == ["box b=3 lattice", "box b=3 table", "box b=3 beta_tables"]
