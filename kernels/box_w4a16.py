@@ -118,7 +118,8 @@ Kernel design (one int32 word = 8 weights per thread, no cross-lane work in the 
   config without ``M_BLOCK`` runs it for any M, re-decoding the word tile per row).  For ``1 < M <=``
   :data:`DEQUANT_MIN_M` the default is the small-M kernel of :mod:`.box_w4a16_rows` (one decode per word for
   ``M_BLOCK`` rows, bit-identical per row), above it (CUDA) :func:`box_dequant` + a dense GEMM.  Split-K partials
-  in fp32 ``[SPLIT_K, M, N]`` reduced by one ``sum`` on the host (deterministic, no atomics), or, with
+  in fp32 ``[SPLIT_K, M, N]`` reduced by one small kernel after the GEMV (:func:`_split_k_reduce_kernel`: split order,
+  + bias, cast; deterministic, no atomics; until stop 20 two or three torch kernels), or, with
   ``FUSED_REDUCE`` (off by default: not run on a GPU yet), in the kernel by the last split of an output tile to
   arrive (:func:`_epilogue`: a barrier and one acq_rel atomic per program on a self-resetting per-tile counter, the
   partials summed in split order from L2: deterministic, one kernel per call instead of three); ``SPLIT_K = 1`` fuses row scale,
@@ -690,15 +691,35 @@ def _epilogue(y, ok, rows, offs_n, n_ok, pid_k, tile, M, N, stride_om, bias_ptr,
             tl.debug_barrier()  # every thread's partial stores before the (one-thread) release increment
             seen = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
             if seen == SPLIT_K - 1:
-                at = rows.to(tl.int64) * N + offs_n
-                tot = tl.load(part_ptr + at, mask=ok, other=0.0, cache_modifier=".cg")
-                for s in tl.static_range(1, SPLIT_K):
-                    tot += tl.load(part_ptr + (s * M + rows).to(tl.int64) * N + offs_n, mask=ok, other=0.0,
-                                   cache_modifier=".cg")
-                if HAS_BIAS:
-                    tot += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-                tl.store(out_ptr + rows.to(tl.int64) * stride_om + offs_n, tot.to(out_ptr.dtype.element_ty), mask=ok)
+                _reduce_splits(part_ptr, bias_ptr, out_ptr, rows, offs_n, ok, n_ok, M, N, stride_om, HAS_BIAS,
+                               SPLIT_K, ".cg")
                 tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _reduce_splits(part_ptr, bias_ptr, out_ptr, rows, offs_n, ok, n_ok, M, N, stride_om, HAS_BIAS: tl.constexpr,
+                   SPLIT_K: tl.constexpr, CACHE: tl.constexpr):
+    """``out[rows, offs_n] = cast(((part[0] + part[1]) + ... + part[SPLIT_K - 1]) + bias)``: the fp32 partials
+    ``part [SPLIT_K, M, N]`` summed in split order (what ``part.sum(0)`` does on the CPU, then ``+ bias`` and the
+    cast: bit-identical to the host reduction there)."""
+    tot = tl.load(part_ptr + rows.to(tl.int64) * N + offs_n, mask=ok, other=0.0, cache_modifier=CACHE)
+    for s in tl.static_range(1, SPLIT_K):
+        tot += tl.load(part_ptr + (s * M + rows).to(tl.int64) * N + offs_n, mask=ok, other=0.0, cache_modifier=CACHE)
+    if HAS_BIAS:
+        tot += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows.to(tl.int64) * stride_om + offs_n, tot.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _split_k_reduce_kernel(part_ptr, bias_ptr, out_ptr, M, N, stride_om, HAS_BIAS: tl.constexpr,
+                           SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """The split-K reduction as one kernel after the GEMV (the default; ``FUSED_REDUCE`` does it inside the GEMV):
+    row ``program_id(1)``, columns ``program_id(0) * BLOCK + [0, BLOCK)``, by :func:`_reduce_splits`.  One launch
+    where ``part.sum(0)``, ``+ bias`` and the cast were two or three torch kernels."""
+    row = tl.program_id(1)
+    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    n_ok = offs_n < N
+    _reduce_splits(part_ptr, bias_ptr, out_ptr, row, offs_n, n_ok, n_ok, M, N, stride_om, HAS_BIAS, SPLIT_K, "")
 
 
 @triton.jit
@@ -971,10 +992,11 @@ def box_w4a16_matmul(x: torch.Tensor, words: torch.Tensor, row_scale: torch.Tens
     else:
         _box_w4a16_kernel[(triton.cdiv(n, bn), split, m)](*args, **consts)
     if split > 1 and not fused:
-        acc = part.sum(0)
-        if bias is not None:
-            acc = acc + bias.to(torch.float32)
-        out = acc.to(x.dtype)
+        # the fp32 partials summed in split order, + bias, cast: one kernel
+        rb = 1024 if on_gpu else 128
+        _split_k_reduce_kernel[(triton.cdiv(n, rb), m)](part, bias if bias is not None else part, out, m, n,
+                                                        out.stride(0), HAS_BIAS=bias is not None, SPLIT_K=split,
+                                                        BLOCK=rb)
     return out.reshape(*lead, n)
 
 

@@ -241,7 +241,8 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
     """What the dispatcher can launch on a GPU beyond the benchmark rows compiles for sm_90 with the inline PTX: the
     small-M W4A16 kernel for fp16 / bf16 / fp32 x on its three paths (lattice, level table, per-β tables; M_BLOCK 8,
     and 2 on masked tiles with bias); the
-    one-row kernel with the in-kernel split-K reduction (``FUSED_REDUCE``); and the box activation encode for
+    one-row kernel with the in-kernel split-K reduction (``FUSED_REDUCE``) and the default reduction kernel after it;
+    and the box activation encode for
     fp16 / bf16 / fp32 x, Hamming (16 β) and parity (2 β) codes, with given and with computed row scales (the fp32
     table path once failed only on the GPU: the interpreter never compiles)."""
     from llmquant.kernels.sass import _run_jobs, kernel_specs
@@ -266,6 +267,12 @@ def test_box_small_m_fused_reduce_and_encode_specializations_compile_for_sm90(to
                             rows_spec["weights_per_iter"]))
     jobs.append(job(one_row, dict(one_row["signature"]), dict(one_row["constexprs"], FUSED_REDUCE=True),
                     one_row["weights_per_iter"]))
+    # the default split-K reduction kernel (after the GEMV), fp16 / bf16 out with bias
+    for out in ("*fp16", "*bf16"):
+        jobs.append(job("llmquant.kernels.box_w4a16:_split_k_reduce_kernel",
+                        {"part_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": out, "M": "i32", "N": "i32",
+                         "stride_om": "i32"}, {"HAS_BIAS": True, "SPLIT_K": 32, "BLOCK": 1024}, 1024,
+                        div=["N", "stride_om"]))
     enc_sig = {"betas_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp32", "M": "i32", "K": "i32",
                "NV": "i32", "stride_xm": "i32", "n_betas": "i32", "n_cw": "i32"}
     enc = [("*fp16", False, True), ("*bf16", False, True), ("*fp32", False, True), ("*fp32", True, True),

@@ -671,6 +671,28 @@ def test_fused_split_k_reduction(dev, rows):
     assert torch.equal(fused[0], host) and torch.equal(fused[1], host)
 
 
+@pytest.mark.parametrize("split,bias,dtype", [(2, False, torch.float16), (5, True, torch.float16),
+                                              (3, True, torch.float32), (4, True, torch.bfloat16)])
+def test_split_k_reduce_kernel_is_the_host_reduction(dev, split, bias, dtype):
+    """The default split-K reduction (one kernel after the GEMV): ``part.sum(0)`` (+ bias in fp32), cast, bit for bit
+    (masked column tail: N not a multiple of the block; two rows).  bf16 on the GPU only: the interpreter's
+    fp32 -> bf16 cast truncates where the GPU's (and torch's) rounds to nearest even."""
+    from llmquant.kernels.box_w4a16 import _split_k_reduce_kernel
+
+    if dtype == torch.bfloat16 and dev.type != "cuda":
+        pytest.skip("the Triton interpreter casts fp32 -> bf16 by truncation (the GPU rounds to nearest even)")
+
+    g = torch.Generator().manual_seed(97 + split)
+    m, n = 2, 300
+    part = (torch.randn(split, m, n, generator=g) * 1e3).to(dev)
+    b = torch.randn(n, generator=g).to(dev) if bias else None
+    out = torch.empty(m, n, dtype=dtype, device=dev)
+    _split_k_reduce_kernel[(3, m)](part, b if bias else part, out, m, n, out.stride(0), HAS_BIAS=bias,
+                                   SPLIT_K=split, BLOCK=128)
+    want = part.sum(0) + (b if bias else 0.0)
+    assert torch.equal(out.cpu(), want.to(dtype).cpu())
+
+
 def test_rows_kernel_gpu_tiles(dev):
     """The GPU's small-M tiles (``ROWS_CONFIGS``: BLOCK_N 256 / 128, BLOCK_G 4, M_BLOCK 2 / 4 / 8) on a masked shape
     with split-K and bias: equal to the one-row kernel with the same tile, bit for bit."""
