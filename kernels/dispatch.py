@@ -174,9 +174,11 @@ def _run(layer, x: torch.Tensor) -> torch.Tensor:
         from .box_w4a4 import box_w4a4_matmul
 
         act = layer.act_q
-        # once per token row by the box encode kernel (= act.encode_rows), which also writes the int8 activation
-        # limb planes the GEMM reads (no separate words -> limbs pass); memoized for the linears sharing x
-        words, scales, planes = box_encode.quantizer_encode_rows_int8(act, x)
+        # once per token row by the box encode kernel (a nearest codeword: act.encode_rows' words up to fp32 near-ties
+        # under the default "nearest" rule, bit for bit under LLMQUANT_ENCODE_RULE=reference), which also writes the
+        # int8 activation limb planes the GEMM reads (no separate words -> limbs pass); memoized for the linears
+        # sharing x
+        words, scales, planes = box_encode.quantizer_encode_rows_int8(act, x, rule=box_encode.dispatch_rule())
         out = box_w4a4_matmul(words.reshape(-1, words.shape[-1]), scales.reshape(-1), act.codec, layer.words,
                               layer.row_scale, layer.codec, bias=layer.bias, out_dtype=x.dtype, x_planes=planes)
         return out.reshape(*x.shape[:-1], layer.out_features)

@@ -351,8 +351,9 @@ def kernel_specs() -> list[dict]:
     (lattice, level table and a level table per β, fp16 x), its prefill dequant (64 x 16 words, bf16 out),
     ``e8_w4a4_gemm``'s CUDA tile in both modes,
     the box-code W4A4 GEMM's decode / prefill tiles for 2x2 and 1x2 int8 limbs and its activation int8 conversion
-    (``kernels/box_w4a4.py``), the box activation encode (``kernels/box_encode.py``: D8 ``d8int8`` on its hot path,
-    with and without the W4A4 limb; Hamming ``int`` with 2 limbs), the box KV cache decode
+    (``kernels/box_w4a4.py``), the box activation encode (``kernels/box_encode.py``: D8 ``d8int8`` by the
+    reference rule on its hot path and by the nearest rule, with and without the W4A4 limb; Hamming ``int`` with 2
+    limbs), the box KV cache decode
     (``kernels/box_kv_decode.py``, head_dim 128), ``e8_encode``'s ``block_r``, the Hadamard tile
     sizes of n = 4096 and 14336), with BF16 activations for the GEMMs (the comparison is against BF16).
     A spec may carry ``region`` / ``enable_fp_fusion`` for :func:`static_cost` (the launch's own options).
@@ -474,7 +475,9 @@ def kernel_specs() -> list[dict]:
                           "stored_bytes_per_weight": 0.5 + 2.0 / REFERENCE_K + (2.0 * lw if planes else 0.0),
                           "tensor_flops_per_mac": 2.0 * lx * lw, "int8": True,
                           **({"once_from": f"box-int8-{lw}"} if planes else {}),
-                          **({"with_encode_from": "box-encode-d8int8-limbs"} if code_w and m == M_LARGE else {})},
+                          **({"with_encode_from": {"nearest": "box-encode-d8int8-nearest-limbs",
+                                                   "reference": "box-encode-d8int8-reference-limbs"}}
+                             if code_w and m == M_LARGE else {})},
             })
     for lw in (2, 1):
         specs.append({
@@ -500,24 +503,28 @@ def kernel_specs() -> list[dict]:
     ecfg = encode_launch(M_LARGE, REFERENCE_K // 8, torch.device("cuda"))
     enc_sig = {"x_ptr": "*bf16", "betas_ptr": "*fp32", "words_ptr": "*i32", "scales_ptr": "*fp32", "M": "i32",
                "K": "i32", "NV": "i32", "stride_xm": "i32", "n_betas": "i32", "n_cw": "i32"}
-    for code, limbs in (("d8int8", 0), ("d8int8", 1), ("int", 2)):
+    for code, limbs, rule in (("d8int8", 0, "reference"), ("d8int8", 1, "reference"), ("d8int8", 0, "nearest"),
+                              ("d8int8", 1, "nearest"), ("int", 2, "reference")):
         parity = code == "d8int8"
+        nearest = rule == "nearest"
+        what = ("D8, 2 β, nearest rule: best even word per β (the W4A4 dispatch's default)" if nearest
+                else "D8, 2 β, reference rule: structured search, bit-identical words, hot path" if parity
+                else "Hamming, 16 β x 16 codewords unrolled")
         specs.append({
-            "id": f"box-encode-{code}" + ("-limbs" if limbs else ""), "kernel": "encode",
-            "label": (f"box activation encode, b=3 {code} ("
-                      + ("D8, 2 β, structured search, hot path" if parity else "Hamming, 16 β x 16 codewords unrolled")
-                      + "), bf16 x, given scales" + (f", + {limbs} int8 limb plane(s) for the W4A4 GEMM" if limbs
-                                                     else "")),
+            "id": f"box-encode-{code}-{rule}" + ("-limbs" if limbs else ""), "kernel": "encode",
+            "label": (f"box activation encode, b=3 {code} ({what}), bf16 x, given scales"
+                      + (f", + {limbs} int8 limb plane(s) for the W4A4 GEMM" if limbs else "")),
             "kernel_ref": "llmquant.kernels.box_encode:" + ("_box_encode_int8_kernel" if limbs
                                                              else "_box_encode_kernel"),
             "signature": dict(enc_sig, **({"xq_ptr": "*i32", "rtab_ptr": "*i32"} if limbs else {})),
             "constexprs": {"B": 3, "PARITY": parity, "NB": 2 if parity else 16, "NC": 128 if parity else 16,
-                           "MEAN_MUL": True, "HAS_SCALE": True, "SPLIT": ecfg["SPLIT"], "STRUCT": parity,
+                           "MEAN_MUL": True, "HAS_SCALE": True, "SPLIT": ecfg["SPLIT"],
+                           "STRUCT": 2 if nearest else int(parity),
                            "BLOCK_R": ecfg["BLOCK_R"], "BLOCK_V": ecfg["BLOCK_V"], "BLOCK_K": ecfg["BLOCK_K"],
                            **({"LIMBS": limbs} if limbs else {})},
             "num_warps": ecfg["num_warps"], "weights_per_iter": ecfg["BLOCK_V"] * 8,
             "divisible_by_16": ("K", "NV", "stride_xm", "n_cw"),
-            "region": "hot_path" if parity else "main_loop", "enable_fp_fusion": False,
+            "region": "hot_path" if parity and not nearest else "main_loop", "enable_fp_fusion": False,
             # reads 2 B (bf16), writes the 0.5 B word and 1 B per limb
             "model": {"type": "elementwise", "bytes_per_element": 2.5 + limbs, "tensor_flops_per_element": 0.0},
         })
@@ -625,8 +632,12 @@ def bench_rows(arch: str | int = DEFAULT_ARCH) -> list[dict]:
     ``top_opcodes``, ``model``, ...).  GEMMs are predicted at the ``m`` in ``model`` against a BF16 GEMM
     of the same shape; encode / Hadamard against one memory-bound BF16 pass over the same elements.  The D8 box
     W4A4 prefill row also carries ``predicted_speedup_vs_bf16_with_encode``: the GEMM plus the activation encode that
-    feeds it (its row ``box-encode-d8int8-limbs``, hot path) on one Llama-3-8B layer's linears, not overlapped.
+    feeds it (the dispatch's rule, :data:`.box_encode.DEFAULT_DISPATCH_RULE`: row ``box-encode-d8int8-nearest-limbs``)
+    on one Llama-3-8B layer's linears, not overlapped; and ``..._with_reference_encode`` (the bit-identical rule's
+    row, hot path).
     """
+    from .box_encode import DEFAULT_DISPATCH_RULE as DISPATCH_ENCODE_RULE
+
     specs = kernel_specs()
     results = _run_jobs([_job(s, arch) for s in specs])
     by_id = {s["id"]: r for s, r in zip(specs, results) if "id" in s}
@@ -640,10 +651,12 @@ def bench_rows(arch: str | int = DEFAULT_ARCH) -> list[dict]:
                "arch": res["arch"], "instructions_per_weight": res["instructions_per_weight"],
                "registers": res["registers"], "spills": res["spills"], "shuffles": res["shuffles"],
                "predicted_speedup_vs_bf16": _predict(spec["model"], res, once)}
-        enc_id = spec["model"].get("with_encode_from")
-        if enc_id:
-            row["predicted_speedup_vs_bf16_with_encode"] = _with_encode(spec["model"], res, once, spec_by_id[enc_id],
-                                                                        by_id[enc_id])
+        enc = spec["model"].get("with_encode_from")
+        if enc:
+            # with the encode the dispatch runs (its default rule), and with the bit-identical reference rule
+            for rule, key in ((DISPATCH_ENCODE_RULE, "predicted_speedup_vs_bf16_with_encode"),
+                              ("reference", "predicted_speedup_vs_bf16_with_reference_encode")):
+                row[key] = _with_encode(spec["model"], res, once, spec_by_id[enc[rule]], by_id[enc[rule]])
         row.update({k: v for k, v in res.items() if k not in row})
         row["model"] = spec["model"]
         rows.append(row)

@@ -318,3 +318,78 @@ def test_kernel_infinite_scale_row(dev, variant):
     rw, rs = RowQuantizer("box", codec=codec).encode_rows(x)
     assert float(scales[1]) == float("inf") and torch.equal(scales.cpu(), rs)
     assert torch.equal(words.cpu(), rw)
+
+
+def _fp64_costs(codec: BoxCodec, y: torch.Tensor) -> torch.Tensor:
+    """``[n, k |C|]`` fp64 squared errors of every (β, codeword) for ``y (n, 8)`` (the nearest level of each
+    coordinate's parity, clamped to the box), column ``|C| j + m``: the exact minimum a nearest rule must reach."""
+    from llmquant.lattice.box import codewords
+
+    y = y.double()
+    h = codewords(codec.code).double()  # (|C|, 8)
+    top = (1 << codec.b) - 1
+    cols = []
+    for beta in codec.betas.double().tolist():
+        t = y / beta
+        e = []
+        for p in (1, 0):
+            o = p - (1 << codec.b) + 0.5
+            u = torch.round((t - o) / 2).clamp(0, top)
+            e.append((t - (o + 2 * u)).square() * beta * beta)
+        cols.append(e[0] @ h.T + e[1] @ (1 - h).T)
+    return torch.cat(cols, 1)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("codec", [shipped_box_codec(3, "d8int8"), BoxCodec(2, [0.35, 0.9], "parity"),
+                                   BoxCodec(1, [0.35, 0.9], "parity")], ids=["d8int8", "b2", "b1"])
+def test_kernel_nearest_rule_is_a_nearest_codeword(dev, codec):
+    """``rule="nearest"`` (the W4A4 dispatch's default): on every named vector set (Gaussian, bf16 rows with
+    outliers, the level grid and its midpoints per β, equal magnitudes, zeros, ±64 outliers, mirrored pairs,
+    ulp-perturbed ties), at s = 1, the chosen codeword's fp64 error is the fp64 minimum over all 2 x 128 codewords
+    within 2^-17 relative, and its words are the reference's wherever that minimum is unique by more than 2^-14;
+    the int8 limbs are those of its words."""
+    from llmquant.kernels.box_encode import box_encode_rows, box_encode_rows_int8
+
+    g = torch.Generator().manual_seed(21)
+    for name, y in _vectors(codec, 2048, g).items():
+        n = y.shape[0] // 32 * 32
+        y = y[:n].float()
+        x = y.reshape(-1, 256)
+        ones = torch.ones(x.shape[0], device=dev)
+        words = box_encode_rows(x.to(dev), codec, scales=ones, config=_cuda_layout(x.shape[0]),
+                                rule="nearest")[0].cpu().reshape(-1)
+        costs = _fp64_costs(codec, y)
+        best = costs.min(1).values
+        got = (codec.decode_reference(words, torch.float64) - y.double()).square().sum(-1)
+        assert (got <= best * (1 + 2.0**-17) + 1e-300).all(), (name, (got / best.clamp_min(1e-300)).max())
+        ref = codec.encode(y)
+        second = costs.sort(1).values[:, 1]
+        unique = second > best * (1 + 2.0**-14)
+        assert torch.equal(words[unique], ref[unique]), name
+        if name in ("gauss", "rows_bf16"):  # the tie sets are built to have few unique minima
+            assert unique.float().mean() > 0.9, (name, unique.float().mean())
+    if codec.b == 3:
+        x = torch.randn(4, 512, generator=g).bfloat16()
+        words, scales, planes = box_encode_rows_int8(x.to(dev), codec, config=_cuda_layout(4), rule="nearest")
+        from llmquant.kernels import box_w4a4 as W
+
+        kx = W.codec_constants(codec, dev)
+        t = W.int_coords_reference(words.cpu(), codec.b, kx["ratios"], codec.code)
+        assert torch.equal(planes.cpu(), W.split_limbs_reference(t, kx["limbs"]))
+        assert torch.equal(scales.cpu(), box_row_scale(x.float()).squeeze(-1))
+
+
+def test_encode_rule_names_are_checked(monkeypatch):
+    """An unknown rule is one clear line; ``LLMQUANT_ENCODE_RULE`` picks the dispatch's rule (default nearest)."""
+    from llmquant.kernels.box_encode import DEFAULT_DISPATCH_RULE, box_encode_rows, dispatch_rule
+
+    with pytest.raises(ValueError, match="rule 'fast' is not one of reference, nearest"):
+        box_encode_rows(torch.zeros(1, 8), shipped_box_codec(3, "d8int8"), rule="fast")
+    monkeypatch.delenv("LLMQUANT_ENCODE_RULE", raising=False)
+    assert dispatch_rule() == DEFAULT_DISPATCH_RULE == "nearest"
+    monkeypatch.setenv("LLMQUANT_ENCODE_RULE", "reference")
+    assert dispatch_rule() == "reference"
+    monkeypatch.setenv("LLMQUANT_ENCODE_RULE", "exact")
+    with pytest.raises(ValueError, match="LLMQUANT_ENCODE_RULE='exact' is not a box encode rule"):
+        dispatch_rule()
