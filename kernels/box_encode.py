@@ -102,7 +102,9 @@ re-reads are of a few KB), then encodes vector blocks ``q, q + SPLIT, ...`` of `
 8-vectors: every thread owns whole 8-vectors (eight 1-D
 tensors, one per coordinate; no cross-lane work), the ``k |C|`` candidate sums fully unrolled (Hamming), or the
 structured search above plus one block-wide max (``REDUX``) deciding whether the block runs the enumeration
-(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales): ``d8int8`` 721 instructions per thread
+(parity).  Static SASS (sm_90, ``BLOCK_V = 128``, 4 warps, given scales; counted with fp contraction on, which
+differs from the launched build, ``enable_fp_fusion=False``, by about one instruction per vector: ``bench kernels
+--sass`` gives 90.25 for bf16 x as launched): ``d8int8`` 721 instructions per thread
 and 8-vector on the hot path = 90.125 per element (bf16 x; 89.6 fp16 x; 93.4 fp32 x; 90.25 with computed scales),
 the vector-block loop without its cold block (313 instructions, the enumeration loops), 98 registers, 0 spills (the
 unrolled enumeration: 389.9 per element); Hamming (``int``): 835 per element, 48 registers
@@ -116,7 +118,8 @@ W4A4 limbs in the same pass (:func:`box_encode_rows_int8`, memoized per quantize
 activation limb planes of the box W4A4 GEMM (:func:`.box_w4a4.box_int8_coords` of the words, from the winner's
 ``u_i``, ``h_i`` and ratio ``r_j``; one limb: four coordinates per int32 by bytewise integer arithmetic), so the
 separate words -> limbs pass (10.56 instructions per element) is not needed: ``d8int8`` 767 instructions per
-8-vector on the hot path = 95.875 per element (bf16 x, given scales; 95.5 fp16 x), 101 registers, 0 spills.
+8-vector on the hot path = 95.875 per element (bf16 x, given scales; 95.5 fp16 x; 95.75 as launched), 101 registers,
+0 spills.
 
 A non-finite input gives undefined words (the reference raises); a row whose RMS is below fp16's smallest subnormal
 gets scale 0 (the reference raises, via the non-finite ``x / 0``).  CUDA-graph capturable: no host syncs; the only
@@ -251,6 +254,14 @@ def _word_sum(hw, e1, e0):
 
 
 @triton.jit
+def _parity8(w):
+    """Parity (0 / 1, int32) of the low 8 bits of ``w`` (the other bits zero): the weight's parity by xor folds."""
+    p = w ^ (w >> 4)
+    p = p ^ (p >> 2)
+    return (p ^ (p >> 1)) & 1
+
+
+@triton.jit
 def _parity_beta(ys, beta, zh, zl, B: tl.constexpr):
     """Structured exact search of the parity code [8,7,2] for one β (module docstring, "Parity code"): the
     reference's first minimum ``(E, m)`` over the 128 codewords wherever ``ok``; also ``t = y / β`` (8 tensors,
@@ -285,9 +296,7 @@ def _parity_beta(ys, beta, zh, zl, B: tl.constexpr):
     a1 = (k1 & 0x7FFFFFF8).to(tl.float32, bitcast=True)
     a2 = (k2 & 0x7FFFFFF8).to(tl.float32, bitcast=True)
     a3 = (k3 & 0x7FFFFFF8).to(tl.float32, bitcast=True)
-    par = h0w ^ (h0w >> 4)
-    par = par ^ (par >> 2)
-    par = (par ^ (par >> 1)) & 1
+    par = _parity8(h0w)
     om = -par  # all ones when h0 has odd weight
     b1 = 1 << (k1 & 7)
     hA = h0w ^ (b1 & om)  # the best even word: h0, or h0 with coordinate k1 flipped
@@ -331,9 +340,7 @@ def _parity_beta_nearest(ys, zh, zl, B: tl.constexpr):
             s0 = tl.minimum(p1, p0)
         else:
             s0 = s0 + tl.minimum(p1, p0)
-    par = h0w ^ (h0w >> 4)
-    par = par ^ (par >> 2)
-    par = (par ^ (par >> 1)) & 1
+    par = _parity8(h0w)
     h = h0w ^ ((1 << (k1 & 7)) & -par)
     f = s0 + tl.where(par != 0, (k1 & 0x7FFFFFF8).to(tl.float32, bitcast=True), 0.0)
     return f, h & 127, ts
